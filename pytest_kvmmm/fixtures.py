@@ -1,0 +1,106 @@
+"""Fixtures of pytest-kvmmm, and the translation of a selftest result into a pytest outcome."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import pytest
+
+from .host.model import HostFacts
+from .outcome import Status
+from .requirements import Requirement
+from .scale import SCALES, Scale
+from .selftest import SelftestEngine, SelftestResult
+
+ENGINE_KEY = pytest.StashKey[SelftestEngine]()
+SCALE_KEY = pytest.StashKey[str]()
+#: The selftest runs of one test item, in order; the last one is the test's record.
+RESULTS_KEY = pytest.StashKey[List[SelftestResult]]()
+
+
+def failure_text(result: SelftestResult) -> str:
+    """The failure report of a selftest: why, the binary's own words, and the command to rerun."""
+    parts = [result.reason]
+    if result.details:
+        parts += ["", result.details]
+    parts += ["", "command: " + " ".join(result.argv)]
+    return "\n".join(parts)
+
+
+def raise_for(result: SelftestResult) -> None:
+    """Skip or fail the running test as the selftest's outcome says; return on a pass."""
+    if result.status in (Status.SKIPPED, Status.MISSING):
+        pytest.skip(result.reason)
+    if result.status.is_failure:
+        pytest.fail(failure_text(result), pytrace=False)
+
+
+class SelftestRunner:
+    """What the ``kvm_selftests`` fixture gives a test: run a selftest, get its result."""
+
+    def __init__(self, item: pytest.Item, engine: SelftestEngine) -> None:
+        self._item = item
+        self._engine = engine
+
+    def run(
+        self,
+        name: str,
+        *args: object,
+        timeout: Optional[float] = None,
+        requires: Sequence[Requirement] = (),
+        notes: Sequence[str] = (),
+        check: bool = True,
+    ) -> SelftestResult:
+        """Run selftest ``name`` with ``args``; with ``check`` its skip or failure ends the test.
+
+        ``requires`` are checked against the host first: an unmet one skips without
+        running the binary. Every run is recorded for ``--kvm-results`` and the summary.
+        """
+        result = self._engine.run(
+            name, [str(a) for a in args], timeout=timeout, requires=requires, notes=notes
+        )
+        self._item.stash.setdefault(RESULTS_KEY, []).append(result)
+        if check:
+            raise_for(result)
+        return result
+
+
+@pytest.fixture(scope="session")
+def kvm_host(request: pytest.FixtureRequest) -> HostFacts:
+    """Facts about the host (or the ``--kvm-host-snapshot``): arch, CPUs, memory, hugetlb pools, THP."""
+    return request.config.stash[ENGINE_KEY].host()
+
+
+@pytest.fixture(scope="session")
+def kvm_scale(request: pytest.FixtureRequest) -> Scale:
+    """The ``--kvm-scale`` in force (smoke or default): the sizes the shipped suite asks for."""
+    return SCALES[request.config.stash[SCALE_KEY]]
+
+
+@pytest.fixture
+def kvm_selftests(request: pytest.FixtureRequest) -> SelftestRunner:
+    """Runs KVM selftest binaries: ``kvm_selftests.run("kvm_page_table_test", "-b", "64M")``.
+
+    The binary is found in --kvm-selftests / $KVM_SELFTESTS_DIR / the kvmmm-build cache;
+    its exit decides the test (0 pass, 4 skip with the binary's reason, else fail with its
+    assertion block) and its metrics are recorded.
+    """
+    return SelftestRunner(request.node, request.config.stash[ENGINE_KEY])
+
+
+class _PendingResult:
+    """Stands in for ``kvm_result`` until the marker's binary has run at the start of the test body."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError(
+            "kvm_result is the result of the test's kvm_selftest marker and exists only in the "
+            "test function itself (the binary runs when the test body starts), not in fixtures"
+        )
+
+
+@pytest.fixture
+def kvm_result() -> SelftestResult:
+    """The result of this test's ``@pytest.mark.kvm_selftest(...)`` run: returncode, stdout,
+    stderr, duration_s, status, metrics. The binary runs when the test body starts; a
+    skip or failure of the binary ends the test before the body."""
+    return _PendingResult()  # type: ignore[return-value]

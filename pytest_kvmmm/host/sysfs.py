@@ -1,0 +1,68 @@
+"""Reading the small text files of sysfs and procfs under a root, with reasons instead of exceptions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict
+
+_BRACKETED = re.compile(r"\[([^\]]+)\]")
+
+
+class Unreadable(Exception):
+    """A fact's file is missing, unreadable or malformed; the message says which and why."""
+
+
+def rooted(root: Path, path: str) -> Path:
+    """``/sys/x`` under ``root`` (``root`` is ``/`` on the live host, a snapshot directory otherwise)."""
+    return root / path.lstrip("/")
+
+
+def read_text(root: Path, path: str) -> str:
+    try:
+        return rooted(root, path).read_text(errors="replace")
+    except FileNotFoundError:
+        raise Unreadable(f"{path} does not exist") from None
+    except OSError as exc:
+        raise Unreadable(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read_int(root: Path, path: str) -> int:
+    text = read_text(root, path).strip()
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise Unreadable(f"{path}: expected a number, found {text[:40]!r}") from None
+
+
+def read_selected(root: Path, path: str) -> str:
+    """The ``[selected]`` word of a THP-style setting, e.g. ``always [madvise] never`` -> madvise."""
+    text = read_text(root, path)
+    m = _BRACKETED.search(text)
+    if not m:
+        raise Unreadable(f"{path}: no [selected] value in {text.strip()[:60]!r}")
+    return m.group(1)
+
+
+def parse_meminfo(text: str) -> Dict[str, int]:
+    """``/proc/meminfo`` as bytes (``kB`` lines) or counts (``HugePages_*``)."""
+    out: Dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if not parts or not parts[0].isdigit():
+            continue
+        value = int(parts[0])
+        out[key.strip()] = value * 1024 if parts[1:2] == ["kB"] else value
+    return out
+
+
+def parse_cpu_list(text: str) -> int:
+    """Number of CPUs in a list such as ``0-3,8,10-11``."""
+    count = 0
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count

@@ -1,0 +1,147 @@
+"""pytest hooks of pytest-kvmmm (the ``pytest11`` entry point). Thin: the work is elsewhere.
+
+Module-level hooks add the options and register a ``KvmmmPlugin`` object, which holds
+the run's state (no attributes on ``config``) and implements the per-test hooks.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any, Dict, Generator, List, Optional
+
+import pytest
+
+from . import options
+from .discovery import search_roots
+from .fixtures import ENGINE_KEY, RESULTS_KEY, SCALE_KEY, kvm_host, kvm_result, kvm_scale, kvm_selftests, raise_for
+from .host import HostFacts, probe_host
+from .markers import MARKERS, SELFTEST_SIGNATURE, SelftestCall, parse_selftest_marker
+from .provision.cache import default_cache_root
+from .results import ResultsWriter
+from .selftest import SelftestEngine, host_label
+from .summary import summary_lines
+
+__all__ = ["kvm_host", "kvm_result", "kvm_scale", "kvm_selftests"]
+
+RECORD_PROPERTY = "kvm_selftest"
+CALL_KEY = pytest.StashKey[SelftestCall]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+    settings = options.resolve(config)
+    config.stash[SCALE_KEY] = settings.scale
+    plugin = KvmmmPlugin(config, settings)
+    config.stash[ENGINE_KEY] = plugin.engine
+    config.pluginmanager.register(plugin, "kvmmm-session")
+
+
+class KvmmmPlugin:
+    def __init__(self, config: pytest.Config, settings: options.Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.is_worker = hasattr(config, "workerinput")
+        self.host_label = host_label()
+        self.records: List[Dict[str, Any]] = []
+        self._host: Optional[HostFacts] = None
+        self.engine = SelftestEngine(
+            roots=lambda: search_roots(
+                settings.explicit_root, default_cache_root(), platform.release(), platform.machine()
+            ),
+            host=self.host,
+            default_timeout=settings.timeout_s,
+        )
+        self.writer = ResultsWriter(settings.results) if settings.results and not self.is_worker else None
+        if self.writer is not None:
+            self.writer.open()
+
+    def host(self) -> HostFacts:
+        """Probed once per process, on first use."""
+        if self._host is None:
+            self._host = probe_host(self.settings.host_root)
+        return self._host
+
+    def pytest_report_header(self, config: pytest.Config) -> List[str]:
+        host = self.host()
+        pools = " ".join(f"{p.size_kb // 1024}M:{p.free}/{p.nr}" for p in host.hugetlb) or "none"
+        roots = self.engine.search_roots()
+        source = f"{roots[0].path} ({roots[0].origin})" if roots else "none found (run kvmmm-build)"
+        return [
+            f"kvmmm: {host.machine} {host.kernel_release}, {host.cpus_online} CPUs, "
+            f"hugetlb free/nr {pools}, THP {host.thp.enabled}",
+            f"kvmmm: selftests {source}; scale {self.settings.scale}; timeout {self.settings.timeout_s:g}s",
+        ]
+
+    def pytest_collection_modifyitems(self, items: List[pytest.Item]) -> None:
+        """Validate every kvm_selftest marker up front: a wrong one stops the run as a usage error."""
+        for item in items:
+            mark = item.get_closest_marker("kvm_selftest")
+            if mark is not None:
+                item.stash[CALL_KEY] = parse_selftest_marker(mark)
+            elif "kvm_result" in getattr(item, "fixturenames", ()):
+                raise pytest.UsageError(
+                    f"{item.nodeid}: the kvm_result fixture needs a "
+                    f"@pytest.mark.{SELFTEST_SIGNATURE} marker on the test"
+                )
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)  # tryfirst: the binary runs before the test body
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        call = item.stash.get(CALL_KEY, None)
+        if call is not None:
+            result = self.engine.run(call.name, call.args, timeout=call.timeout)
+            item.stash.setdefault(RESULTS_KEY, []).append(result)
+            raise_for(result)
+            funcargs = getattr(item, "funcargs", {})
+            if "kvm_result" in funcargs:
+                funcargs["kvm_result"] = result
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True)  # wraps the report to attach this test's selftest record
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        results = item.stash.get(RESULTS_KEY, None)
+        deciding = report.when == "call" or (report.when == "setup" and not report.passed)
+        if results and deciding:
+            record = {
+                "nodeid": item.nodeid,
+                "host": self.host_label,
+                "outcome": report.outcome,
+                **results[-1].record(),
+            }
+            # A fresh list: item.user_properties is shared by the setup/call/teardown reports.
+            report.user_properties = [*report.user_properties, (RECORD_PROPERTY, record)]
+            if report.skipped and isinstance(report.longrepr, tuple):
+                # Point the skip at the test, not at the plugin line that raised it.
+                path, line = item.reportinfo()[:2]
+                report.longrepr = (os.fspath(path), (line or 0) + 1, report.longrepr[2])
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.is_worker:  # the controller writes, once, from the forwarded report
+            return
+        for name, value in report.user_properties:
+            if name == RECORD_PROPERTY:
+                self.records.append(value)
+                if self.writer is not None:
+                    self.writer.write(value)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.records:
+            return
+        terminalreporter.write_sep("=", f"kvm selftests on {self.host_label}")
+        for line in summary_lines(self.records, verbose=self.config.option.verbose > 0):
+            terminalreporter.write_line(line)
+        if self.writer is not None:
+            terminalreporter.write_line(f"results: {os.fspath(self.writer.path)}")
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.writer is not None:
+            self.writer.close()

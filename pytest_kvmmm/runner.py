@@ -1,0 +1,214 @@
+"""Run one selftest binary safely: own process group, hard timeout, bounded output.
+
+Knows nothing of pytest or of what the output means (that is ``outcome.py``): it only
+guarantees that the binary and everything it forked are gone when ``run`` returns, and
+that whatever the binary printed until then is kept, even on a timeout.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+#: Output kept per stream. A binary that prints megabytes keeps its head and its tail:
+#: the assertion block and the metrics are at the end, the banner at the start.
+DEFAULT_OUTPUT_LIMIT = 1 << 20
+#: After SIGTERM to the group, how long before SIGKILL.
+KILL_GRACE_S = 1.0
+#: How often the pump looks whether the leader exited while its pipes stay open.
+_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """What happened to one process (group). ``returncode`` is negative for a signal, as in subprocess."""
+
+    argv: tuple[str, ...]
+    returncode: int | None
+    stdout: str
+    stderr: str
+    duration_s: float
+    timed_out: bool = False
+    start_error: str | None = None
+    truncated: bool = False
+    started_at: float = 0.0
+
+    @property
+    def signal(self) -> signal.Signals | None:
+        if self.returncode is None or self.returncode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.returncode)
+        except ValueError:
+            return None
+
+
+class _Capture:
+    """Bytes of one stream, keeping the first and the last ``limit/2`` bytes when it overflows."""
+
+    def __init__(self, limit: int) -> None:
+        self.half = max(limit // 2, 1)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> None:
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            excess = len(self.tail) - self.half
+            if excess > 0:
+                del self.tail[:excess]
+                self.dropped += excess
+
+    def text(self) -> str:
+        middle = b""
+        if self.dropped:
+            middle = f"\n[... pytest-kvmmm dropped {self.dropped} bytes of output ...]\n".encode()
+        return (bytes(self.head) + middle + bytes(self.tail)).decode("utf-8", errors="replace")
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # a setuid child we may not signal: nothing more we can do
+        pass
+
+
+def _pump(
+    proc: subprocess.Popen[bytes],
+    captures: dict[IO[bytes], _Capture],
+    deadline: float | None,
+    until_exit: bool = True,
+) -> bool:
+    """Read both pipes until EOF on both, or the deadline. Returns True when the deadline hit.
+
+    With ``until_exit``, the leader's exit also ends the wait: a child that inherited the
+    pipes must not keep a finished selftest "running". The caller then kills the group
+    and drains what is left with ``until_exit=False`` and a short deadline.
+    """
+    sel = selectors.DefaultSelector()
+    for stream in captures:
+        os.set_blocking(stream.fileno(), False)
+        sel.register(stream, selectors.EVENT_READ)
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return True
+            if until_exit and _exited(proc.pid, now):
+                return False
+            wait = _POLL_S if deadline is None else min(_POLL_S, deadline - now)
+            for key, _ in sel.select(wait):
+                stream = key.fileobj
+                try:
+                    data = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                if data:
+                    captures[stream].feed(data)  # type: ignore[index]
+                else:
+                    sel.unregister(stream)
+        return False
+    finally:
+        sel.close()
+
+
+def _exited(pid: int, deadline: float | None) -> bool:
+    """Wait until ``pid`` exited, without reaping it. False when the deadline came first."""
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float | None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
+) -> ProcessResult:
+    """Run ``argv`` (no shell) in a new session and wait at most ``timeout`` seconds.
+
+    On timeout the whole process group gets SIGTERM, then SIGKILL after a short grace,
+    so threads and children of the selftest (vCPU threads, uffd handlers) die with it.
+    A binary that cannot be started gives ``start_error`` instead of an exception.
+    """
+    argv = tuple(str(a) for a in argv)
+    started_at = time.time()
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOEXEC:
+            reason = "not an executable this machine can run (wrong architecture or a broken file)"
+        return ProcessResult(
+            argv, None, "", "", time.monotonic() - t0, start_error=f"cannot start {argv[0]}: {reason}",
+            started_at=started_at,
+        )
+
+    assert proc.stdout is not None and proc.stderr is not None
+    captures = {proc.stdout: _Capture(output_limit), proc.stderr: _Capture(output_limit)}
+    deadline = None if timeout is None else t0 + timeout
+    try:
+        timed_out = _pump(proc, captures, deadline)
+        if not timed_out:
+            # Pipes may have closed early (the binary closed its stdio): wait for the exit.
+            timed_out = not _exited(proc.pid, deadline)
+        if timed_out:
+            _kill_group(proc.pid, signal.SIGTERM)
+            _exited(proc.pid, time.monotonic() + KILL_GRACE_S)
+        # The leader exited (and is not yet reaped, so its pgid cannot be reused): make sure
+        # no vCPU helper, uffd handler or child of the group outlives it, then take what the
+        # group still flushed. Briefly: a grandchild that left the group could hold the pipes.
+        _kill_group(proc.pid, signal.SIGKILL)
+        _pump(proc, captures, time.monotonic() + 0.5, until_exit=False)
+        proc.wait()
+    except BaseException:
+        # Ctrl-C or any error while waiting: never leave the selftest running behind us.
+        _kill_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+
+    out, err = captures[proc.stdout], captures[proc.stderr]
+    return ProcessResult(
+        argv=argv,
+        returncode=proc.returncode,
+        stdout=out.text(),
+        stderr=err.text(),
+        duration_s=time.monotonic() - t0,
+        timed_out=timed_out,
+        truncated=bool(out.dropped or err.dropped),
+        started_at=started_at,
+    )

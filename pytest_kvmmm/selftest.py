@@ -1,0 +1,137 @@
+"""One selftest invocation, from a name to a ``SelftestResult``: the engine behind the marker.
+
+Resolve the binary, check the host requirements, run it, classify the exit and parse the
+metrics. No pytest here: the pytest layer (``fixtures.py``, ``plugin.py``) turns the
+result into a pass, skip or failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional, Sequence
+
+from . import runner
+from .discovery import Found, NotFound, SearchRoot, find_binary
+from .host.model import HostFacts
+from .metrics import Metrics, parse_metrics
+from .outcome import Outcome, Status, classify
+from .requirements import Requirement, first_unmet
+
+
+@dataclass(frozen=True)
+class SelftestResult:
+    """Everything known about one run of one selftest (or why it did not run)."""
+
+    name: str
+    argv: tuple[str, ...]
+    status: Status
+    reason: str = ""
+    details: str = ""
+    binary: Optional[str] = None
+    returncode: Optional[int] = None
+    duration_s: float = 0.0
+    stdout: str = ""
+    stderr: str = ""
+    metrics: Metrics = field(default_factory=dict)
+    started_at: Optional[float] = None
+    #: Notes a reader of the result should see (e.g. "-v capped from 8 to 2 online CPUs").
+    notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASSED
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def record(self) -> Dict[str, object]:
+        """The ``--kvm-results`` fields of this run (JSON-ready)."""
+        ended = None if self.started_at is None else self.started_at + self.duration_s
+        return {
+            "binary": self.name,
+            "path": self.binary,
+            "argv": list(self.argv),
+            "status": self.status.value,
+            "returncode": self.returncode,
+            "duration_s": round(self.duration_s, 6),
+            "reason": self.reason,
+            "metrics": dict(self.metrics),
+            "started_at": self.started_at,
+            "ended_at": ended,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class SelftestEngine:
+    """Runs selftests for one pytest process. Host facts and search roots are computed once."""
+
+    roots: Callable[[], Sequence[SearchRoot]]
+    host: Callable[[], HostFacts]
+    default_timeout: float
+    machine: Optional[str] = None
+    env: Optional[Mapping[str, str]] = None
+    _roots_cache: Optional[Sequence[SearchRoot]] = field(default=None, init=False, repr=False)
+
+    def search_roots(self) -> Sequence[SearchRoot]:
+        if self._roots_cache is None:
+            self._roots_cache = tuple(self.roots())
+        return self._roots_cache
+
+    def resolve(self, name: str) -> Found | NotFound:
+        if os.sep in name:  # an explicit path to a binary of the user's own
+            path = Path(name)
+            ok = path.is_file() and os.access(path, os.X_OK)
+            root = SearchRoot(path.parent, "explicit path")
+            if ok:
+                return Found(path, root, path.name)
+            return NotFound(path.name, (root,), path if path.is_file() else None)
+        return find_binary(name, self.search_roots(), self.machine)
+
+    def run(
+        self,
+        name: str,
+        args: Sequence[str] = (),
+        *,
+        timeout: Optional[float] = None,
+        requires: Sequence[Requirement] = (),
+        notes: Sequence[str] = (),
+    ) -> SelftestResult:
+        args = tuple(str(a) for a in args)
+        short = Path(name).name
+        found = self.resolve(name)
+        if isinstance(found, NotFound):
+            return SelftestResult(short, (name, *args), Status.MISSING, found.reason(), notes=tuple(notes))
+        argv = (str(found.path), *args)
+        unmet = first_unmet(list(requires), self.host()) if requires else None
+        if unmet:
+            return SelftestResult(
+                short, argv, Status.SKIPPED, unmet, binary=str(found.path), notes=tuple(notes)
+            )
+        limit = self.default_timeout if timeout is None else timeout
+        proc = runner.run(argv, timeout=limit, cwd=found.path.parent, env=self.env)
+        outcome: Outcome = classify(proc, limit)
+        return SelftestResult(
+            name=short,
+            argv=argv,
+            status=outcome.status,
+            reason=outcome.reason,
+            details=outcome.details,
+            binary=str(found.path),
+            returncode=proc.returncode,
+            duration_s=proc.duration_s,
+            stdout=proc.stdout,
+            stderr=proc.stderr,
+            metrics=parse_metrics(found.name, proc.stdout),
+            started_at=proc.started_at,
+            notes=tuple(notes) + (("output truncated to its head and tail",) if proc.truncated else ()),
+        )
+
+
+def host_label() -> str:
+    """The name results carry for the host they ran on."""
+    return socket.gethostname()

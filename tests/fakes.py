@@ -1,0 +1,108 @@
+"""Fake selftest binaries and fake host roots for the unit tests.
+
+A fake binary is a small Python script (run by this interpreter) that prints what a real
+selftest prints, to the right stream, and exits the way it exits: golden output captured
+from real runs lives in ``tests/golden/``.
+"""
+
+from __future__ import annotations
+
+import stat
+import sys
+import textwrap
+from pathlib import Path
+from typing import Mapping, Optional
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden(name: str) -> str:
+    return (GOLDEN / name).read_text()
+
+
+def make_fake(
+    directory: Path,
+    name: str,
+    *,
+    stdout: str = "",
+    stderr: str = "",
+    exit: int = 0,
+    signal: Optional[int] = None,
+    hang: bool = False,
+    child_pidfile: Optional[Path] = None,
+    raw_stdout: bytes = b"",
+    argv_file: Optional[Path] = None,
+) -> Path:
+    """Write an executable fake selftest ``directory/name`` and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    body = f"""\
+        import os, sys, time, signal, subprocess
+        argv_file = {str(argv_file) if argv_file else None!r}
+        if argv_file:
+            open(argv_file, "w").write("\\n".join(sys.argv[1:]))
+        sys.stdout.write({stdout!r}); sys.stdout.flush()
+        sys.stdout.buffer.write({raw_stdout!r}); sys.stdout.flush()
+        sys.stderr.write({stderr!r}); sys.stderr.flush()
+        pidfile = {str(child_pidfile) if child_pidfile else None!r}
+        if pidfile:
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            open(pidfile, "w").write(str(child.pid))
+        if {hang!r}:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # like a vCPU thread stuck in KVM_RUN
+            time.sleep(600)
+        sig = {int(signal) if signal else None!r}
+        if sig:
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+        sys.exit({exit!r})
+    """
+    path = directory / name
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def make_host_root(
+    root: Path,
+    *,
+    machine: str = "x86_64",
+    release: str = "6.12.0-test",
+    cpus: str = "0-3",
+    mem_total_kb: int = 16 * 1024 * 1024,
+    mem_available_kb: int = 12 * 1024 * 1024,
+    hugepagesize_kb: int = 2048,
+    pools: Optional[Mapping[int, Mapping[str, int]]] = None,
+    thp_enabled: str = "madvise",
+) -> Path:
+    """A directory standing in for ``/`` with the files the host probes read."""
+    pools = {2048: {"nr": 0, "free": 0}, 1048576: {"nr": 0, "free": 0}} if pools is None else pools
+
+    def put(path: str, text: str) -> None:
+        p = root / path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+    put("/proc/sys/kernel/arch", machine + "\n")
+    put("/proc/sys/kernel/osrelease", release + "\n")
+    put("/sys/devices/system/cpu/online", cpus + "\n")
+    total_hp = pools.get(hugepagesize_kb, {}).get("nr", 0)
+    put(
+        "/proc/meminfo",
+        f"MemTotal:       {mem_total_kb} kB\nMemFree:        {mem_available_kb} kB\n"
+        f"MemAvailable:   {mem_available_kb} kB\nHugePages_Total:   {total_hp}\n"
+        f"Hugepagesize:       {hugepagesize_kb} kB\n",
+    )
+    for size_kb, counts in pools.items():
+        d = f"/sys/kernel/mm/hugepages/hugepages-{size_kb}kB"
+        put(f"{d}/nr_hugepages", f"{counts.get('nr', 0)}\n")
+        put(f"{d}/free_hugepages", f"{counts.get('free', 0)}\n")
+        put(f"{d}/resv_hugepages", f"{counts.get('resv', 0)}\n")
+        put(f"{d}/surplus_hugepages", f"{counts.get('surplus', 0)}\n")
+        put(f"{d}/nr_overcommit_hugepages", f"{counts.get('overcommit', 0)}\n")
+    thp = "/sys/kernel/mm/transparent_hugepage"
+    choices = ["always", "madvise", "never"]
+    put(f"{thp}/enabled", " ".join(f"[{c}]" if c == thp_enabled else c for c in choices) + "\n")
+    put(f"{thp}/defrag", "always defer defer+madvise [madvise] never\n")
+    put(f"{thp}/shmem_enabled", "always within_size advise [never] deny force\n")
+    put(f"{thp}/hpage_pmd_size", "2097152\n")
+    return root

@@ -1,0 +1,261 @@
+"""The plugin seen from a user: markers, outcomes, results file, fixtures, the shipped suite."""
+
+from __future__ import annotations
+
+import json
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+from fakes import golden, make_fake, make_host_root
+
+pytest_plugins = ()
+
+ASSERT_254 = """\
+==== Test Assertion Failure ====
+  lib/kvm_util.c:1000: region->mmap_start != MAP_FAILED
+  pid=4242 tid=4242 errno=12 - Cannot allocate memory
+     1\t0x0000000000404f8b: vm_mem_add at kvm_util.c:1000
+  mmap() failed, rc: -1 errno: 12 (Cannot allocate memory)
+"""
+
+
+def records(path: Path) -> dict[str, dict[str, object]]:
+    out = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["nodeid"].split("::")[-1]] = rec
+    return out
+
+
+@pytest.fixture
+def bins(tmp_path: Path) -> Path:
+    d = tmp_path / "selftests"
+    pt = golden("kvm_page_table_test.anonymous.stdout")
+    make_fake(d, "kvm_page_table_test", stdout=pt)
+    make_fake(d, "skip6", stdout="Random seed: 0x6b8b4567\n1..0 # SKIP - CONFIG_IDLE_PAGE_TRACKING is not enabled\n", exit=4)
+    make_fake(d, "skip5", stdout="__NR_userfaultfd must be present for userfaultfd test, skipping test\n", exit=4)
+    make_fake(d, "fail254", stdout="Random seed: 0x6b8b4567\n", stderr=ASSERT_254, exit=254)
+    make_fake(d, "segv", stdout="Started all vCPUs successfully\n", signal=signal.SIGSEGV)
+    make_fake(d, "hang", stdout="Started all vCPUs successfully\n", hang=True)
+    make_fake(d, "garbage", raw_stdout=b"\xff\xfe\x00\x80garbage\n", exit=1)
+    make_fake(d, "noexec").chmod(0o644)
+    return d
+
+
+MARKER_TESTS = """
+    import pytest
+
+    @pytest.mark.kvm_selftest("kvm_page_table_test", "-b", "64M", "-v", 2)
+    def test_pass(kvm_result):
+        assert kvm_result.returncode == 0
+        assert kvm_result.metrics["KVM_CREATE_MAPPINGS"] > 0
+        assert kvm_result.argv[1:] == ("-b", "64M", "-v", "2")
+
+    @pytest.mark.kvm_selftest("skip6")
+    def test_skip6():
+        raise AssertionError("the body must not run after a skip")
+
+    @pytest.mark.kvm_selftest("skip5")
+    def test_skip5():
+        pass
+
+    @pytest.mark.kvm_selftest("fail254")
+    def test_fail254():
+        raise AssertionError("the body must not run after a failure")
+
+    @pytest.mark.kvm_selftest("segv")
+    def test_segv():
+        pass
+
+    @pytest.mark.kvm_selftest("hang", timeout=2)
+    def test_hang():
+        pass
+
+    @pytest.mark.kvm_selftest("garbage")
+    def test_garbage():
+        pass
+
+    @pytest.mark.kvm_selftest("noexec")
+    def test_noexec():
+        pass
+
+    @pytest.mark.kvm_selftest("not_built_test")
+    def test_missing():
+        pass
+"""
+
+
+def test_marker_maps_every_exit(pytester: pytest.Pytester, bins: Path) -> None:
+    pytester.makepyfile(MARKER_TESTS)
+    res = pytester.runpytest("--kvm-selftests", str(bins), "--kvm-results", "r.jsonl", "-rA")
+    res.assert_outcomes(passed=1, skipped=4, failed=4)
+    out = res.stdout.str()
+    assert "Traceback" not in out and "INTERNALERROR" not in out
+    res.stdout.fnmatch_lines([
+        "SKIPPED * CONFIG_IDLE_PAGE_TRACKING is not enabled",
+        "SKIPPED * __NR_userfaultfd must be present for userfaultfd test",
+        f"SKIPPED * noexec: {bins}/noexec exists but is not executable*",
+        f"SKIPPED * not_built_test not found in {bins} (--kvm-selftests); build them with `kvmmm-build`*",
+    ])
+    assert "fail254 exit 254: lib/kvm_util.c:1000: region->mmap_start != MAP_FAILED: mmap() failed" in out
+    assert "==== Test Assertion Failure ====" in out
+    assert "segv crashed: killed by SIGSEGV (signal 11)" in out
+    assert "hang timed out after 2s; its process group was killed" in out
+    assert "garbage exit 1:" in out
+
+    recs = records(pytester.path / "r.jsonl")
+    assert {k: v["status"] for k, v in recs.items()} == {
+        "test_pass": "passed", "test_skip6": "skipped", "test_skip5": "skipped", "test_fail254": "failed",
+        "test_segv": "crashed", "test_hang": "timeout", "test_garbage": "failed", "test_noexec": "missing",
+        "test_missing": "missing",
+    }
+    ok = recs["test_pass"]
+    assert ok["binary"] == "kvm_page_table_test" and ok["returncode"] == 0
+    assert ok["argv"] == [str(bins / "kvm_page_table_test"), "-b", "64M", "-v", "2"]
+    assert set(ok["metrics"]) == {"KVM_CREATE_MAPPINGS", "KVM_UPDATE_MAPPINGS", "KVM_ADJUST_MAPPINGS"}
+    assert isinstance(ok["duration_s"], float) and ok["duration_s"] > 0
+    assert recs["test_fail254"]["returncode"] == 254
+    assert recs["test_segv"]["returncode"] == -11
+    assert recs["test_skip6"]["reason"] == "CONFIG_IDLE_PAGE_TRACKING is not enabled"
+    for rec in recs.values():
+        assert {"nodeid", "binary", "argv", "status", "returncode", "duration_s", "reason", "metrics"} <= set(rec)
+
+
+def test_summary_section_shows_metrics(pytester: pytest.Pytester, bins: Path) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.kvm_selftest("kvm_page_table_test")
+        def test_pt():
+            pass
+    """)
+    res = pytester.runpytest("--kvm-selftests", str(bins))
+    res.stdout.fnmatch_lines([
+        "*= kvm selftests on * =*",
+        "PASSED * test_*.py::test_pt  KVM_CREATE_MAPPINGS=0.4163s  KVM_UPDATE_MAPPINGS=0.2180s  KVM_ADJUST_MAPPINGS=0.1916s",
+    ])
+
+
+def test_runner_fixture_passes_args_and_returns_result(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    d = tmp_path / "b"
+    argv_file = tmp_path / "argv"
+    make_fake(d, "kvm_page_table_test", stdout=golden("kvm_page_table_test.anonymous.stdout"), argv_file=argv_file)
+    pytester.makepyfile("""
+        def test_run(kvm_selftests):
+            r = kvm_selftests.run("kvm_page_table_test", "-b", "64M", "-v", 2)
+            assert r.passed and r.metrics["KVM_ADJUST_MAPPINGS"] > 0
+    """)
+    pytester.runpytest("--kvm-selftests", str(d)).assert_outcomes(passed=1)
+    assert argv_file.read_text().split("\n") == ["-b", "64M", "-v", "2"]
+
+
+@pytest.mark.parametrize(
+    "marker, message",
+    [
+        ("kvm_selftest()", "the first argument must be the binary's name"),
+        ("kvm_selftest('t', retries=3)", "unknown keyword(s) retries"),
+        ("kvm_selftest('t', timeout=-1)", "timeout must be a positive number"),
+        ("kvm_selftest('t', ['-b'])", "arguments must be strings or numbers"),
+    ],
+)
+def test_marker_misuse_quotes_the_signature(pytester: pytest.Pytester, bins: Path, marker: str, message: str) -> None:
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.{marker}
+        def test_x():
+            pass
+    """)
+    res = pytester.runpytest("--kvm-selftests", str(bins))
+    assert res.ret != 0
+    res.stderr.fnmatch_lines([f"*@pytest.mark.kvm_selftest(name, *args, timeout=None): {message}*"])
+
+
+def test_kvm_result_without_marker_is_a_usage_error(pytester: pytest.Pytester, bins: Path) -> None:
+    pytester.makepyfile("def test_x(kvm_result):\n    pass\n")
+    res = pytester.runpytest("--kvm-selftests", str(bins))
+    res.stderr.fnmatch_lines(["*the kvm_result fixture needs a @pytest.mark.kvm_selftest*"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kvm-timeout", "soon"], "--kvm-timeout: 'soon' is not a number of seconds"),
+        (["--kvm-scale", "huge"], "--kvm-scale: unknown scale 'huge'; choose one of smoke, default"),
+        (["--kvm-selftests", "/nonexistent/dir"], "--kvm-selftests: /nonexistent/dir is not a directory"),
+    ],
+)
+def test_bad_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    res = pytester.runpytest(*args)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_timeout_from_ini_and_environment_dir(pytester: pytest.Pytester, bins: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makeini("[pytest]\nkvm_timeout = 1.5\n")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.kvm_selftest("hang")
+        def test_hang():
+            pass
+    """)
+    monkeypatch.setenv("KVM_SELFTESTS_DIR", str(bins))
+    res = pytester.runpytest()
+    res.assert_outcomes(failed=1)
+    assert "hang timed out after 1.5s" in res.stdout.str()
+
+
+SUITE = ["--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", "-rs"]
+
+
+def test_suite_skips_before_running_when_the_host_lacks_pools(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    argv_file = tmp_path / "argv"
+    d = tmp_path / "b"
+    make_fake(d, "kvm_page_table_test", stdout=golden("kvm_page_table_test.anonymous.stdout"), argv_file=argv_file)
+    root = make_host_root(tmp_path / "root", thp_enabled="never")
+    res = pytester.runpytest(*SUITE, "--kvm-selftests", str(d), "--kvm-host-snapshot", str(root), "--kvm-results", "r.jsonl")
+    res.assert_outcomes(passed=2, skipped=4)
+    res.stdout.fnmatch_lines_random([
+        "SKIPPED * needs 32 free 2 MiB hugepages for anonymous_hugetlb_2mb, pool has 0 (nr=0 free=0 resv=0): "
+        "echo 32 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+        "SKIPPED * needs 1 free 1 GiB hugepages for anonymous_hugetlb_1gb, pool has 0*",
+        "SKIPPED * needs 32 free 2 MiB hugepages for shared_hugetlb*",
+        "SKIPPED * needs transparent hugepages, THP is 'never': echo madvise > /sys/kernel/mm/transparent_hugepage/enabled",
+    ])
+    recs = records(pytester.path / "r.jsonl")
+    assert recs["test_kvm_page_table[anonymous]"]["argv"][1:] == ["-s", "anonymous", "-b", "64M", "-v", "2"]
+    assert recs["test_kvm_page_table[anonymous_thp]"]["returncode"] is None, "a pre-checked skip never runs the binary"
+    assert argv_file.read_text().split("\n")[:2] == ["-s", "shmem"], "the last binary run was shmem"
+
+
+def test_suite_runs_hugetlb_cases_when_the_pool_is_big_enough(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    d = tmp_path / "b"
+    make_fake(d, "kvm_page_table_test", stdout=golden("kvm_page_table_test.anonymous.stdout"))
+    root = make_host_root(tmp_path / "root", cpus="0", pools={2048: {"nr": 32, "free": 32}, 1048576: {"nr": 1, "free": 1}})
+    res = pytester.runpytest(*SUITE, "--kvm-selftests", str(d), "--kvm-host-snapshot", str(root), "--kvm-results", "r.jsonl")
+    res.assert_outcomes(passed=6)
+    rec = records(pytester.path / "r.jsonl")["test_kvm_page_table[anonymous_hugetlb_2mb]"]
+    assert rec["argv"][1:] == ["-s", "anonymous_hugetlb_2mb", "-b", "64M", "-v", "1"]
+    assert rec["notes"] == ["vCPUs capped from 2 to 1 (online CPUs)"]
+
+
+def test_suite_fails_when_a_pass_prints_no_stage_times(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    d = tmp_path / "b"
+    make_fake(d, "kvm_page_table_test", stdout="Random seed: 0x6b8b4567\n\xff garbage\n")
+    res = pytester.runpytest(*SUITE, "--kvm-selftests", str(d), "-k", "anonymous and not thp and not hugetlb")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*kvm_page_table_test passed but printed no time for ['KVM_CREATE_MAPPINGS'*"])
+
+
+def test_suite_collects_the_same_ids_on_any_host(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    empty = make_host_root(tmp_path / "a", machine="aarch64", cpus="0", pools={})
+    rich = make_host_root(tmp_path / "b", pools={2048: {"nr": 4096, "free": 4096}})
+    ids = []
+    for root in (empty, rich):
+        res = pytester.runpytest(*SUITE, "--collect-only", "-q", "--kvm-host-snapshot", str(root))
+        ids.append([ln for ln in res.outlines if "::" in ln])
+    assert ids[0] == ids[1] and len(ids[0]) == 6
