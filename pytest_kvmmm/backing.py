@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 from .requirements import HugetlbPages, Requirement, ThpMadvise
 
@@ -23,7 +22,7 @@ GIB = 1024 * MIB
 class BackingSource:
     name: str
     #: Explicit hugetlb page size in kB, or None.
-    hugetlb_kb: Optional[int] = None
+    hugetlb_kb: int | None = None
     #: Uses the default hugetlb size (``Hugepagesize`` in /proc/meminfo).
     default_hugetlb: bool = False
     thp: bool = False
@@ -58,7 +57,7 @@ def hugetlb_pages_needed(guest_bytes: int, page_kb: int) -> int:
 
 
 def backing_requirements(
-    backing: str, guest_bytes: int, default_hugetlb_kb: Optional[int]
+    backing: str, guest_bytes: int, default_hugetlb_kb: int | None
 ) -> tuple[Requirement, ...]:
     """What the host must offer before a selftest may map ``guest_bytes`` from ``backing``.
 

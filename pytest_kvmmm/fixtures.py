@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -15,7 +15,7 @@ from .selftest import SelftestEngine, SelftestResult
 ENGINE_KEY = pytest.StashKey[SelftestEngine]()
 SCALE_KEY = pytest.StashKey[str]()
 #: The selftest runs of one test item, in order; the last one is the test's record.
-RESULTS_KEY = pytest.StashKey[List[SelftestResult]]()
+RESULTS_KEY = pytest.StashKey[list[SelftestResult]]()
 
 
 def failure_text(result: SelftestResult) -> str:
@@ -46,7 +46,7 @@ class SelftestRunner:
         self,
         name: str,
         *args: object,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
         requires: Sequence[Requirement] = (),
         notes: Sequence[str] = (),
         check: bool = True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pytest
 
@@ -26,7 +25,7 @@ MARKERS = {
 class SelftestCall:
     name: str
     args: tuple[str, ...]
-    timeout: Optional[float]
+    timeout: float | None
 
 
 def parse_selftest_marker(mark: pytest.Mark) -> SelftestCall:

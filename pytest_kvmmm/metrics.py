@@ -13,9 +13,10 @@ the names stay plain, so x86 and single-mode runs read ``KVM_CREATE_MAPPINGS``.
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, Iterator
+from collections.abc import Iterator
+from typing import Callable
 
-Metrics = Dict[str, float]
+Metrics = dict[str, float]
 Parser = Callable[[str], Metrics]
 
 _MODE_LINE = re.compile(r"^Testing guest mode: (?P<mode>PA-bits:.*?)\s*$", re.MULTILINE)

@@ -8,9 +8,9 @@ came from.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
 
 import pytest
 
@@ -43,10 +43,10 @@ def add_options(parser: pytest.Parser) -> None:
 
 @dataclass(frozen=True)
 class Settings:
-    explicit_root: Optional[SearchRoot]
+    explicit_root: SearchRoot | None
     timeout_s: float
     scale: str
-    results: Optional[Path]
+    results: Path | None
     host_root: Path
 
 
@@ -60,7 +60,7 @@ def _timeout(value: str, origin: str) -> float:
     return seconds
 
 
-def resolve(config: pytest.Config, env: Optional[Mapping[str, str]] = None) -> Settings:
+def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     opt = config.getoption
 

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any, Dict, Generator, List, Optional
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 
 from . import options
 from .discovery import search_roots
-from .fixtures import ENGINE_KEY, RESULTS_KEY, SCALE_KEY, kvm_host, kvm_result, kvm_scale, kvm_selftests, raise_for
+from .fixtures import (
+    ENGINE_KEY,
+    RESULTS_KEY,
+    SCALE_KEY,
+    kvm_host,
+    kvm_result,
+    kvm_scale,
+    kvm_selftests,
+    raise_for,
+)
 from .host import HostFacts, probe_host
 from .markers import MARKERS, SELFTEST_SIGNATURE, SelftestCall, parse_selftest_marker
 from .provision.cache import default_cache_root
@@ -48,8 +58,8 @@ class KvmmmPlugin:
         self.settings = settings
         self.is_worker = hasattr(config, "workerinput")
         self.host_label = host_label()
-        self.records: List[Dict[str, Any]] = []
-        self._host: Optional[HostFacts] = None
+        self.records: list[dict[str, Any]] = []
+        self._host: HostFacts | None = None
         self.engine = SelftestEngine(
             roots=lambda: search_roots(
                 settings.explicit_root, default_cache_root(), platform.release(), platform.machine()
@@ -67,18 +77,18 @@ class KvmmmPlugin:
             self._host = probe_host(self.settings.host_root)
         return self._host
 
-    def pytest_report_header(self, config: pytest.Config) -> List[str]:
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
         host = self.host()
         pools = " ".join(f"{p.size_kb // 1024}M:{p.free}/{p.nr}" for p in host.hugetlb) or "none"
         roots = self.engine.search_roots()
         source = f"{roots[0].path} ({roots[0].origin})" if roots else "none found (run kvmmm-build)"
         return [
-            f"kvmmm: {host.machine} {host.kernel_release}, {host.cpus_online} CPUs, "
-            f"hugetlb free/nr {pools}, THP {host.thp.enabled}",
+            (f"kvmmm: {host.machine} {host.kernel_release}, {host.cpus_online} CPUs, "
+            f"hugetlb free/nr {pools}, THP {host.thp.enabled}"),
             f"kvmmm: selftests {source}; scale {self.settings.scale}; timeout {self.settings.timeout_s:g}s",
         ]
 
-    def pytest_collection_modifyitems(self, items: List[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """Validate every kvm_selftest marker up front: a wrong one stops the run as a usage error."""
         for item in items:
             mark = item.get_closest_marker("kvm_selftest")
@@ -128,7 +138,7 @@ class KvmmmPlugin:
         if self.is_worker:  # the controller writes, once, from the forwarded report
             return
         for name, value in report.user_properties:
-            if name == RECORD_PROPERTY:
+            if name == RECORD_PROPERTY and isinstance(value, dict):
                 self.records.append(value)
                 if self.writer is not None:
                     self.writer.write(value)

@@ -7,13 +7,13 @@ what is missing and how to get it; that sentence is the skip reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Protocol
 
 from .host.model import HostFacts
 
 
 class Requirement(Protocol):
-    def unmet(self, host: HostFacts) -> Optional[str]:
+    def unmet(self, host: HostFacts) -> str | None:
         """None when the host satisfies it, else the skip reason."""
 
 
@@ -28,11 +28,11 @@ def human_size_kb(kb: int) -> str:
 class HugetlbPages:
     """``pages`` free hugetlb pages of ``size_kb`` (None: the host's default size, unknown)."""
 
-    size_kb: Optional[int]
+    size_kb: int | None
     pages: int
     why: str = ""
 
-    def unmet(self, host: HostFacts) -> Optional[str]:
+    def unmet(self, host: HostFacts) -> str | None:
         purpose = f" for {self.why}" if self.why else ""
         if self.size_kb is None:
             reason = host.unknown.get("meminfo", "no Hugepagesize in /proc/meminfo")
@@ -63,7 +63,7 @@ class HugetlbPages:
 class ThpMadvise:
     """Transparent hugepages usable through ``madvise(MADV_HUGEPAGE)`` (enabled = always or madvise)."""
 
-    def unmet(self, host: HostFacts) -> Optional[str]:
+    def unmet(self, host: HostFacts) -> str | None:
         enabled = host.thp.enabled
         if enabled is None:
             reason = host.unknown.get("thp.enabled", "unknown")
@@ -76,7 +76,7 @@ class ThpMadvise:
         )
 
 
-def first_unmet(requirements: "tuple[Requirement, ...] | list[Requirement]", host: HostFacts) -> Optional[str]:
+def first_unmet(requirements: tuple[Requirement, ...] | list[Requirement], host: HostFacts) -> str | None:
     for req in requirements:
         reason = req.unmet(host)
         if reason:

@@ -8,8 +8,9 @@ so a record is never written twice.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Mapping, Optional
+from typing import IO
 
 RESULTS_FORMAT = 1
 
@@ -17,7 +18,7 @@ RESULTS_FORMAT = 1
 class ResultsWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: Optional[IO[str]] = None
+        self._file: IO[str] | None = None
 
     def open(self) -> None:
         """Truncate the file at the start of the run: a results file describes one run."""

@@ -13,9 +13,9 @@ import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping, Sequence
 
 #: Output kept per stream. A binary that prints megabytes keeps its head and its tail:
 #: the assertion block and the metrics are at the end, the banner at the start.
@@ -89,7 +89,7 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
 
 def _pump(
     proc: subprocess.Popen[bytes],
-    captures: dict[IO[bytes], _Capture],
+    captures: dict[int, _Capture],
     deadline: float | None,
     until_exit: bool = True,
 ) -> bool:
@@ -100,9 +100,9 @@ def _pump(
     and drains what is left with ``until_exit=False`` and a short deadline.
     """
     sel = selectors.DefaultSelector()
-    for stream in captures:
-        os.set_blocking(stream.fileno(), False)
-        sel.register(stream, selectors.EVENT_READ)
+    for fd in captures:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
     try:
         while sel.get_map():
             now = time.monotonic()
@@ -112,15 +112,14 @@ def _pump(
                 return False
             wait = _POLL_S if deadline is None else min(_POLL_S, deadline - now)
             for key, _ in sel.select(wait):
-                stream = key.fileobj
                 try:
                     data = os.read(key.fd, 65536)
                 except BlockingIOError:
                     continue
                 if data:
-                    captures[stream].feed(data)  # type: ignore[index]
+                    captures[key.fd].feed(data)
                 else:
-                    sel.unregister(stream)
+                    sel.unregister(key.fd)
         return False
     finally:
         sel.close()
@@ -176,7 +175,8 @@ def run(
         )
 
     assert proc.stdout is not None and proc.stderr is not None
-    captures = {proc.stdout: _Capture(output_limit), proc.stderr: _Capture(output_limit)}
+    out, err = _Capture(output_limit), _Capture(output_limit)
+    captures = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     deadline = None if timeout is None else t0 + timeout
     try:
         timed_out = _pump(proc, captures, deadline)
@@ -201,7 +201,6 @@ def run(
         proc.stdout.close()
         proc.stderr.close()
 
-    out, err = captures[proc.stdout], captures[proc.stderr]
     return ProcessResult(
         argv=argv,
         returncode=proc.returncode,

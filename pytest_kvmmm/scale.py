@@ -8,7 +8,6 @@ is reported in the result's notes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from .backing import GIB, MIB, format_size
 
@@ -42,14 +41,14 @@ class Sizing:
     vcpus: int
     notes: tuple[str, ...] = ()
     #: Set when the case cannot run meaningfully on this host.
-    unfit: Optional[str] = None
+    unfit: str | None = None
 
     @property
     def size_arg(self) -> str:
         return format_size(self.bytes)
 
 
-def fit(want_bytes: int, want_vcpus: int, cpus_online: Optional[int], mem_available: Optional[int]) -> Sizing:
+def fit(want_bytes: int, want_vcpus: int, cpus_online: int | None, mem_available: int | None) -> Sizing:
     """Cap a case's memory and vCPUs to the host; say what was capped."""
     notes = []
     vcpus = want_vcpus

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable
 
 from . import runner
 from .discovery import Found, NotFound, SearchRoot, find_binary
@@ -30,13 +31,13 @@ class SelftestResult:
     status: Status
     reason: str = ""
     details: str = ""
-    binary: Optional[str] = None
-    returncode: Optional[int] = None
+    binary: str | None = None
+    returncode: int | None = None
     duration_s: float = 0.0
     stdout: str = ""
     stderr: str = ""
     metrics: Metrics = field(default_factory=dict)
-    started_at: Optional[float] = None
+    started_at: float | None = None
     #: Notes a reader of the result should see (e.g. "-v capped from 8 to 2 online CPUs").
     notes: tuple[str, ...] = ()
 
@@ -48,7 +49,7 @@ class SelftestResult:
     def output(self) -> str:
         return self.stdout + self.stderr
 
-    def record(self) -> Dict[str, object]:
+    def record(self) -> dict[str, object]:
         """The ``--kvm-results`` fields of this run (JSON-ready)."""
         ended = None if self.started_at is None else self.started_at + self.duration_s
         return {
@@ -73,9 +74,9 @@ class SelftestEngine:
     roots: Callable[[], Sequence[SearchRoot]]
     host: Callable[[], HostFacts]
     default_timeout: float
-    machine: Optional[str] = None
-    env: Optional[Mapping[str, str]] = None
-    _roots_cache: Optional[Sequence[SearchRoot]] = field(default=None, init=False, repr=False)
+    machine: str | None = None
+    env: Mapping[str, str] | None = None
+    _roots_cache: Sequence[SearchRoot] | None = field(default=None, init=False, repr=False)
 
     def search_roots(self) -> Sequence[SearchRoot]:
         if self._roots_cache is None:
@@ -97,7 +98,7 @@ class SelftestEngine:
         name: str,
         args: Sequence[str] = (),
         *,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
         requires: Sequence[Requirement] = (),
         notes: Sequence[str] = (),
     ) -> SelftestResult:

@@ -5,7 +5,7 @@ Pure: records in, lines out.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 
 def format_metric(value: float) -> str:

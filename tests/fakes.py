@@ -10,8 +10,8 @@ from __future__ import annotations
 import stat
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -27,11 +27,11 @@ def make_fake(
     stdout: str = "",
     stderr: str = "",
     exit: int = 0,
-    signal: Optional[int] = None,
+    signal: int | None = None,
     hang: bool = False,
-    child_pidfile: Optional[Path] = None,
+    child_pidfile: Path | None = None,
     raw_stdout: bytes = b"",
-    argv_file: Optional[Path] = None,
+    argv_file: Path | None = None,
 ) -> Path:
     """Write an executable fake selftest ``directory/name`` and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def make_host_root(
     mem_total_kb: int = 16 * 1024 * 1024,
     mem_available_kb: int = 12 * 1024 * 1024,
     hugepagesize_kb: int = 2048,
-    pools: Optional[Mapping[int, Mapping[str, int]]] = None,
+    pools: Mapping[int, Mapping[str, int]] | None = None,
     thp_enabled: str = "madvise",
 ) -> Path:
     """A directory standing in for ``/`` with the files the host probes read."""

@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from fakes import make_fake
-
-from pytest_kvmmm.discovery import Found, NotFound, SearchRoot, explicit_root, find_binary, search_roots
+from pytest_kvmmm.discovery import (
+    Found,
+    NotFound,
+    SearchRoot,
+    explicit_root,
+    find_binary,
+    search_roots,
+)
 from pytest_kvmmm.provision.cache import BuildManifest, selftests_dir, write_manifest
 
 

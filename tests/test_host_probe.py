@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from fakes import make_host_root
-
 from pytest_kvmmm.host import probe_host
 
 

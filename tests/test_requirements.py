@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import make_host_root
 
+from fakes import make_host_root
 from pytest_kvmmm.backing import backing_requirements, format_size, hugetlb_pages_needed, parse_size
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.requirements import first_unmet

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from fakes import make_fake
-
 from pytest_kvmmm import runner
 
 

@@ -6,8 +6,8 @@ of a lab host gives the same decisions offline as the host itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,10 @@ class HugetlbPool:
 class ThpFacts:
     """Transparent hugepages: the selected value of each ``[bracketed]`` setting."""
 
-    enabled: Optional[str]
-    defrag: Optional[str]
-    shmem_enabled: Optional[str]
-    pmd_size: Optional[int]
+    enabled: str | None
+    defrag: str | None
+    shmem_enabled: str | None
+    pmd_size: int | None
 
     @property
     def usable_for_madvise(self) -> bool:
@@ -54,16 +54,16 @@ class ThpFacts:
 
 @dataclass(frozen=True)
 class HostFacts:
-    machine: Optional[str]
-    kernel_release: Optional[str]
-    cpus_online: Optional[int]
-    mem_total: Optional[int]
-    mem_available: Optional[int]
-    hugetlb_default_kb: Optional[int]
-    hugetlb: Tuple[HugetlbPool, ...]
+    machine: str | None
+    kernel_release: str | None
+    cpus_online: int | None
+    mem_total: int | None
+    mem_available: int | None
+    hugetlb_default_kb: int | None
+    hugetlb: tuple[HugetlbPool, ...]
     thp: ThpFacts
     #: fact name -> why it is unknown ("cannot read /proc/meminfo: Permission denied").
     unknown: Mapping[str, str] = field(default_factory=dict)
 
-    def hugetlb_pool(self, size_kb: int) -> Optional[HugetlbPool]:
+    def hugetlb_pool(self, size_kb: int) -> HugetlbPool | None:
         return next((p for p in self.hugetlb if p.size_kb == size_kb), None)

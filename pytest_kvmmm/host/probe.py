@@ -5,10 +5,18 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable, Dict, Optional, TypeVar
+from typing import Callable, TypeVar
 
 from .model import HostFacts, HugetlbPool, ThpFacts
-from .sysfs import Unreadable, parse_cpu_list, parse_meminfo, read_int, read_selected, read_text, rooted
+from .sysfs import (
+    Unreadable,
+    parse_cpu_list,
+    parse_meminfo,
+    read_int,
+    read_selected,
+    read_text,
+    rooted,
+)
 
 T = TypeVar("T")
 HUGEPAGES = "/sys/kernel/mm/hugepages"
@@ -19,9 +27,9 @@ class _Facts:
     """Collects the reason of every fact that could not be read."""
 
     def __init__(self) -> None:
-        self.unknown: Dict[str, str] = {}
+        self.unknown: dict[str, str] = {}
 
-    def get(self, fact: str, read: Callable[[], T]) -> Optional[T]:
+    def get(self, fact: str, read: Callable[[], T]) -> T | None:
         try:
             return read()
         except Unreadable as exc:

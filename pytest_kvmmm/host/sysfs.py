@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict
 
 _BRACKETED = re.compile(r"\[([^\]]+)\]")
 
@@ -44,9 +43,9 @@ def read_selected(root: Path, path: str) -> str:
     return m.group(1)
 
 
-def parse_meminfo(text: str) -> Dict[str, int]:
+def parse_meminfo(text: str) -> dict[str, int]:
     """``/proc/meminfo`` as bytes (``kB`` lines) or counts (``HugePages_*``)."""
-    out: Dict[str, int] = {}
+    out: dict[str, int] = {}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
         parts = rest.split()

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1

@@ -1,0 +1,101 @@
+"""The shipped suite against the real KVM selftests on this host.
+
+Skips, with the reason, where /dev/kvm or the kvmmm-build selftests are missing; CI has
+both (``ci/setup.sh`` builds the selftests), so there these tests run for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import pytest
+
+from pytest_kvmmm.discovery import Found, find_binary, search_roots
+from pytest_kvmmm.host import probe_host
+from pytest_kvmmm.provision.cache import default_cache_root
+
+
+def _real_build() -> Path:
+    if not os.path.exists("/dev/kvm"):
+        pytest.skip("no /dev/kvm on this host: load kvm_intel/kvm_amd (or run on a KVM host)")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no read/write access to /dev/kvm: add this user to the kvm group or run as root")
+    roots = search_roots(None, default_cache_root(), platform.release(), platform.machine())
+    found = find_binary("kvm_page_table_test", roots)
+    if not isinstance(found, Found):
+        pytest.skip(f"the real selftests are not built: {found.reason()}")
+    return found.root.path
+
+
+@pytest.fixture(scope="module")
+def real_build() -> Path:
+    return _real_build()
+
+
+def test_smoke_suite_runs_the_real_binaries(pytester: pytest.Pytester, real_build: Path) -> None:
+    res = pytester.runpytest_subprocess(
+        "--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke",
+        "--kvm-results", "r.jsonl", "-rA", "-p", "no:cacheprovider",
+    )
+    out = res.stdout.str()
+    assert "Traceback" not in out and "INTERNALERROR" not in out
+    recs = {json.loads(ln)["nodeid"].split("[")[-1].rstrip("]"): json.loads(ln) for ln in (pytester.path / "r.jsonl").read_text().splitlines()}
+    assert len(recs) == 6
+
+    # The plain backings run everywhere KVM does: they must really pass, with real timings.
+    for backing in ("anonymous", "shmem"):
+        rec = recs[backing]
+        assert rec["status"] == "passed", rec
+        assert rec["returncode"] == 0
+        assert rec["path"].startswith(str(real_build))
+        assert 0 < rec["metrics"]["KVM_CREATE_MAPPINGS"] < rec["duration_s"]
+
+    # The rest pass, or skip with a reason that names what the host lacks, as the host says.
+    host = probe_host()
+    for backing in ("anonymous_hugetlb_2mb", "anonymous_hugetlb_1gb", "shared_hugetlb"):
+        rec = recs[backing]
+        size_kb = 1048576 if backing.endswith("1gb") else host.hugetlb_default_kb
+        pool = host.hugetlb_pool(size_kb) if size_kb else None
+        if pool is None or pool.usable < (1 if backing.endswith("1gb") else 32):
+            assert rec["status"] == "skipped", rec
+            assert rec["returncode"] is None, "the binary must not run on a pool too small"
+            assert "hugepages" in rec["reason"] and ("echo " in rec["reason"] or "no " in rec["reason"])
+        else:
+            assert rec["status"] == "passed", rec
+    thp = recs["anonymous_thp"]
+    if host.thp.usable_for_madvise:
+        assert thp["status"] == "passed", thp
+    else:
+        assert thp["status"] == "skipped" and "THP is" in thp["reason"]
+    assert res.ret == 0
+
+
+def test_real_binary_skip_is_mapped(pytester: pytest.Pytester, real_build: Path) -> None:
+    # nx_huge_pages_test refuses to run without its magic token: a real KSFT_SKIP (exit 4).
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.kvm_selftest("nx_huge_pages_test")
+        def test_nx():
+            pass
+    """)
+    res = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    res.assert_outcomes(skipped=1)
+    res.stdout.fnmatch_lines(["SKIPPED * This test must be run with the magic token*"])
+
+
+def test_real_binary_assertion_failure_is_mapped(pytester: pytest.Pytester, real_build: Path) -> None:
+    # set_memory_region_test takes a loop count; "-h" is a TEST_ASSERT failure (exit 254).
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.kvm_selftest("set_memory_region_test", "-h")
+        def test_bad_arg():
+            pass
+    """)
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*set_memory_region_test exit 254: *", "*==== Test Assertion Failure ====*"])
