@@ -108,6 +108,11 @@ def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(kept[-lines:])
 
 
+def _last_line(text: str) -> str:
+    lines = _tail(text, 1).splitlines()
+    return lines[-1].strip() if lines else ""
+
+
 def classify(result: ProcessResult, timeout_s: float | None = None) -> Outcome:
     """Map a finished selftest process to an outcome, with a reason a person can act on."""
     name = result.argv[0].rsplit("/", 1)[-1] if result.argv else "selftest"
@@ -134,10 +139,11 @@ def classify(result: ProcessResult, timeout_s: float | None = None) -> Outcome:
     if rc == KSFT_PASS:
         return Outcome(Status.PASSED)
     if rc == KSFT_SKIP:
-        reason = skip_reason(result.stdout, result.stderr)
-        return Outcome(Status.SKIPPED, reason or f"{name} exited 4 (KSFT_SKIP) without a skip line")
+        # No "# SKIP" line happens: get_def_hugetlb_pagesz() prints its reason bare on stderr.
+        reason = skip_reason(result.stdout, result.stderr) or _last_line(result.stderr) or _last_line(result.stdout)
+        return Outcome(Status.SKIPPED, reason or f"{name} exited 4 (KSFT_SKIP) without a reason")
     block = assertion_block(result.stderr, result.stdout)
     if block:
         return Outcome(Status.FAILED, f"{name} exit {rc}: {assertion_summary(block)}", block)
-    last = output_tail.splitlines()[-1].strip() if output_tail else "no output"
+    last = _last_line(output_tail) or "no output"
     return Outcome(Status.FAILED, f"{name} exit {rc}: {last}", output_tail)

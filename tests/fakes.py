@@ -62,6 +62,18 @@ def make_fake(
     return path
 
 
+def make_golden_fake(directory: Path, name: str, case: str, **kw: object) -> Path:
+    """A fake ``name`` that replays the golden capture ``case`` (stdout, stderr, exit code)."""
+    return make_fake(
+        directory,
+        name,
+        stdout=golden(f"{case}.stdout"),
+        stderr=golden(f"{case}.stderr"),
+        exit=int(golden(f"{case}.rc")),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
 def make_host_root(
     root: Path,
     *,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvmmm.discovery import Found, find_binary, search_roots
+from pytest_kvmmm.discovery import Found, explicit_root, find_binary, search_roots
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.provision.cache import default_cache_root
 
@@ -23,7 +23,8 @@ def _real_build() -> Path:
         pytest.skip("no /dev/kvm on this host: load kvm_intel/kvm_amd (or run on a KVM host)")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("no read/write access to /dev/kvm: add this user to the kvm group or run as root")
-    roots = search_roots(None, default_cache_root(), platform.release(), platform.machine())
+    explicit = explicit_root(None, os.environ, None)  # KVM_SELFTESTS_DIR, as the plugin reads it
+    roots = search_roots(explicit, default_cache_root(), platform.release(), platform.machine())
     found = find_binary("kvm_page_table_test", roots)
     if not isinstance(found, Found):
         pytest.skip(f"the real selftests are not built: {found.reason()}")
