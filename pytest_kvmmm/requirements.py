@@ -38,14 +38,15 @@ class HugetlbPages:
             reason = host.unknown.get("meminfo", "no Hugepagesize in /proc/meminfo")
             return f"cannot tell the default hugetlb page size{purpose}: {reason}"
         size = human_size_kb(self.size_kb)
+        wanted = f"{self.pages} free {size} hugepage{'s' if self.pages != 1 else ''}{purpose}"
         pool = host.hugetlb_pool(self.size_kb)
         if pool is None:
-            key = f"hugetlb.hugepages-{self.size_kb}kB"
-            if key in host.unknown or "hugetlb" in host.unknown:
-                return f"cannot read the {size} hugetlb pool: {host.unknown.get(key) or host.unknown['hugetlb']}"
+            why = host.unknown.get(f"hugetlb.hugepages-{self.size_kb}kB") or host.unknown.get("hugetlb")
+            if why:
+                return f"needs {wanted}, but the {size} hugetlb pool cannot be read: {why}"
             return (
-                f"needs {self.pages} free {size} hugepages{purpose}, but this host has no {size} "
-                "hugetlb pool (the CPU or kernel does not offer that page size)"
+                f"needs {wanted}, but this host has no {size} hugetlb pool "
+                "(the CPU or kernel does not offer that page size)"
             )
         if pool.usable >= self.pages:
             return None
@@ -53,10 +54,7 @@ class HugetlbPages:
         how = f"echo {target} > {pool.nr_path}"
         if self.size_kb >= 1024 * 1024:
             how += f" (1 GiB pages may need booting with hugepagesz=1G hugepages={target})"
-        return (
-            f"needs {self.pages} free {size} hugepages{purpose}, pool has {pool.usable} "
-            f"(nr={pool.nr} free={pool.free} resv={pool.resv}): {how}"
-        )
+        return f"needs {wanted}, pool has {pool.usable} (nr={pool.nr} free={pool.free} resv={pool.resv}): {how}"
 
 
 @dataclass(frozen=True)

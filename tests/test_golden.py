@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import golden, make_golden_fake
 
+from fakes import golden, make_golden_fake
 from pytest_kvmmm.metrics import guest_mode_name, parse_metrics
 from pytest_kvmmm.outcome import Status, classify
 from pytest_kvmmm.runner import run

@@ -222,7 +222,7 @@ def test_suite_skips_before_running_when_the_host_lacks_pools(pytester: pytest.P
     res.stdout.fnmatch_lines_random([
         ("SKIPPED * needs 32 free 2 MiB hugepages for anonymous_hugetlb_2mb, pool has 0 (nr=0 free=0 resv=0): "
         "echo 32 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"),
-        "SKIPPED * needs 1 free 1 GiB hugepages for anonymous_hugetlb_1gb, pool has 0*",
+        "SKIPPED * needs 1 free 1 GiB hugepage for anonymous_hugetlb_1gb, pool has 0*",
         "SKIPPED * needs 32 free 2 MiB hugepages for shared_hugetlb*",
         "SKIPPED * needs transparent hugepages, THP is 'never': echo madvise > /sys/kernel/mm/transparent_hugepage/enabled",
     ])

@@ -44,7 +44,7 @@ def test_enough_pages_is_satisfied(tmp_path: Path) -> None:
 
 def test_1g_pool_hint_mentions_boot_time(tmp_path: Path) -> None:
     reason = unmet(tmp_path, "anonymous_hugetlb_1gb", 64 * MIB)
-    assert reason is not None and "needs 1 free 1 GiB hugepages" in reason
+    assert reason is not None and "needs 1 free 1 GiB hugepage" in reason
     assert "hugepagesz=1G hugepages=1" in reason
 
 
@@ -76,3 +76,14 @@ def test_sizes_round_trip(text: str, size: int) -> None:
 def test_bad_size_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="not a size: 'lots'"):
         parse_size("lots")
+
+
+def test_unreadable_pool_says_why(tmp_path: Path) -> None:
+    root = make_host_root(tmp_path)
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("???\n")
+    host = probe_host(root)
+    reason = first_unmet(list(backing_requirements("anonymous_hugetlb_2mb", 64 * MIB, 2048)), host)
+    assert reason == (
+        "needs 32 free 2 MiB hugepages for anonymous_hugetlb_2mb, but the 2 MiB hugetlb pool cannot be read: "
+        "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages: expected a number, found '???'"
+    )
