@@ -15,7 +15,10 @@ import pytest
 
 from pytest_kvmmm.discovery import Found, explicit_root, find_binary, search_roots
 from pytest_kvmmm.host import probe_host
-from pytest_kvmmm.provision.cache import default_cache_root
+from pytest_kvmmm.provision.cache import CACHE_ENV, default_cache_root
+
+#: Read at import: pytester points HOME at a temporary directory for the runs it starts.
+CACHE_ROOT = default_cache_root()
 
 
 def _real_build() -> Path:
@@ -24,16 +27,18 @@ def _real_build() -> Path:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("no read/write access to /dev/kvm: add this user to the kvm group or run as root")
     explicit = explicit_root(None, os.environ, None)  # KVM_SELFTESTS_DIR, as the plugin reads it
-    roots = search_roots(explicit, default_cache_root(), platform.release(), platform.machine())
+    roots = search_roots(explicit, CACHE_ROOT, platform.release(), platform.machine())
     found = find_binary("kvm_page_table_test", roots)
     if not isinstance(found, Found):
         pytest.skip(f"the real selftests are not built: {found.reason()}")
     return found.root.path
 
 
-@pytest.fixture(scope="module")
-def real_build() -> Path:
-    return _real_build()
+@pytest.fixture
+def real_build(monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = _real_build()
+    monkeypatch.setenv(CACHE_ENV, str(CACHE_ROOT))
+    return root
 
 
 def test_smoke_suite_runs_the_real_binaries(pytester: pytest.Pytester, real_build: Path) -> None:
