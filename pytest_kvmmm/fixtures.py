@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
+from .host.kvm import KvmFacts
+from .host.mm import HugetlbPool
 from .host.model import HostFacts
 from .outcome import Status
 from .requirements import Requirement
@@ -69,6 +71,24 @@ class SelftestRunner:
 def kvm_host(request: pytest.FixtureRequest) -> HostFacts:
     """Facts about the host (or the ``--kvm-host-snapshot``): arch, CPUs, memory, hugetlb pools, THP."""
     return request.config.stash[ENGINE_KEY].host()
+
+
+@pytest.fixture(scope="session")
+def kvm_info(kvm_host: HostFacts) -> KvmFacts:
+    """KVM on this host: flavour, /dev/kvm usability, module parameters, capabilities, guest CPU."""
+    return kvm_host.kvm
+
+
+@pytest.fixture(scope="session")
+def kvm_hugetlb_pools(kvm_host: HostFacts) -> tuple[HugetlbPool, ...]:
+    """The global hugetlb pools (per page size: nr, free, resv, surplus, writable); per node in kvm_host."""
+    return kvm_host.hugetlb
+
+
+@pytest.fixture(scope="session")
+def kvm_ttrem(kvm_host: HostFacts) -> int | None:
+    """arm64 FEAT_BBM level (TTRem) read from a vCPU's ID_AA64MMFR2_EL1; None off arm64 or unknown."""
+    return kvm_host.kvm.ttrem
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from .discovery import ENV_VAR, SearchRoot, explicit_root
+from .host.snapshot import open_snapshot
 from .scale import SCALES
 
 DEFAULT_TIMEOUT_S = 120.0  # tools/testing/selftests/kvm/settings: timeout=120
@@ -26,7 +27,11 @@ HELP_SELFTESTS = (
 HELP_TIMEOUT = f"seconds before a selftest's process group is killed (default {DEFAULT_TIMEOUT_S:g})"
 HELP_SCALE = "sizes for the shipped suite: " + ", ".join(f"{s.name} ({s.help})" for s in SCALES.values())
 HELP_RESULTS = "write one JSON object per selftest to FILE (JSON lines), as each test finishes"
-HELP_SNAPSHOT = "read host facts from DIR (a directory standing in for /) instead of the live host"
+HELP_SNAPSHOT = (
+    "read host facts from a snapshot (a directory standing in for /, or a kvmmm-snapshot tarball) "
+    "instead of the live host"
+)
+HELP_HOST_INFO = "print the host facts (text, or json) and exit"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -36,6 +41,9 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kvm-scale", metavar="SCALE", help=HELP_SCALE)
     group.addoption("--kvm-results", metavar="FILE", help=HELP_RESULTS)
     group.addoption("--kvm-host-snapshot", metavar="DIR", help=HELP_SNAPSHOT)
+    group.addoption(
+        "--kvm-host-info", nargs="?", const="text", choices=("text", "json"), metavar="FORMAT", help=HELP_HOST_INFO
+    )
     parser.addini("kvm_selftests", HELP_SELFTESTS)
     parser.addini("kvm_timeout", HELP_TIMEOUT)
     parser.addini("kvm_scale", HELP_SCALE)
@@ -74,9 +82,13 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
     if scale not in SCALES:
         raise pytest.UsageError(f"--kvm-scale: unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
 
+    host_root = Path("/")
     snapshot = opt("kvm_host_snapshot")
-    if snapshot and not Path(snapshot).is_dir():
-        raise pytest.UsageError(f"--kvm-host-snapshot: {snapshot} is not a directory")
+    if snapshot:
+        try:
+            host_root = open_snapshot(Path(snapshot))
+        except (OSError, ValueError) as exc:
+            raise pytest.UsageError(f"--kvm-host-snapshot: {exc}") from None
 
     explicit = explicit_root(opt("kvm_selftests"), env, config.getini("kvm_selftests") or None)
     if explicit is not None and not explicit.path.is_dir():
@@ -88,5 +100,5 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         timeout_s=timeout,
         scale=scale,
         results=Path(results) if results else None,
-        host_root=Path(snapshot) if snapshot else Path("/"),
+        host_root=host_root,
     )

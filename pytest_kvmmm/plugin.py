@@ -6,9 +6,12 @@ the run's state (no attributes on ``config``) and implements the per-test hooks.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import socket
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,19 +23,24 @@ from .fixtures import (
     RESULTS_KEY,
     SCALE_KEY,
     kvm_host,
+    kvm_hugetlb_pools,
+    kvm_info,
     kvm_result,
     kvm_scale,
     kvm_selftests,
+    kvm_ttrem,
     raise_for,
 )
 from .host import HostFacts, probe_host
+from .host.probe import timed_probe
+from .host.report import summary_line, text_report
 from .markers import MARKERS, SELFTEST_SIGNATURE, SelftestCall, parse_selftest_marker
 from .provision.cache import default_cache_root
 from .results import ResultsWriter
-from .selftest import SelftestEngine, host_label
+from .selftest import SelftestEngine
 from .summary import summary_lines
 
-__all__ = ["kvm_host", "kvm_result", "kvm_scale", "kvm_selftests"]
+__all__ = ["kvm_host", "kvm_hugetlb_pools", "kvm_info", "kvm_result", "kvm_scale", "kvm_selftests", "kvm_ttrem"]
 
 RECORD_PROPERTY = "kvm_selftest"
 CALL_KEY = pytest.StashKey[SelftestCall]()
@@ -40,6 +48,19 @@ CALL_KEY = pytest.StashKey[SelftestCall]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True)  # tryfirst: answer --kvm-host-info before any collection
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    fmt = config.getoption("kvm_host_info")
+    if not fmt:
+        return None
+    facts, seconds = timed_probe(options.resolve(config).host_root)
+    if fmt == "json":
+        print(json.dumps(facts.to_json(), indent=2, sort_keys=True))
+    else:
+        print(text_report(facts, seconds))
+    return 0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,7 +78,7 @@ class KvmmmPlugin:
         self.config = config
         self.settings = settings
         self.is_worker = hasattr(config, "workerinput")
-        self.host_label = host_label()
+        self._label: str | None = None
         self.records: list[dict[str, Any]] = []
         self._host: HostFacts | None = None
         self.engine = SelftestEngine(
@@ -71,6 +92,13 @@ class KvmmmPlugin:
         if self.writer is not None:
             self.writer.open()
 
+    @property
+    def host_label(self) -> str:
+        """The host results are attributed to: the (snapshot's) hostname."""
+        if self._label is None:
+            self._label = self.host().hostname or socket.gethostname()
+        return self._label
+
     def host(self) -> HostFacts:
         """Probed once per process, on first use."""
         if self._host is None:
@@ -79,12 +107,11 @@ class KvmmmPlugin:
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         host = self.host()
-        pools = " ".join(f"{p.size_kb // 1024}M:{p.free}/{p.nr}" for p in host.hugetlb) or "none"
         roots = self.engine.search_roots()
         source = f"{roots[0].path} ({roots[0].origin})" if roots else "none found (run kvmmm-build)"
+        where = "" if self.settings.host_root == Path("/") else f" [snapshot {self.settings.host_root}]"
         return [
-            (f"kvmmm: {host.machine} {host.kernel_release}, {host.cpus_online} CPUs, "
-            f"hugetlb free/nr {pools}, THP {host.thp.enabled}"),
+            f"kvmmm: {host.hostname}{where}: {summary_line(host)}",
             f"kvmmm: selftests {source}; scale {self.settings.scale}; timeout {self.settings.timeout_s:g}s",
         ]
 

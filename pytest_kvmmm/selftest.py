@@ -8,7 +8,6 @@ result into a pass, skip or failure.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,8 +130,3 @@ class SelftestEngine:
             started_at=proc.started_at,
             notes=tuple(notes) + (("output truncated to its head and tail",) if proc.truncated else ()),
         )
-
-
-def host_label() -> str:
-    """The name results carry for the host they ran on."""
-    return socket.gethostname()

@@ -7,6 +7,7 @@ from real runs lives in ``tests/golden/``.
 
 from __future__ import annotations
 
+import json
 import stat
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 GOLDEN = Path(__file__).parent / "golden"
+SNAPSHOTS = Path(__file__).parent / "snapshots"
 
 
 def golden(name: str) -> str:
@@ -85,8 +87,20 @@ def make_host_root(
     hugepagesize_kb: int = 2048,
     pools: Mapping[int, Mapping[str, int]] | None = None,
     thp_enabled: str = "madvise",
+    kvm: str = "pvm_live",
+    hostname: str = "fakehost",
+    kvm_modules: Mapping[str, Mapping[str, str]] | None = None,
+    writable_pools: bool = True,
+    cpuinfo: str = "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu pdpe1gb lm svm npt hypervisor\n"
+    "address sizes\t: 48 bits physical, 48 bits virtual\n",
+    extra: Mapping[str, str] | None = None,
 ) -> Path:
-    """A directory standing in for ``/`` with the files the host probes read."""
+    """A directory standing in for ``/`` with the files the host probes read.
+
+    ``kvm`` names the KVM API answers, from ``tests/snapshots/kvm/<kvm>.json``. Module
+    parameters are ``{"kvm": {"tdp_mmu": "Y"}}``; a name ending in ``!`` is written
+    read-only (``{"kvm": {"tdp_mmu!": "N"}}``), as PVM's are.
+    """
     pools = {2048: {"nr": 0, "free": 0}, 1048576: {"nr": 0, "free": 0}} if pools is None else pools
 
     def put(path: str, text: str) -> None:
@@ -95,6 +109,10 @@ def make_host_root(
         p.write_text(text)
 
     put("/proc/sys/kernel/arch", machine + "\n")
+    put("/proc/sys/kernel/hostname", hostname + "\n")
+    put("/proc/cpuinfo", cpuinfo)
+    put("/proc/cmdline", "console=ttyS0\n")
+    put("/sys/devices/system/node/online", "0\n")
     put("/proc/sys/kernel/osrelease", release + "\n")
     put("/sys/devices/system/cpu/online", cpus + "\n")
     total_hp = pools.get(hugepagesize_kb, {}).get("nr", 0)
@@ -107,6 +125,11 @@ def make_host_root(
     for size_kb, counts in pools.items():
         d = f"/sys/kernel/mm/hugepages/hugepages-{size_kb}kB"
         put(f"{d}/nr_hugepages", f"{counts.get('nr', 0)}\n")
+        (root / d.lstrip("/") / "nr_hugepages").chmod(0o644 if writable_pools else 0o444)
+        n = f"/sys/devices/system/node/node0/hugepages/hugepages-{size_kb}kB"
+        put(f"{n}/nr_hugepages", f"{counts.get('nr', 0)}\n")
+        put(f"{n}/free_hugepages", f"{counts.get('free', 0)}\n")
+        put(f"{n}/surplus_hugepages", f"{counts.get('surplus', 0)}\n")
         put(f"{d}/free_hugepages", f"{counts.get('free', 0)}\n")
         put(f"{d}/resv_hugepages", f"{counts.get('resv', 0)}\n")
         put(f"{d}/surplus_hugepages", f"{counts.get('surplus', 0)}\n")
@@ -117,4 +140,16 @@ def make_host_root(
     put(f"{thp}/defrag", "always defer defer+madvise [madvise] never\n")
     put(f"{thp}/shmem_enabled", "always within_size advise [never] deny force\n")
     put(f"{thp}/hpage_pmd_size", "2097152\n")
+    modules = {"kvm": {"tdp_mmu!": "N", "eager_page_split!": "Y", "nx_huge_pages!": "N"}, "kvm_pvm": {}}
+    for module, params in (modules if kvm_modules is None else kvm_modules).items():
+        (root / "sys/module" / module).mkdir(parents=True, exist_ok=True)
+        for name, value in params.items():
+            path = root / f"sys/module/{module}/parameters/{name.rstrip('!')}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(value + "\n")
+            path.chmod(0o444 if name.endswith("!") else 0o644)
+    for path, text in (extra or {}).items():
+        put(path, text)
+    answers = json.loads((SNAPSHOTS / "kvm" / f"{kvm}.json").read_text())
+    (root / "kvmmm-snapshot.json").write_text(json.dumps({"format": 1, "kvm": answers}))
     return root

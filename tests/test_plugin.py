@@ -259,3 +259,50 @@ def test_suite_collects_the_same_ids_on_any_host(pytester: pytest.Pytester, tmp_
         res = pytester.runpytest(*SUITE, "--collect-only", "-q", "--kvm-host-snapshot", str(root))
         ids.append([ln for ln in res.outlines if "::" in ln])
     assert ids[0] == ids[1] and len(ids[0]) == 6
+
+
+def test_host_info_text_and_json_from_a_snapshot(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    root = make_host_root(tmp_path / "root", hostname="lab-7", pools={2048: {"nr": 64, "free": 60}})
+    res = pytester.runpytest("--kvm-host-info", "--kvm-host-snapshot", str(root))
+    assert res.ret == 0
+    res.stdout.fnmatch_lines([
+        f"host lab-7 (facts from {root}, probed in * ms)",
+        "*kvm       kvm_pvm; /dev/kvm usable; API 12",
+        "*kvm cpuid 1G pages no, LA57 no, MAXPHYADDR 48*",
+        "*hugetlb   default 2M; 2M nr=64 free=60 resv=0 surplus=0*",
+    ])
+    assert "collected" not in res.stdout.str(), "--kvm-host-info must not collect or run tests"
+    res = pytester.runpytest("--kvm-host-info=json", "--kvm-host-snapshot", str(root))
+    data = json.loads(res.stdout.str())
+    assert data["hostname"] == "lab-7" and data["kvm"]["flavour"] == "kvm_pvm"
+    assert data["kvm"]["tdp_mmu"] is False and data["kvm"]["params"]["kvm.tdp_mmu"]["writable"] is False
+
+
+def test_report_header_summarises_the_host(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    root = make_host_root(tmp_path / "root", hostname="lab-7")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    res = pytester.runpytest("--kvm-host-snapshot", str(root))
+    res.stdout.fnmatch_lines([
+        f"kvmmm: lab-7 [snapshot {root}]: x86_64 6.12.0-test, 4 CPUs, KVM kvm_pvm, TDP no, TDP MMU no, "
+        "hugetlb free/nr 2M:0/0 1G:0/0, THP madvise, page_idle no",
+    ])
+
+
+def test_host_fixtures(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    root = make_host_root(tmp_path / "root", machine="aarch64", kvm="arm64_ttrem2", kvm_modules={})
+    pytester.makepyfile("""
+        def test_facts(kvm_host, kvm_info, kvm_hugetlb_pools, kvm_ttrem):
+            assert kvm_host.machine == "aarch64"
+            assert kvm_info.ipa_size == 48
+            assert [p.size_kb for p in kvm_hugetlb_pools] == [2048, 1048576]
+            assert kvm_ttrem == 2
+    """)
+    pytester.runpytest("--kvm-host-snapshot", str(root)).assert_outcomes(passed=1)
+
+
+def test_bad_snapshot_is_a_usage_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.txt"
+    bogus.write_text("x")
+    res = pytester.runpytest("--kvm-host-snapshot", str(bogus))
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*--kvm-host-snapshot: * is neither a snapshot directory nor a tarball*"])

@@ -1,69 +1,65 @@
-"""Immutable host facts. A fact that could not be read is ``None`` and its reason is in ``unknown``.
+"""The host model: immutable facts, with the reason for every fact that could not be read.
 
-Requirements and skip decisions read this model, never sysfs directly, so a snapshot
-of a lab host gives the same decisions offline as the host itself.
+Requirements and skip decisions read this model, never sysfs directly, so a snapshot of a
+lab host gives the same decisions offline as the host itself. ``to_json`` is the stable,
+documented form behind ``--kvm-host-info=json`` (see the README for the keys).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from .cpu import CpuFacts
+from .kvm import KvmFacts
+from .mm import HugetlbPool, MglruFacts, ThpFacts
 
-@dataclass(frozen=True)
-class HugetlbPool:
-    """One hugetlb page size, from ``/sys/kernel/mm/hugepages/hugepages-<kB>kB/``."""
-
-    size_kb: int
-    nr: int
-    free: int
-    resv: int
-    surplus: int
-    overcommit: int
-    #: Whether this process may write ``nr_hugepages`` (root, and a writable sysfs).
-    writable: bool
-
-    @property
-    def size_bytes(self) -> int:
-        return self.size_kb * 1024
-
-    @property
-    def usable(self) -> int:
-        """Pages a new mapping can get: free minus reserved, plus what overcommit still allows."""
-        return max(self.free - self.resv, 0) + max(self.overcommit - self.surplus, 0)
-
-    @property
-    def nr_path(self) -> str:
-        return f"/sys/kernel/mm/hugepages/hugepages-{self.size_kb}kB/nr_hugepages"
-
-
-@dataclass(frozen=True)
-class ThpFacts:
-    """Transparent hugepages: the selected value of each ``[bracketed]`` setting."""
-
-    enabled: str | None
-    defrag: str | None
-    shmem_enabled: str | None
-    pmd_size: int | None
-
-    @property
-    def usable_for_madvise(self) -> bool:
-        """``anonymous_thp`` backs memory with ``MADV_HUGEPAGE``: works with always or madvise."""
-        return self.enabled in ("always", "madvise")
+HOST_JSON_FORMAT = 1
 
 
 @dataclass(frozen=True)
 class HostFacts:
+    hostname: str | None
     machine: str | None
     kernel_release: str | None
     cpus_online: int | None
     mem_total: int | None
     mem_available: int | None
+    numa_nodes: tuple[int, ...]
+    cpu: CpuFacts
+    kvm: KvmFacts
     hugetlb_default_kb: int | None
     hugetlb: tuple[HugetlbPool, ...]
+    hugetlb_nodes: tuple[HugetlbPool, ...]
     thp: ThpFacts
+    page_idle: bool
+    mglru: MglruFacts
+    #: Where the facts come from: "/" or the snapshot directory.
+    source: str = "/"
     #: fact name -> why it is unknown ("cannot read /proc/meminfo: Permission denied").
     unknown: Mapping[str, str] = field(default_factory=dict)
 
-    def hugetlb_pool(self, size_kb: int) -> HugetlbPool | None:
-        return next((p for p in self.hugetlb if p.size_kb == size_kb), None)
+    def hugetlb_pool(self, size_kb: int, node: int | None = None) -> HugetlbPool | None:
+        pools = self.hugetlb if node is None else self.hugetlb_nodes
+        return next((p for p in pools if p.size_kb == size_kb and p.node == node), None)
+
+    def to_json(self) -> dict[str, Any]:
+        def plain(value: Any) -> Any:
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            if isinstance(value, Mapping):
+                return {str(k): plain(v) for k, v in value.items()}
+            if isinstance(value, (tuple, list)):
+                return [plain(v) for v in value]
+            return value
+
+        data: dict[str, Any] = plain(self)
+        data["format"] = HOST_JSON_FORMAT
+        data["kvm"].update(tdp_mmu=self.kvm.tdp_mmu, tdp=self.kvm.tdp, ttrem=self.kvm.ttrem, ipa_size=self.kvm.ipa_size)
+        data["page_idle"] = self.page_idle
+        data["mglru"]["usable_for_aging"] = self.mglru.usable_for_aging
+        for pool in data["hugetlb"] + data["hugetlb_nodes"]:
+            pool["usable"] = max(pool["free"] - pool["resv"], 0) + max(pool["overcommit"] - pool["surplus"], 0)
+        return data

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from typing import Callable, TypeVar
 
 _BRACKETED = re.compile(r"\[([^\]]+)\]")
 
@@ -65,3 +67,54 @@ def parse_cpu_list(text: str) -> int:
         lo, _, hi = part.partition("-")
         count += int(hi or lo) - int(lo) + 1
     return count
+
+
+T = TypeVar("T")
+
+
+class FactReader:
+    """Reads facts under one root and remembers why each unreadable one is unknown.
+
+    ``live`` is True when the root is the running host's ``/``: only then do access checks
+    (``os.access``, opening a file read-write) mean anything.
+    """
+
+    def __init__(self, root: Path, live: bool) -> None:
+        self.root = root
+        self.live = live
+        self.unknown: dict[str, str] = {}
+
+    def get(self, fact: str, read: Callable[[], T]) -> T | None:
+        try:
+            return read()
+        except Unreadable as exc:
+            self.unknown[fact] = str(exc)
+            return None
+
+    def text(self, path: str) -> str:
+        return read_text(self.root, path)
+
+    def int(self, path: str) -> int:
+        return read_int(self.root, path)
+
+    def selected(self, path: str) -> str:
+        return read_selected(self.root, path)
+
+    def path(self, path: str) -> Path:
+        return rooted(self.root, path)
+
+    def writable(self, path: str) -> bool:
+        """Whether this process could write the file; a snapshot keeps the answer in the owner-write bit.
+
+        ``os.access`` alone is not enough: it says yes to root for a 0444 sysfs file, whose
+        open for writing still fails with EACCES (a read-only module parameter has no store
+        method). So the mode must carry a write bit too.
+        """
+        p = rooted(self.root, path)
+        try:
+            mode = p.stat().st_mode
+        except OSError:
+            return False
+        if not self.live:
+            return bool(mode & 0o200)
+        return bool(mode & 0o222) and os.access(p, os.W_OK)

@@ -1,0 +1,153 @@
+"""Memory-management facts: hugetlb pools (global and per NUMA node), THP, page_idle, MGLRU."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from .sysfs import FactReader, Unreadable
+
+HUGEPAGES = "/sys/kernel/mm/hugepages"
+NODES = "/sys/devices/system/node"
+THP = "/sys/kernel/mm/transparent_hugepage"
+PAGE_IDLE = "/sys/kernel/mm/page_idle/bitmap"
+LRU_GEN = "/sys/kernel/mm/lru_gen/enabled"
+_POOL_DIR = re.compile(r"hugepages-(\d+)kB")
+
+
+@dataclass(frozen=True)
+class HugetlbPool:
+    """One hugetlb page size, globally (``node`` None) or on one NUMA node."""
+
+    size_kb: int
+    nr: int
+    free: int
+    resv: int
+    surplus: int
+    overcommit: int
+    #: Whether this process may write ``nr_hugepages`` (root, and a writable sysfs).
+    writable: bool
+    node: int | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return self.size_kb * 1024
+
+    @property
+    def usable(self) -> int:
+        """Pages a new mapping can get: free minus reserved, plus what overcommit still allows."""
+        return max(self.free - self.resv, 0) + max(self.overcommit - self.surplus, 0)
+
+    @property
+    def nr_path(self) -> str:
+        base = HUGEPAGES if self.node is None else f"{NODES}/node{self.node}/hugepages"
+        return f"{base}/hugepages-{self.size_kb}kB/nr_hugepages"
+
+
+@dataclass(frozen=True)
+class ThpFacts:
+    """Transparent hugepages: the selected value of each ``[bracketed]`` setting."""
+
+    enabled: str | None
+    defrag: str | None
+    shmem_enabled: str | None
+    pmd_size: int | None
+
+    @property
+    def usable_for_madvise(self) -> bool:
+        """``anonymous_thp`` backs memory with ``MADV_HUGEPAGE``: works with always or madvise."""
+        return self.enabled in ("always", "madvise")
+
+
+@dataclass(frozen=True)
+class MglruFacts:
+    """``/sys/kernel/mm/lru_gen/enabled``: a hex bitmask (0x1 enabled, 0x2 mm walk, 0x4 young in non-leaf PMDs)."""
+
+    enabled_mask: int | None
+
+    @property
+    def usable_for_aging(self) -> bool:
+        """What ``access_tracking_perf_test`` (6.16+) needs: bits 0x1 and 0x2."""
+        return self.enabled_mask is not None and self.enabled_mask & 0x3 == 0x3
+
+
+def _pool(r: FactReader, base: str, name: str, node: int | None) -> HugetlbPool:
+    d = f"{base}/{name}"
+    m = _POOL_DIR.fullmatch(name)
+    assert m is not None
+    per_node = node is not None  # per-node pools have no resv/overcommit files
+    return HugetlbPool(
+        size_kb=int(m.group(1)),
+        nr=r.int(f"{d}/nr_hugepages"),
+        free=r.int(f"{d}/free_hugepages"),
+        resv=0 if per_node else r.int(f"{d}/resv_hugepages"),
+        surplus=r.int(f"{d}/surplus_hugepages"),
+        overcommit=0 if per_node else r.int(f"{d}/nr_overcommit_hugepages"),
+        writable=r.writable(f"{d}/nr_hugepages"),
+        node=node,
+    )
+
+
+def _pools_in(r: FactReader, base: str, node: int | None) -> list[HugetlbPool]:
+    try:
+        names = [p.name for p in r.path(base).iterdir() if _POOL_DIR.fullmatch(p.name)]
+    except OSError as exc:
+        r.unknown["hugetlb" if node is None else f"hugetlb.node{node}"] = (
+            f"cannot list {base}: {exc.strerror or exc}"
+        )
+        return []
+    pools = []
+    for name in names:
+        fact = f"hugetlb.{name}" if node is None else f"hugetlb.node{node}.{name}"
+        pool = r.get(fact, lambda name=name: _pool(r, base, name, node))  # type: ignore[misc]
+        if pool is not None:
+            pools.append(pool)
+    return sorted(pools, key=lambda p: p.size_kb)
+
+
+def hugetlb_pools(r: FactReader) -> tuple[HugetlbPool, ...]:
+    return tuple(_pools_in(r, HUGEPAGES, None))
+
+
+def node_hugetlb_pools(r: FactReader, nodes: tuple[int, ...]) -> tuple[HugetlbPool, ...]:
+    return tuple(p for node in nodes for p in _pools_in(r, f"{NODES}/node{node}/hugepages", node))
+
+
+def thp_facts(r: FactReader) -> ThpFacts:
+    return ThpFacts(
+        enabled=r.get("thp.enabled", lambda: r.selected(f"{THP}/enabled")),
+        defrag=r.get("thp.defrag", lambda: r.selected(f"{THP}/defrag")),
+        shmem_enabled=r.get("thp.shmem_enabled", lambda: r.selected(f"{THP}/shmem_enabled")),
+        pmd_size=r.get("thp.pmd_size", lambda: r.int(f"{THP}/hpage_pmd_size")),
+    )
+
+
+def page_idle(r: FactReader) -> bool:
+    """Idle page tracking: the bitmap must exist and open read-write (CONFIG_IDLE_PAGE_TRACKING, root)."""
+    path = r.path(PAGE_IDLE)
+    if not path.exists():
+        r.unknown["page_idle"] = f"{PAGE_IDLE} does not exist (kernel built without CONFIG_IDLE_PAGE_TRACKING)"
+        return False
+    if r.live:
+        try:
+            os.close(os.open(path, os.O_RDWR))
+        except OSError as exc:
+            r.unknown["page_idle"] = f"cannot open {PAGE_IDLE} read-write: {exc.strerror or exc}"
+            return False
+        return True
+    if not r.writable(PAGE_IDLE):
+        r.unknown["page_idle"] = f"{PAGE_IDLE} was not writable on the captured host"
+        return False
+    return True
+
+
+def mglru(r: FactReader) -> MglruFacts:
+    def mask() -> int:
+        text = r.text(LRU_GEN).strip()
+        try:
+            return int(text, 16)
+        except ValueError:
+            raise Unreadable(f"{LRU_GEN}: expected a hex mask, found {text[:20]!r}") from None
+
+    return MglruFacts(r.get("mglru", mask))
