@@ -70,15 +70,15 @@ $(OUTPUT)/%: %.c
 def fake_tree(
     root: Path, *, makefile: str = TOP_MAKEFILE, kvm_makefile: str = KVM_MAKEFILE
 ) -> Path:
-    """A kernel tree with every directory the partial unpack selects, plus one it must skip."""
-    for rel in ("scripts", "include/uapi/linux", f"arch/{HOST.srcarch}", "drivers/gpu"):
-        (root / rel).mkdir(parents=True, exist_ok=True)
-        (root / rel / "README").write_text(rel + "\n")
-    for rel in ("Kbuild", "Kconfig"):
-        (root / rel).write_text("# fake\n")
-    for rel in source._TOOLS_DIRS + (f"tools/arch/{HOST.srcarch}",):
-        (root / rel).mkdir(parents=True, exist_ok=True)
-        (root / rel / "README").write_text(rel + "\n")
+    """A kernel tree with every member the partial unpack selects, plus a directory it must skip."""
+    for member in source.tarball_members(".", HOST.srcarch) + ["./drivers/gpu"]:
+        path = root / member
+        if path.suffix or path.parent == root:  # Kbuild, lib.mk, kselftest.h...
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("# fake\n")
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "README").write_text(member + "\n")
     (root / "Makefile").write_text(makefile)
     kvm = root / build.KVM_DIR
     (kvm / "x86_64").mkdir(parents=True, exist_ok=True)
@@ -151,15 +151,19 @@ class TestMemberSelection:
     def test_x86_members(self) -> None:
         assert source.tarball_members("linux-source-6.12", "x86") == [
             f"linux-source-6.12/{p}"
-            for p in ("Makefile", "Kbuild", "Kconfig", "scripts", "include", "arch/x86",
-                      "tools/arch/x86", "tools/include", "tools/build", "tools/lib",
-                      "tools/scripts", "tools/testing/selftests")
+            for p in ("Makefile", "Kbuild", "Kconfig", "scripts", "include/uapi", "arch/x86",
+                      "tools/include", "tools/arch/x86", "tools/build", "tools/lib", "tools/scripts",
+                      "tools/testing/selftests/kvm", "tools/testing/selftests/lib.mk",
+                      "tools/testing/selftests/kselftest.h",
+                      "tools/testing/selftests/kselftest_harness.h",
+                      "tools/testing/selftests/rseq", "tools/testing/selftests/cgroup")
         ]  # fmt: skip
 
     def test_arch_follows_the_target(self) -> None:
         members = source.tarball_members("linux", "arm64")
         assert "linux/arch/arm64" in members and "linux/tools/arch/arm64" in members
-        assert not any("x86" in m or "drivers" in m or "Documentation" in m for m in members)
+        assert "linux/include" not in members  # include/uapi is all `make headers` reads
+        assert not any("x86" in m or "drivers" in m for m in members)
 
     def test_srcarch(self) -> None:
         assert source.kernel_srcarch("x86_64") == "x86"
@@ -175,6 +179,7 @@ class TestMemberSelection:
         assert (dest / "Makefile").read_text() == TOP_MAKEFILE
         assert (dest / build.KVM_DIR / "Makefile").is_file()
         assert (dest / "tools/lib/README").is_file()
+        assert (dest / "tools/testing/selftests/lib.mk").is_file()
         assert not (dest / "drivers").exists()
         assert source.unpacked_identity(dest) == "id-1"
         assert not dest.with_name(VERSION + ".partial").exists()
@@ -186,16 +191,13 @@ class TestLocate:
     ) -> None:
         tarball = make_tarball(fake_tree(tmp_path / "linux-source-6.12"), tmp_path / "src.tar.xz")
         cache = tmp_path / "cache"
-        first = source.locate_source(tarball, cache, allow_apt=False, is_root=False)
+        first = source.locate_source(tarball, cache)
         assert (first.version, first.top) == (VERSION, "linux-source-6.12")
         monkeypatch.setattr(source, "peek_tarball", pytest.fail)  # the index answers now
-        assert source.locate_source(tarball, cache, allow_apt=False, is_root=False) == first
+        assert source.locate_source(tarball, cache) == first
         os.utime(tarball, ns=(0, 0))  # a replaced tarball is a new identity
         monkeypatch.undo()
-        assert (
-            source.locate_source(tarball, cache, allow_apt=False, is_root=False).identity
-            != first.identity
-        )
+        assert source.locate_source(tarball, cache).identity != first.identity
         assert len(json.loads((cache / source.INDEX_NAME).read_text())) == 2
 
 
@@ -358,7 +360,7 @@ class TestErrors:
     def test_missing_default_source_with_no_apt(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        monkeypatch.setattr(source, "DEFAULT_TARBALL", tmp_path / "linux-source-6.12.tar.xz")
+        monkeypatch.setattr(build, "DEFAULT_TARBALL", tmp_path / "linux-source-6.12.tar.xz")
         status, out, err = run_cli(capsys, "--no-apt", "--cache-dir", str(tmp_path / "c"))
         assert (status, out) == (1, "")
         assert_one_error_line(
@@ -368,7 +370,7 @@ class TestErrors:
     def test_missing_default_source_as_non_root(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        monkeypatch.setattr(source, "DEFAULT_TARBALL", tmp_path / "linux-source-6.12.tar.xz")
+        monkeypatch.setattr(build, "DEFAULT_TARBALL", tmp_path / "linux-source-6.12.tar.xz")
         monkeypatch.setattr(os, "geteuid", lambda: 1000)
         status, _, err = run_cli(capsys, "--cache-dir", str(tmp_path / "c"))
         assert status == 1
@@ -493,11 +495,12 @@ def test_apt_installs_the_default_source_after_update(
     installed.parent.mkdir()
     calls = fake_apt_get(tmp_path / "bin", tarball, installed)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(source, "DEFAULT_TARBALL", installed)
+    monkeypatch.setattr(build, "DEFAULT_TARBALL", installed)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     status, out, err = run_cli(capsys, "--cache-dir", str(tmp_path / "c"))
     assert status == 0, err
     assert "2 built, 1 failed" in out
+    assert err.startswith("kvmmm-build: apt-get install -y linux-source-6.12 ... ")
     assert calls.read_text().splitlines() == [
         "install -y linux-source-6.12 noninteractive",
         "update noninteractive",
@@ -526,3 +529,20 @@ def test_a_second_build_waits_for_the_lock_then_finds_the_cache_complete(tmp_pat
     assert results and results[0].cached
     assert list(results[0].manifest.built) == ["a"]
     assert not (build_dir / "build.log").exists()
+
+
+def test_apt_install_that_does_not_deliver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/apt-get").write_text(f"#!{sys.executable}\n")  # succeeds, installs nothing
+    (tmp_path / "bin/apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(build, "DEFAULT_TARBALL", tmp_path / "linux-source-6.12.tar.xz")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    status, _, err = run_cli(capsys, "--cache-dir", str(tmp_path / "c"))
+    assert status == 1
+    assert err.splitlines()[-1] == (
+        "kvmmm-build: error: `apt-get install -y linux-source-6.12` succeeded, "
+        f"but {tmp_path / 'linux-source-6.12.tar.xz'} is missing"
+    )
