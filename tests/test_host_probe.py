@@ -173,3 +173,21 @@ def test_tarball_snapshot_opens(tmp_path: Path) -> None:
     assert probe_host(open_snapshot(tarball)).hostname == "intel-ept"
     with pytest.raises(ValueError, match="neither a snapshot directory nor a tarball"):
         open_snapshot(tmp_path / "intel" / "proc" / "cpuinfo")
+
+
+def test_snapshot_cli_writes_a_tarball_the_plugin_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_kvmmm.host.cli import main
+
+    out = tmp_path / "this-host.tar.gz"
+    assert main([str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"use it with: pytest --kvm-host-snapshot={out}" in printed
+    assert probe_host(open_snapshot(out)).hostname == os.uname().nodename
+
+
+def test_snapshot_cli_unwritable_target_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_kvmmm.host.cli import main
+
+    assert main(["/proc/kvmmm-cannot-write-here"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kvmmm-snapshot: cannot write /proc/kvmmm-cannot-write-here:") and "Traceback" not in err

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kvmmm-snapshot: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     print(text_report(facts))
-    print(f"\nsnapshot written to {out}; use it with: pytest --kvm-host-snapshot {out}")
+    print(f"\nsnapshot written to {out}; use it with: pytest --kvm-host-snapshot={out}")
     return 0
 
 

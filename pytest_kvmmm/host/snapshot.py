@@ -9,8 +9,10 @@ can be reviewed offline and a snapshot can be attached to a bug report.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import tarfile
 import tempfile
@@ -112,12 +114,18 @@ def load_kvm_answers(root: Path) -> KvmAnswers:
 
 
 def open_snapshot(path: Path) -> Path:
-    """A snapshot directory for ``path``: the directory itself, or a tarball unpacked to a temp dir."""
+    """A snapshot directory for ``path``: the directory itself, or a tarball unpacked to a temp dir.
+
+    The temp dir is removed when the process exits (each xdist worker unpacks its own).
+    """
     if path.is_dir():
         return path
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
     if not tarfile.is_tarfile(path):
         raise ValueError(f"{path} is neither a snapshot directory nor a tarball")
     target = Path(tempfile.mkdtemp(prefix="kvmmm-snapshot-"))
+    atexit.register(shutil.rmtree, target, True)
     with tarfile.open(path) as tar:
         members = [
             m for m in tar.getmembers()
