@@ -36,11 +36,19 @@ ARCH_DIRS: Mapping[str, tuple[str, ...]] = {
     "loongarch64": ("loongarch",),
 }
 
-#: Other names a selftest has had. ``max_guest_memory_test`` became ``mmu_stress_test`` in 6.14.
-ALIASES: Mapping[str, tuple[str, ...]] = {
-    "max_guest_memory_test": ("mmu_stress_test",),
-    "mmu_stress_test": ("max_guest_memory_test",),
-}
+def _aliases() -> dict[str, tuple[str, ...]]:
+    """Other names a selftest has had, both ways, from the catalogue (max_guest_memory_test -> mmu_stress_test in 6.14)."""
+    from .catalogue import CATALOGUE
+
+    out: dict[str, tuple[str, ...]] = {}
+    for entry in CATALOGUE:
+        for alias in entry.aliases:
+            out[entry.name] = (*out.get(entry.name, ()), alias)
+            out[alias] = (*out.get(alias, ()), entry.name)
+    return out
+
+
+ALIASES: Mapping[str, tuple[str, ...]] = _aliases()
 
 BUILD_HINT = "build them with `kvmmm-build` (or point --kvm-selftests / KVM_SELFTESTS_DIR at a build)"
 

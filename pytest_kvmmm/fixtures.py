@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NoReturn
 
 import pytest
 
+from .discovery import Found, NotFound
 from .host.kvm import KvmFacts
 from .host.mm import HugetlbPool
 from .host.model import HostFacts
@@ -65,6 +67,17 @@ class SelftestRunner:
         if check:
             raise_for(result)
         return result
+
+    def resolve(self, name: str) -> Found | NotFound:
+        """Where ``name`` would be run from (to read its ``-h``, say)."""
+        return self._engine.resolve(name)
+
+    def skip(self, name: str, reason: str) -> NoReturn:
+        """Skip the test without running ``name``, keeping a record of why for the results."""
+        self._item.stash.setdefault(RESULTS_KEY, []).append(
+            SelftestResult(name, (name,), Status.SKIPPED, reason)
+        )
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from .backing import BACKING_SOURCES
 from .discovery import ENV_VAR, SearchRoot, explicit_root
+from .guest_modes import DEFAULT_MODE, parse_mode_selection
 from .host.snapshot import open_snapshot
 from .scale import SCALES
 
@@ -31,6 +33,14 @@ HELP_SNAPSHOT = (
     "read host facts from a snapshot (a directory standing in for /, or a kvmmm-snapshot tarball) "
     "instead of the live host"
 )
+HELP_MODES = (
+    "guest modes of the suite, by the kernel's stable names: 'default' (each binary's own supported "
+    "modes, the default), 'all', 'arch:aarch64', or a list such as p40v48_4k,p48v48_64k"
+)
+HELP_BACKINGS = (
+    "backing sources of the suite: a list such as anonymous,anonymous_thp or 'all' "
+    "(default: each test's own set)"
+)
 HELP_HOST_INFO = "print the host facts (text, or json) and exit"
 
 
@@ -40,6 +50,8 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kvm-timeout", metavar="SECONDS", help=HELP_TIMEOUT)
     group.addoption("--kvm-scale", metavar="SCALE", help=HELP_SCALE)
     group.addoption("--kvm-results", metavar="FILE", help=HELP_RESULTS)
+    group.addoption("--kvm-guest-modes", metavar="MODES", help=HELP_MODES)
+    group.addoption("--kvm-backing-srcs", metavar="SRCS", help=HELP_BACKINGS)
     group.addoption("--kvm-host-snapshot", metavar="DIR", help=HELP_SNAPSHOT)
     group.addoption(
         "--kvm-host-info", nargs="?", const="text", choices=("text", "json"), metavar="FORMAT", help=HELP_HOST_INFO
@@ -47,6 +59,8 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("kvm_selftests", HELP_SELFTESTS)
     parser.addini("kvm_timeout", HELP_TIMEOUT)
     parser.addini("kvm_scale", HELP_SCALE)
+    parser.addini("kvm_guest_modes", HELP_MODES)
+    parser.addini("kvm_backing_srcs", HELP_BACKINGS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,10 @@ class Settings:
     scale: str
     results: Path | None
     host_root: Path
+    #: Guest-mode names to parametrize over (``("default",)`` unless chosen).
+    modes: tuple[str, ...] = ("default",)
+    #: Backing sources chosen by the user, or None for each test's own set.
+    backings: tuple[str, ...] | None = None
 
 
 def _timeout(value: str, origin: str) -> float:
@@ -94,6 +112,13 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
     if explicit is not None and not explicit.path.is_dir():
         raise pytest.UsageError(f"{explicit.origin}: {explicit.path} is not a directory")
 
+    modes_value = opt("kvm_guest_modes") or config.getini("kvm_guest_modes") or DEFAULT_MODE
+    try:
+        modes = parse_mode_selection(modes_value)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--kvm-guest-modes: {exc}") from None
+    backings = _backings(opt("kvm_backing_srcs") or config.getini("kvm_backing_srcs") or None)
+
     results = opt("kvm_results")
     return Settings(
         explicit_root=explicit,
@@ -101,4 +126,21 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         scale=scale,
         results=Path(results) if results else None,
         host_root=host_root,
+        modes=modes,
+        backings=backings,
     )
+
+
+def _backings(value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    if value == "all":
+        return tuple(BACKING_SOURCES)
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [n for n in names if n not in BACKING_SOURCES]
+    if unknown:
+        raise pytest.UsageError(
+            f"--kvm-backing-srcs: unknown backing source(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(BACKING_SOURCES)} or 'all'"
+        )
+    return names

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from . import options
+from . import cases, options
 from .discovery import search_roots
 from .fixtures import (
     ENGINE_KEY,
@@ -34,16 +34,25 @@ from .fixtures import (
 from .host import HostFacts, probe_host
 from .host.probe import timed_probe
 from .host.report import summary_line, text_report
-from .markers import MARKERS, SELFTEST_SIGNATURE, SelftestCall, parse_selftest_marker
+from .markers import (
+    MARKERS,
+    SELFTEST_SIGNATURE,
+    SelftestCall,
+    parse_requires,
+    parse_selftest_marker,
+)
+from .outcome import Status
 from .provision.cache import default_cache_root
+from .requirements import Requirement, first_unmet
 from .results import ResultsWriter
-from .selftest import SelftestEngine
+from .selftest import SelftestEngine, SelftestResult
 from .summary import summary_lines
 
 __all__ = ["kvm_host", "kvm_hugetlb_pools", "kvm_info", "kvm_result", "kvm_scale", "kvm_selftests", "kvm_ttrem"]
 
 RECORD_PROPERTY = "kvm_selftest"
 CALL_KEY = pytest.StashKey[SelftestCall]()
+REQUIRES_KEY = pytest.StashKey[tuple[Requirement, ...]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -115,9 +124,18 @@ class KvmmmPlugin:
             f"kvmmm: selftests {source}; scale {self.settings.scale}; timeout {self.settings.timeout_s:g}s",
         ]
 
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """The catalogue's test functions get one case per variant x backing source x guest mode."""
+        entry = getattr(metafunc.function, "kvm_entry", None)
+        if entry is not None and "kvm_case" in metafunc.fixturenames:
+            metafunc.parametrize("kvm_case", cases.params(entry, self.settings.modes, self.settings.backings))
+
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """Validate every kvm_selftest marker up front: a wrong one stops the run as a usage error."""
+        """Validate every kvm_selftest and kvm_requires marker up front: a wrong one is a usage error."""
         for item in items:
+            requires = [r for mark in item.iter_markers("kvm_requires") for r in parse_requires(mark)]
+            if requires:
+                item.stash[REQUIRES_KEY] = tuple(requires)
             mark = item.get_closest_marker("kvm_selftest")
             if mark is not None:
                 item.stash[CALL_KEY] = parse_selftest_marker(mark)
@@ -126,6 +144,17 @@ class KvmmmPlugin:
                     f"{item.nodeid}: the kvm_result fixture needs a "
                     f"@pytest.mark.{SELFTEST_SIGNATURE} marker on the test"
                 )
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """kvm_requires: skip before any fixture or binary runs when the host lacks a fact."""
+        reason = first_unmet(item.stash.get(REQUIRES_KEY, ()), self.host())
+        if reason:
+            call = item.stash.get(CALL_KEY, None)
+            if call is not None:  # a selftest test: keep a record of the skip for the results
+                item.stash.setdefault(RESULTS_KEY, []).append(
+                    SelftestResult(call.name, (call.name, *call.args), Status.SKIPPED, reason)
+                )
+            pytest.skip(reason)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)  # tryfirst: the binary runs before the test body
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -156,8 +185,11 @@ class KvmmmPlugin:
             # A fresh list: item.user_properties is shared by the setup/call/teardown reports.
             report.user_properties = [*report.user_properties, (RECORD_PROPERTY, record)]
             if report.skipped and isinstance(report.longrepr, tuple):
-                # Point the skip at the test, not at the plugin line that raised it.
+                # Point the skip at the test, not at the plugin line that raised it. A catalogue
+                # test's function is made in cases.py: name its suite module instead.
                 path, line = item.reportinfo()[:2]
+                if Path(path) != item.path:
+                    path, line = item.path, 0
                 report.longrepr = (os.fspath(path), (line or 0) + 1, report.longrepr[2])
         return report
 

@@ -18,6 +18,7 @@ from .discovery import Found, NotFound, SearchRoot, find_binary
 from .host.model import HostFacts
 from .metrics import Metrics, parse_metrics
 from .outcome import Outcome, Status, classify
+from .output_checks import check_output, output_notes
 from .requirements import Requirement, first_unmet
 
 
@@ -115,6 +116,14 @@ class SelftestEngine:
         limit = self.default_timeout if timeout is None else timeout
         proc = runner.run(argv, timeout=limit, cwd=found.path.parent, env=self.env)
         outcome: Outcome = classify(proc, limit)
+        extra_notes = output_notes(found.name, proc.stdout, proc.stderr)
+        if outcome.status is Status.PASSED:
+            # Some binaries exit 0 after a logical failure or a skip (memslot_perf_test's
+            # "Memslot count too high", dirty_log_test's unsupported log mode).
+            verdict = check_output(found.name, proc.stdout, proc.stderr)
+            if verdict is not None:
+                outcome = Outcome(Status(verdict.status), f"{short} exit 0 but: {verdict.reason}"
+                                  if verdict.status == "failed" else verdict.reason)
         return SelftestResult(
             name=short,
             argv=argv,
@@ -128,5 +137,9 @@ class SelftestEngine:
             stderr=proc.stderr,
             metrics=parse_metrics(found.name, proc.stdout),
             started_at=proc.started_at,
-            notes=tuple(notes) + (("output truncated to its head and tail",) if proc.truncated else ()),
+            notes=(
+                *notes,
+                *extra_notes,
+                *(("output truncated to its head and tail",) if proc.truncated else ()),
+            ),
         )

@@ -1,31 +1,80 @@
-"""The terminal's ``kvm selftests`` section: one line per selftest test, metrics included.
+"""The terminal's ``kvm selftests`` section: outcomes, then one compact metrics table per binary.
 
-Pure: records in, lines out.
+Pure: records in, lines out. Per-iteration series (``iteration_N/...``) stay in
+``--kvm-results``; the tables show the headline numbers a reviewer compares.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+MAX_WIDTH = 120
 
 
-def format_metric(value: float) -> str:
-    return f"{value:.4f}s" if value < 1000 else f"{value:.0f}"
+def format_metric(name: str, value: float) -> str:
+    if "_per_s" in name or "pgs" in name:
+        return f"{value:,.0f}"
+    if name.endswith(("_bits_checked", "_pages", "_count", "_iterations")):
+        return f"{value:.0f}"
+    return f"{value:.4f}s" if value < 1000 else f"{value:.0f}s"
 
 
-def summary_lines(records: Sequence[Mapping[str, object]], verbose: bool = False) -> list[str]:
+def _headline(name: str) -> bool:
+    return not any(part.startswith("iteration_") for part in name.split("/"))
+
+
+def _case_label(nodeid: str) -> str:
+    name = nodeid.rsplit("::", 1)[-1]
+    return name[name.index("[") :] if "[" in name else name
+
+
+def outcome_lines(records: Sequence[Mapping[str, Any]], verbose: bool = False) -> list[str]:
     lines = []
     for rec in records:
         status = str(rec.get("status", "?"))
-        duration = rec.get("duration_s") or 0.0
-        head = f"{status.upper():8} {float(duration):7.2f}s  {rec.get('nodeid', '?')}"  # type: ignore[arg-type]
-        metrics = rec.get("metrics") or {}
-        assert isinstance(metrics, Mapping)
-        if metrics:
-            head += "  " + "  ".join(f"{k}={format_metric(float(v))}" for k, v in metrics.items())
-        lines.append(head)
-        reason = rec.get("reason")
-        if reason and (verbose or status != "passed"):
-            lines.append(f"         {reason}")
-        for note in rec.get("notes") or ():  # type: ignore[attr-defined]
-            lines.append(f"         note: {note}")
+        lines.append(f"{status.upper():8} {float(rec.get('duration_s') or 0.0):7.2f}s  {rec.get('nodeid', '?')}")
+        if rec.get("reason") and (verbose or status != "passed"):
+            lines.append(f"         {rec['reason']}")
+        if verbose or status != "skipped":
+            lines += [f"         note: {note}" for note in rec.get("notes") or ()]
     return lines
+
+
+def _table(binary: str, rows: list[tuple[str, Mapping[str, float]]]) -> list[str]:
+    columns = list(dict.fromkeys(k for _, m in rows for k in m if _headline(k)))
+    if not columns:
+        return []
+    label_w = max(len(binary), *(len(label) for label, _ in rows))
+    cells = {(label, c): format_metric(c, m[c]) if c in m else "-" for label, m in rows for c in columns}
+    widths = {c: max(len(c), *(len(cells[(label, c)]) for label, _ in rows)) for c in columns}
+    out: list[str] = []
+    chunk: list[str] = []
+    for c in [*columns, None]:
+        full = c is None or label_w + sum(widths[x] + 2 for x in chunk) + widths[c] + 2 > MAX_WIDTH
+        if chunk and full:
+            out.append(binary.ljust(label_w) + "".join(f"  {x:>{widths[x]}}" for x in chunk))
+            out += [f"{label:<{label_w}}" + "".join(f"  {cells[(label, x)]:>{widths[x]}}" for x in chunk) for label, _ in rows]
+            chunk = []
+        if c is not None:
+            chunk.append(c)
+    return out
+
+
+def metric_tables(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One table per binary: a row per case that printed metrics, a column per headline metric."""
+    by_binary: dict[str, list[tuple[str, Mapping[str, float]]]] = {}
+    for rec in records:
+        metrics = rec.get("metrics") or {}
+        if metrics:
+            by_binary.setdefault(str(rec.get("binary")), []).append((_case_label(str(rec.get("nodeid"))), metrics))
+    lines: list[str] = []
+    for binary, rows in by_binary.items():
+        table = _table(binary, rows)
+        if table:
+            lines += ["", *table]
+    return lines
+
+
+def summary_lines(records: Sequence[Mapping[str, Any]], verbose: bool = False) -> list[str]:
+    return outcome_lines(records, verbose) + metric_tables(records)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 import pytest
@@ -43,40 +44,49 @@ def real_build(monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_smoke_suite_runs_the_real_binaries(pytester: pytest.Pytester, real_build: Path) -> None:
     res = pytester.runpytest_subprocess(
-        "--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke",
+        "--pyargs", "pytest_kvmmm.suite", "-m", "pagetable or memslot", "--kvm-scale", "smoke",
         "--kvm-results", "r.jsonl", "-rA", "-p", "no:cacheprovider",
     )
     out = res.stdout.str()
     assert "Traceback" not in out and "INTERNALERROR" not in out
-    recs = {json.loads(ln)["nodeid"].split("[")[-1].rstrip("]"): json.loads(ln) for ln in (pytester.path / "r.jsonl").read_text().splitlines()}
-    assert len(recs) == 6
+    records = [json.loads(ln) for ln in (pytester.path / "r.jsonl").read_text().splitlines()]
+    recs = {r["nodeid"].split("::")[-1]: r for r in records}
+    assert len(recs) == len(records) >= 26, "one record per catalogue case"
 
-    # The plain backings run everywhere KVM does: they must really pass, with real timings.
+    # Every case passes, skips with a reason, or fails with the binary's own assertion
+    # (exit 254, file:line): dirty_log_test's dirty ring fails about half the time on PVM.
+    for name, rec in recs.items():
+        if rec["status"] == "failed":
+            assert rec["returncode"] == 254 and re.search(r"exit 254: \S+\.c:\d+: ", rec["reason"]), (name, rec)
+        else:
+            assert rec["status"] in ("passed", "skipped"), (name, rec["status"], rec["reason"])
+            assert rec["status"] == "passed" or rec["reason"], name
+
+    # The plain page-table backings run wherever KVM does: real passes, real timings.
     for backing in ("anonymous", "shmem"):
-        rec = recs[backing]
+        rec = recs[f"test_kvm_page_table[{backing}]"]
         assert rec["status"] == "passed", rec
-        assert rec["returncode"] == 0
-        assert rec["path"].startswith(str(real_build))
+        assert rec["returncode"] == 0 and rec["path"].startswith(str(real_build))
         assert 0 < rec["metrics"]["KVM_CREATE_MAPPINGS"] < rec["duration_s"]
 
-    # The rest pass, or skip with a reason that names what the host lacks, as the host says.
+    # The rest pass, or skip with the reason the host facts give.
     host = probe_host()
     for backing in ("anonymous_hugetlb_2mb", "anonymous_hugetlb_1gb", "shared_hugetlb"):
-        rec = recs[backing]
+        rec = recs[f"test_kvm_page_table[{backing}]"]
         size_kb = 1048576 if backing.endswith("1gb") else host.hugetlb_default_kb
         pool = host.hugetlb_pool(size_kb) if size_kb else None
         if pool is None or pool.usable < (1 if backing.endswith("1gb") else 32):
-            assert rec["status"] == "skipped", rec
-            assert rec["returncode"] is None, "the binary must not run on a pool too small"
-            assert "hugepages" in rec["reason"] and ("echo " in rec["reason"] or "no " in rec["reason"])
+            assert rec["status"] == "skipped" and rec["returncode"] is None, rec
+            assert "hugepage" in rec["reason"] and ("echo " in rec["reason"] or "no " in rec["reason"])
         else:
             assert rec["status"] == "passed", rec
-    thp = recs["anonymous_thp"]
-    if host.thp.usable_for_madvise:
-        assert thp["status"] == "passed", thp
-    else:
-        assert thp["status"] == "skipped" and "THP is" in thp["reason"]
-    assert res.ret == 0
+    tdp_mmu = recs["test_dirty_log_page_splitting[default]"]
+    if host.kvm.tdp_mmu is False:
+        assert tdp_mmu["status"] == "skipped" and "kvm.tdp_mmu=Y" in tdp_mmu["reason"]
+    if not (host.page_idle or host.mglru.usable_for_aging):
+        assert "idle page tracking" in recs["test_access_tracking_perf[anonymous]"]["reason"]
+    failed = [name for name, rec in recs.items() if rec["status"] == "failed"]
+    assert res.ret == (1 if failed else 0)
 
 
 def test_real_binary_skip_is_mapped(pytester: pytest.Pytester, real_build: Path) -> None:

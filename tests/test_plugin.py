@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
-from fakes import golden, make_fake, make_host_root
+from fakes import golden, make_fake, make_golden_fake, make_host_root
 
 pytest_plugins = ()
 
@@ -134,7 +135,10 @@ def test_summary_section_shows_metrics(pytester: pytest.Pytester, bins: Path) ->
     res = pytester.runpytest("--kvm-selftests", str(bins))
     res.stdout.fnmatch_lines([
         "*= kvm selftests on * =*",
-        "PASSED * test_*.py::test_pt  KVM_CREATE_MAPPINGS=0.2540s  KVM_UPDATE_MAPPINGS=0.0768s  KVM_ADJUST_MAPPINGS=0.0622s",
+        "PASSED * test_*.py::test_pt",
+        "",
+        "kvm_page_table_test  KVM_CREATE_MAPPINGS  KVM_UPDATE_MAPPINGS  KVM_ADJUST_MAPPINGS",
+        "test_pt                          0.2540s              0.0768s              0.0622s",
     ])
 
 
@@ -210,6 +214,7 @@ def test_timeout_from_ini_and_environment_dir(pytester: pytest.Pytester, bins: P
 
 
 SUITE = ["--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", "-rs"]
+PAGE_TABLE = [*SUITE, "-k", "test_kvm_page_table"]
 
 
 def test_suite_skips_before_running_when_the_host_lacks_pools(pytester: pytest.Pytester, tmp_path: Path) -> None:
@@ -217,7 +222,7 @@ def test_suite_skips_before_running_when_the_host_lacks_pools(pytester: pytest.P
     d = tmp_path / "b"
     make_fake(d, "kvm_page_table_test", stdout=golden("kvm_page_table_test.anonymous.stdout"), argv_file=argv_file)
     root = make_host_root(tmp_path / "root", thp_enabled="never")
-    res = pytester.runpytest(*SUITE, "--kvm-selftests", str(d), "--kvm-host-snapshot", str(root), "--kvm-results", "r.jsonl")
+    res = pytester.runpytest(*PAGE_TABLE, "--kvm-selftests", str(d), "--kvm-host-snapshot", str(root), "--kvm-results", "r.jsonl")
     res.assert_outcomes(passed=2, skipped=4)
     res.stdout.fnmatch_lines_random([
         ("SKIPPED * needs 32 free 2 MiB hugepages for anonymous_hugetlb_2mb, pool has 0 (nr=0 free=0 resv=0): "
@@ -236,7 +241,7 @@ def test_suite_runs_hugetlb_cases_when_the_pool_is_big_enough(pytester: pytest.P
     d = tmp_path / "b"
     make_fake(d, "kvm_page_table_test", stdout=golden("kvm_page_table_test.anonymous.stdout"))
     root = make_host_root(tmp_path / "root", cpus="0", pools={2048: {"nr": 32, "free": 32}, 1048576: {"nr": 1, "free": 1}})
-    res = pytester.runpytest(*SUITE, "--kvm-selftests", str(d), "--kvm-host-snapshot", str(root), "--kvm-results", "r.jsonl")
+    res = pytester.runpytest(*PAGE_TABLE, "--kvm-selftests", str(d), "--kvm-host-snapshot", str(root), "--kvm-results", "r.jsonl")
     res.assert_outcomes(passed=6)
     rec = records(pytester.path / "r.jsonl")["test_kvm_page_table[anonymous_hugetlb_2mb]"]
     assert rec["argv"][1:] == ["-s", "anonymous_hugetlb_2mb", "-b", "64M", "-v", "1"]
@@ -246,9 +251,9 @@ def test_suite_runs_hugetlb_cases_when_the_pool_is_big_enough(pytester: pytest.P
 def test_suite_fails_when_a_pass_prints_no_stage_times(pytester: pytest.Pytester, tmp_path: Path) -> None:
     d = tmp_path / "b"
     make_fake(d, "kvm_page_table_test", stdout="Random seed: 0x6b8b4567\n\xff garbage\n")
-    res = pytester.runpytest(*SUITE, "--kvm-selftests", str(d), "-k", "anonymous and not thp and not hugetlb")
+    res = pytester.runpytest(*SUITE, "--kvm-selftests", str(d), "-k", "test_kvm_page_table and anonymous and not thp and not hugetlb")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["*kvm_page_table_test passed but printed no time for ['KVM_CREATE_MAPPINGS'*"])
+    res.stdout.fnmatch_lines(["*kvm_page_table_test passed but printed no value for KVM_CREATE_MAPPINGS, KVM_UPDATE_MAPPINGS*"])
 
 
 def test_suite_collects_the_same_ids_on_any_host(pytester: pytest.Pytester, tmp_path: Path) -> None:
@@ -258,7 +263,7 @@ def test_suite_collects_the_same_ids_on_any_host(pytester: pytest.Pytester, tmp_
     for root in (empty, rich):
         res = pytester.runpytest(*SUITE, "--collect-only", "-q", "--kvm-host-snapshot", str(root))
         ids.append([ln for ln in res.outlines if "::" in ln])
-    assert ids[0] == ids[1] and len(ids[0]) == 6
+    assert ids[0] == ids[1] and len(ids[0]) >= 24
 
 
 def test_host_info_text_and_json_from_a_snapshot(pytester: pytest.Pytester, tmp_path: Path) -> None:
@@ -306,3 +311,121 @@ def test_bad_snapshot_is_a_usage_error(pytester: pytest.Pytester, tmp_path: Path
     res = pytester.runpytest("--kvm-host-snapshot", str(bogus))
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*--kvm-host-snapshot: * is neither a snapshot directory nor a tarball*"])
+
+
+REQUIRES_TESTS = """
+    import pytest
+
+    @pytest.mark.kvm_requires(hugetlb={"2M": 512})
+    @pytest.mark.kvm_selftest("kvm_page_table_test")
+    def test_needs_pool():
+        pass
+
+    @pytest.mark.kvm_requires(kvm_params={"tdp_mmu": True}, arch="x86_64")
+    def test_needs_tdp_mmu():
+        pass
+
+    @pytest.mark.kvm_requires(ttrem=2)
+    def test_needs_ttrem():
+        pass
+
+    @pytest.mark.kvm_requires(kvm_caps=["PRE_FAULT_MEMORY"])
+    def test_needs_prefault():
+        pass
+
+    @pytest.mark.kvm_requires(min_vcpus=64, min_memory="1T")
+    def test_needs_big_host():
+        pass
+
+    @pytest.mark.kvm_requires(thp=True, kvm=True, min_vcpus=2)
+    def test_satisfied():
+        pass
+"""
+
+
+def test_kvm_requires_skips_with_what_is_missing(pytester: pytest.Pytester, tmp_path: Path, bins: Path) -> None:
+    root = make_host_root(tmp_path / "root", pools={2048: {"nr": 64, "free": 64}})
+    pytester.makepyfile(REQUIRES_TESTS)
+    res = pytester.runpytest("--kvm-host-snapshot", str(root), "--kvm-selftests", str(bins), "-rs", "--kvm-results", "r.jsonl")
+    res.assert_outcomes(passed=1, skipped=5)
+    res.stdout.fnmatch_lines_random([
+        "*needs 512 free 2 MiB hugepages, pool has 64 (nr=64 free=64 resv=0): "
+        "echo 512 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+        "*needs KVM parameter kvm.tdp_mmu=Y, it is N: it is read-only here: reload kvm with tdp_mmu=Y*",
+        "*needs TTRem (FEAT_BBM) level 2, unknown on this host*",
+        "*needs KVM_CAP_PRE_FAULT_MEMORY, KVM answers 0*",
+        "*needs 64 online CPUs, this host has 4",
+    ])
+    # the selftest test that skipped before running still has its record
+    rec = records(pytester.path / "r.jsonl")["test_needs_pool"]
+    assert rec["status"] == "skipped" and rec["returncode"] is None and "512 free" in rec["reason"]
+
+
+@pytest.mark.parametrize(
+    "marker, message",
+    [
+        ("kvm_requires(hugetlb=512)", "hugetlb=512: takes {page size: pages}"),
+        ("kvm_requires(warp_drive=True)", "unknown requirement 'warp_drive'"),
+        ("kvm_requires(kvm_params={'tdp_mmu': 'yes'})", "takes {parameter: True/False}"),
+        ("kvm_requires('x86_64')", "takes keyword arguments only"),
+        ("kvm_requires(min_memory='lots')", "not a size: 'lots'"),
+    ],
+)
+def test_kvm_requires_misuse_quotes_the_signature(pytester: pytest.Pytester, marker: str, message: str) -> None:
+    pytester.makepyfile(f"import pytest\n\n@pytest.mark.{marker}\ndef test_x():\n    pass\n")
+    res = pytester.runpytest()
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"*@pytest.mark.kvm_requires(arch=None, kvm=None, *): *{message}*"])
+
+
+def test_guest_modes_resolve_through_the_binarys_own_help(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    d = tmp_path / "b"
+    help_text = golden("help/kvm_page_table_test.real-6.12.117-x86_64.stdout")
+    argv_file = tmp_path / "argv"
+    script = d / "kvm_page_table_test"
+    make_fake(d, "real_pt", stdout=golden("kvm_page_table_test.anonymous.stdout"), argv_file=argv_file)
+    # -h prints the real 6.12 table; anything else behaves like a passing run
+    script.write_text(
+        f"#!{sys.executable}\nimport os, sys\n"
+        f"if sys.argv[1:] == ['-h']:\n    sys.stdout.write({help_text!r}); sys.exit(0)\n"
+        f"os.execv({str(d / 'real_pt')!r}, [{str(d / 'real_pt')!r}, *sys.argv[1:]])\n"
+    )
+    script.chmod(0o755)
+    res = pytester.runpytest(
+        *PAGE_TABLE, "--kvm-selftests", str(d), "--kvm-guest-modes", "pxxv48_4k,p52v48_4k",
+        "--kvm-backing-srcs", "anonymous", "--kvm-results", "r.jsonl",
+    )
+    res.assert_outcomes(passed=1, skipped=1)
+    recs = records(pytester.path / "r.jsonl")
+    assert recs["test_kvm_page_table[anonymous-pxxv48_4k]"]["argv"][-2:] == ["-m", "9"]
+    skip = recs["test_kvm_page_table[anonymous-p52v48_4k]"]
+    assert skip["status"] == "skipped" and "guest mode p52v48_4k" in skip["reason"]
+    assert "without '(supported)'" in skip["reason"]
+
+
+def test_bad_mode_and_backing_selections_are_usage_errors(pytester: pytest.Pytester) -> None:
+    res = pytester.runpytest("--kvm-guest-modes", "p99v99_4k")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*--kvm-guest-modes: *p99v99_4k*"])
+    res = pytester.runpytest("--kvm-backing-srcs", "anonymous,floppy")
+    res.stderr.fnmatch_lines(["*--kvm-backing-srcs: unknown backing source(s) floppy*"])
+
+
+def test_exit_0_with_a_logical_failure_fails(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    d = tmp_path / "b"
+    make_golden_fake(d, "memslot_perf_test", "memslot_perf_test.count_too_high")
+    res = pytester.runpytest(*SUITE, "-m", "memslot", "-k", "memslot_perf", "--kvm-selftests", str(d))
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*memslot_perf_test exit 0 but: Memslot count too high for this test, decrease the cap (max is 8209)*"])
+
+
+def test_collection_is_the_same_on_any_host_with_all_modes(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    arm = make_host_root(tmp_path / "arm", machine="aarch64", kvm="arm64_ttrem2", kvm_modules={}, cpus="0")
+    x86 = make_host_root(tmp_path / "x86", kvm="intel_ept", pools={2048: {"nr": 4096, "free": 4096}})
+    nokvm = make_host_root(tmp_path / "nokvm", kvm="no_kvm", kvm_modules={})
+    ids = []
+    for root in (arm, x86, nokvm):
+        res = pytester.runpytest(*SUITE, "--collect-only", "-q", "--kvm-guest-modes", "all", f"--kvm-host-snapshot={root}")
+        ids.append([ln for ln in res.outlines if "::" in ln])
+    assert ids[0] == ids[1] == ids[2]
+    assert any("p40v48_64k" in i for i in ids[0]) and any("pxxv48_4k" in i for i in ids[0])
