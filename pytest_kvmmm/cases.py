@@ -28,6 +28,12 @@ class Case:
     backing: str | None
     mode: str
 
+    def __repr__(self) -> str:
+        # Reports hash the parameter's repr into a test's identity (allure-pytest's historyId).
+        # The dataclass repr names the entry's argument builders by address, which changes in
+        # every process, so a rerun would lose its history: say only what identifies the case.
+        return f"Case({self.entry.name}[{self.id}])"
+
     @property
     def id(self) -> str:
         parts = [self.variant.id, self.backing or "", "" if self.mode == DEFAULT_MODE else self.mode]

@@ -61,7 +61,8 @@ class SelftestRunner:
         running the binary. Every run is recorded for ``--kvm-results`` and the summary.
         """
         result = self._engine.run(
-            name, [str(a) for a in args], timeout=timeout, requires=requires, notes=notes
+            name, [str(a) for a in args], timeout=timeout, requires=requires, notes=notes,
+            exclusive=self._item.get_closest_marker("perf") is not None, who=self._item.nodeid,
         )
         self._item.stash.setdefault(RESULTS_KEY, []).append(result)
         if check:

@@ -20,7 +20,8 @@ from .guest_modes import DEFAULT_MODE, parse_mode_selection
 from .host.snapshot import open_snapshot
 from .scale import SCALES
 
-DEFAULT_TIMEOUT_S = 120.0  # tools/testing/selftests/kvm/settings: timeout=120
+DEFAULT_TIMEOUT_S = 120.0
+SNAPSHOT_ENV = "KVMMM_HOST_SNAPSHOT"  # tools/testing/selftests/kvm/settings: timeout=120
 
 HELP_SELFTESTS = (
     f"directory of built KVM selftests (build or `make install` layout); also ${ENV_VAR} "
@@ -31,7 +32,7 @@ HELP_SCALE = "sizes for the shipped suite: " + ", ".join(f"{s.name} ({s.help})" 
 HELP_RESULTS = "write one JSON object per selftest to FILE (JSON lines), as each test finishes"
 HELP_SNAPSHOT = (
     "read host facts from a snapshot (a directory standing in for /, or a kvmmm-snapshot tarball) "
-    "instead of the live host"
+    f"instead of the live host; also ${SNAPSHOT_ENV} (per xdist gateway: --tx popen//env:{SNAPSHOT_ENV}=DIR)"
 )
 HELP_MODES = (
     "guest modes of the suite, by the kernel's stable names: 'default' (each binary's own supported "
@@ -70,6 +71,8 @@ class Settings:
     scale: str
     results: Path | None
     host_root: Path
+    #: The snapshot as the user named it ("/" for the live host): equal on every worker.
+    host_source: str = "/"
     #: Guest-mode names to parametrize over (``("default",)`` unless chosen).
     modes: tuple[str, ...] = ("default",)
     #: Backing sources chosen by the user, or None for each test's own set.
@@ -101,7 +104,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         raise pytest.UsageError(f"--kvm-scale: unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
 
     host_root = Path("/")
-    snapshot = opt("kvm_host_snapshot")
+    snapshot = opt("kvm_host_snapshot") or env.get(SNAPSHOT_ENV)
     if snapshot:
         try:
             host_root = open_snapshot(Path(snapshot))
@@ -126,6 +129,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         scale=scale,
         results=Path(results) if results else None,
         host_root=host_root,
+        host_source=str(snapshot or "/"),
         modes=modes,
         backings=backings,
     )

@@ -7,19 +7,21 @@ result into a pass, skip or failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from . import runner
+from .coordination import HostCoordinator, NeverFits
 from .discovery import Found, NotFound, SearchRoot, find_binary
 from .host.model import HostFacts
 from .metrics import Metrics, parse_metrics
 from .outcome import Outcome, Status, classify
 from .output_checks import check_output, output_notes
-from .requirements import Requirement, first_unmet
+from .requirements import HugetlbPages, Requirement, first_unmet
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,18 @@ class SelftestEngine:
     default_timeout: float
     machine: str | None = None
     env: Mapping[str, str] | None = None
+    #: Set under xdist: shares hugetlb pools and the host between the run's workers.
+    coordinator: HostCoordinator | None = None
     _roots_cache: Sequence[SearchRoot] | None = field(default=None, init=False, repr=False)
+
+    @contextlib.contextmanager
+    def _slot(self, pages: dict[int, int], exclusive: bool, who: str) -> Iterator[float]:
+        """Under xdist: this run's share of the host (hugetlb grant, then shared/exclusive use)."""
+        if self.coordinator is None:
+            yield 0.0
+            return
+        with self.coordinator.hugetlb(pages, who) as waited_pages, self.coordinator.host(exclusive) as waited_host:
+            yield waited_pages + waited_host
 
     def search_roots(self) -> Sequence[SearchRoot]:
         if self._roots_cache is None:
@@ -101,7 +114,10 @@ class SelftestEngine:
         timeout: float | None = None,
         requires: Sequence[Requirement] = (),
         notes: Sequence[str] = (),
+        exclusive: bool = False,
+        who: str = "",
     ) -> SelftestResult:
+        """Run ``name``; ``exclusive`` (perf tests) keeps every other selftest of the run off the host."""
         args = tuple(str(a) for a in args)
         short = Path(name).name
         found = self.resolve(name)
@@ -114,7 +130,14 @@ class SelftestEngine:
                 short, argv, Status.SKIPPED, unmet, binary=str(found.path), notes=tuple(notes)
             )
         limit = self.default_timeout if timeout is None else timeout
-        proc = runner.run(argv, timeout=limit, cwd=found.path.parent, env=self.env)
+        pages = {r.size_kb: r.pages for r in requires if isinstance(r, HugetlbPages) and r.size_kb}
+        try:
+            with self._slot(pages, exclusive, who) as waited:
+                proc = runner.run(argv, timeout=limit, cwd=found.path.parent, env=self.env)
+        except NeverFits as exc:
+            return SelftestResult(short, argv, Status.SKIPPED, str(exc), binary=str(found.path), notes=tuple(notes))
+        if waited >= 0.5:
+            notes = (*notes, f"waited {waited:.1f}s for the host ({'alone' if exclusive else 'shared'}) and hugetlb pages")
         outcome: Outcome = classify(proc, limit)
         extra_notes = output_notes(found.name, proc.stdout, proc.stderr)
         if outcome.status is Status.PASSED:

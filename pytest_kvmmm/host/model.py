@@ -8,12 +8,13 @@ documented form behind ``--kvm-host-info=json`` (see the README for the keys).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .cpu import CpuFacts
-from .kvm import KvmFacts
+from .kvm import KvmFacts, ModuleParam
+from .kvmdecode import Arm64KvmCpu, X86KvmCpu
 from .mm import HugetlbPool, MglruFacts, ThpFacts
 
 HOST_JSON_FORMAT = 1
@@ -63,3 +64,40 @@ class HostFacts:
         for pool in data["hugetlb"] + data["hugetlb_nodes"]:
             pool["usable"] = max(pool["free"] - pool["resv"], 0) + max(pool["overcommit"] - pool["surplus"], 0)
         return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HostFacts:
+        """The inverse of ``to_json`` (derived keys are recomputed): how an xdist controller's
+        probe reaches its local workers through ``workerinput``."""
+        built: HostFacts = _build(
+            cls,
+            data,
+            cpu=lambda d: _build(CpuFacts, d),
+            kvm=lambda d: _build(
+                KvmFacts,
+                d,
+                params=lambda ps: {k: _build(ModuleParam, v) for k, v in ps.items()},
+                x86=lambda d: None if d is None else _build(X86KvmCpu, d),
+                arm64=lambda d: None if d is None else _build(Arm64KvmCpu, d),
+            ),
+            hugetlb=lambda ps: tuple(_build(HugetlbPool, p) for p in ps),
+            hugetlb_nodes=lambda ps: tuple(_build(HugetlbPool, p) for p in ps),
+            thp=lambda d: _build(ThpFacts, d),
+            mglru=lambda d: _build(MglruFacts, d),
+        )
+        return built
+
+
+def _build(cls: Any, data: Mapping[str, Any], **nested: Callable[[Any], Any]) -> Any:
+    """``cls`` from the JSON object ``data``: its own fields only, lists back to tuples."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name in nested:
+            value = nested[f.name](value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
