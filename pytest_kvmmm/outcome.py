@@ -98,7 +98,9 @@ def assertion_summary(block: str) -> str:
     if not lines:
         return "assertion failed"
     where = lines[0]
-    stack = re.compile(r"^\d+\s+0x[0-9a-f]+:|^\(stack trace empty\)|^pid=\d+")
+    # stack frames ("1  0x...: fn at file.c:12", "3  (inlined by) fn at ..."), pid lines, and
+    # the banner again: several vCPU threads can assert at once and interleave their blocks
+    stack = re.compile(r"^\d+\s+(?:0x[0-9a-f]+:|\(inlined by\))|^\(stack trace empty\)|^pid=\d+|^====")
     message = [ln for ln in lines[1:] if not stack.match(ln)]
     return f"{where}: {message[-1]}" if message else where
 

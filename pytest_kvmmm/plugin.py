@@ -199,8 +199,10 @@ class KvmmmPlugin:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         call = item.stash.get(CALL_KEY, None)
         if call is not None:
+            # checked at setup already; passed on so its hugetlb pages are granted under xdist
+            requires: tuple[Requirement, ...] = item.stash.get(REQUIRES_KEY, ())
             result = self.engine.run(
-                call.name, call.args, timeout=call.timeout,
+                call.name, call.args, timeout=call.timeout, requires=requires,
                 exclusive=item.get_closest_marker("perf") is not None, who=item.nodeid,
             )
             item.stash.setdefault(RESULTS_KEY, []).append(result)
@@ -252,7 +254,8 @@ class KvmmmPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.records:
             return
-        terminalreporter.write_sep("=", f"kvm selftests on {self.host_label}")
+        hosts = sorted({str(r.get("host")) for r in self.records})
+        terminalreporter.write_sep("=", f"kvm selftests on {', '.join(hosts)}")
         for line in summary_lines(self.records, verbose=self.config.option.verbose > 0):
             terminalreporter.write_line(line)
         if self.writer is not None:

@@ -30,10 +30,13 @@ def _case_label(nodeid: str) -> str:
 
 
 def outcome_lines(records: Sequence[Mapping[str, Any]], verbose: bool = False) -> list[str]:
+    """A line per test; with several hosts (an xdist lab run) each line names its host."""
+    several = len({rec.get("host") for rec in records}) > 1
     lines = []
     for rec in records:
         status = str(rec.get("status", "?"))
-        lines.append(f"{status.upper():8} {float(rec.get('duration_s') or 0.0):7.2f}s  {rec.get('nodeid', '?')}")
+        where = f"{rec.get('host')}: " if several else ""
+        lines.append(f"{status.upper():8} {float(rec.get('duration_s') or 0.0):7.2f}s  {where}{rec.get('nodeid', '?')}")
         if rec.get("reason") and (verbose or status != "passed"):
             lines.append(f"         {rec['reason']}")
         if verbose or status != "skipped":
@@ -64,10 +67,14 @@ def _table(binary: str, rows: list[tuple[str, Mapping[str, float]]]) -> list[str
 def metric_tables(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """One table per binary: a row per case that printed metrics, a column per headline metric."""
     by_binary: dict[str, list[tuple[str, Mapping[str, float]]]] = {}
+    several = len({rec.get("host") for rec in records}) > 1
     for rec in records:
         metrics = rec.get("metrics") or {}
         if metrics:
-            by_binary.setdefault(str(rec.get("binary")), []).append((_case_label(str(rec.get("nodeid"))), metrics))
+            label = _case_label(str(rec.get("nodeid")))
+            if several:
+                label = f"{rec.get('host')} {label}"
+            by_binary.setdefault(str(rec.get("binary")), []).append((label, metrics))
     lines: list[str] = []
     for binary, rows in by_binary.items():
         table = _table(binary, rows)

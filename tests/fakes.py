@@ -34,6 +34,7 @@ def make_fake(
     child_pidfile: Path | None = None,
     raw_stdout: bytes = b"",
     argv_file: Path | None = None,
+    sleep: float = 0.0,
 ) -> Path:
     """Write an executable fake selftest ``directory/name`` and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -42,6 +43,7 @@ def make_fake(
         argv_file = {str(argv_file) if argv_file else None!r}
         if argv_file:
             open(argv_file, "w").write("\\n".join(sys.argv[1:]))
+        time.sleep({sleep!r})
         sys.stdout.write({stdout!r}); sys.stdout.flush()
         sys.stdout.buffer.write({raw_stdout!r}); sys.stdout.flush()
         sys.stderr.write({stderr!r}); sys.stderr.flush()
