@@ -60,9 +60,10 @@ class SelftestRunner:
         ``requires`` are checked against the host first: an unmet one skips without
         running the binary. Every run is recorded for ``--kvm-results`` and the summary.
         """
+        perf = self._item.get_closest_marker("perf") is not None
         result = self._engine.run(
             name, [str(a) for a in args], timeout=timeout, requires=requires, notes=notes,
-            exclusive=self._item.get_closest_marker("perf") is not None, who=self._item.nodeid,
+            exclusive=perf, who=self._item.nodeid, repeat=self._engine.perf_repeat if perf else 1,
         )
         self._item.stash.setdefault(RESULTS_KEY, []).append(result)
         if check:

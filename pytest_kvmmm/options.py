@@ -42,6 +42,10 @@ HELP_BACKINGS = (
     "backing sources of the suite: a list such as anonymous,anonymous_thp or 'all' "
     "(default: each test's own set)"
 )
+HELP_REPEAT = (
+    "run each timing (perf) test N times and keep every sample; metrics become medians "
+    "(default 1; comparisons use the spread)"
+)
 HELP_HOST_INFO = "print the host facts (text, or json) and exit"
 
 
@@ -51,6 +55,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kvm-timeout", metavar="SECONDS", help=HELP_TIMEOUT)
     group.addoption("--kvm-scale", metavar="SCALE", help=HELP_SCALE)
     group.addoption("--kvm-results", metavar="FILE", help=HELP_RESULTS)
+    group.addoption("--kvm-repeat", metavar="N", help=HELP_REPEAT)
     group.addoption("--kvm-guest-modes", metavar="MODES", help=HELP_MODES)
     group.addoption("--kvm-backing-srcs", metavar="SRCS", help=HELP_BACKINGS)
     group.addoption("--kvm-host-snapshot", metavar="DIR", help=HELP_SNAPSHOT)
@@ -60,6 +65,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("kvm_selftests", HELP_SELFTESTS)
     parser.addini("kvm_timeout", HELP_TIMEOUT)
     parser.addini("kvm_scale", HELP_SCALE)
+    parser.addini("kvm_repeat", HELP_REPEAT)
     parser.addini("kvm_guest_modes", HELP_MODES)
     parser.addini("kvm_backing_srcs", HELP_BACKINGS)
 
@@ -77,6 +83,8 @@ class Settings:
     modes: tuple[str, ...] = ("default",)
     #: Backing sources chosen by the user, or None for each test's own set.
     backings: tuple[str, ...] | None = None
+    #: Runs per perf test (``--kvm-repeat``).
+    repeat: int = 1
 
 
 def _timeout(value: str, origin: str) -> float:
@@ -122,6 +130,10 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         raise pytest.UsageError(f"--kvm-guest-modes: {exc}") from None
     backings = _backings(opt("kvm_backing_srcs") or config.getini("kvm_backing_srcs") or None)
 
+    repeat_value = opt("kvm_repeat") or config.getini("kvm_repeat") or "1"
+    if not str(repeat_value).isdigit() or int(repeat_value) < 1:
+        raise pytest.UsageError(f"--kvm-repeat: {repeat_value!r} is not a positive number of runs")
+
     results = opt("kvm_results")
     return Settings(
         explicit_root=explicit,
@@ -132,6 +144,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         host_source=str(snapshot or "/"),
         modes=modes,
         backings=backings,
+        repeat=int(repeat_value),
     )
 
 

@@ -107,6 +107,7 @@ class KvmmmPlugin:
             default_timeout=settings.timeout_s,
         )
         self.engine.coordinator = self._coordinator() if self.is_worker else None
+        self.engine.perf_repeat = settings.repeat
         self.writer = ResultsWriter(settings.results) if settings.results and not self.is_worker else None
         if self.writer is not None:
             self.writer.open()
@@ -201,9 +202,10 @@ class KvmmmPlugin:
         if call is not None:
             # checked at setup already; passed on so its hugetlb pages are granted under xdist
             requires: tuple[Requirement, ...] = item.stash.get(REQUIRES_KEY, ())
+            perf = item.get_closest_marker("perf") is not None
             result = self.engine.run(
                 call.name, call.args, timeout=call.timeout, requires=requires,
-                exclusive=item.get_closest_marker("perf") is not None, who=item.nodeid,
+                exclusive=perf, who=item.nodeid, repeat=self.settings.repeat if perf else 1,
             )
             item.stash.setdefault(RESULTS_KEY, []).append(result)
             raise_for(result)

@@ -429,3 +429,40 @@ def test_collection_is_the_same_on_any_host_with_all_modes(pytester: pytest.Pyte
         ids.append([ln for ln in res.outlines if "::" in ln])
     assert ids[0] == ids[1] == ids[2]
     assert any("p40v48_64k" in i for i in ids[0]) and any("pxxv48_4k" in i for i in ids[0])
+
+
+def test_repeat_keeps_every_sample_and_stops_at_a_failure(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    d = tmp_path / "b"
+    d.mkdir()
+    counter = tmp_path / "count"
+    # prints CREATE = 0.1 * run number; the fourth run fails
+    script = d / "flaky_timing"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys, pathlib\np = pathlib.Path({str(counter)!r})\n"
+        "n = int(p.read_text()) + 1 if p.exists() else 1\np.write_text(str(n))\n"
+        "print(f'KVM_CREATE_MAPPINGS: total execution time: {0.1 * n:.9f}s')\n"
+        "sys.exit(254 if n == 4 else 0)\n"
+    )
+    script.chmod(0o755)
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.perf
+        @pytest.mark.kvm_selftest({str(script)!r})
+        def test_timed():
+            pass
+
+        @pytest.mark.kvm_selftest({str(script)!r})
+        def test_functional_runs_once():
+            pass
+    """)
+    res = pytester.runpytest("--kvm-repeat", "2", "--kvm-results", "r.jsonl")
+    res.assert_outcomes(passed=2)
+    recs = records(pytester.path / "r.jsonl")
+    assert counter.read_text() == "3", "perf test twice, functional test once"
+    assert recs["test_timed"]["samples"]["KVM_CREATE_MAPPINGS"] == [0.1, 0.2]
+    assert recs["test_timed"]["metrics"]["KVM_CREATE_MAPPINGS"] == pytest.approx(0.15)
+    counter.unlink()
+    res = pytester.runpytest("--kvm-repeat", "5", "-k", "timed", "--kvm-results", "r2.jsonl")
+    res.assert_outcomes(failed=1)
+    assert counter.read_text() == "4", "the failing fourth run ends the repetition"
