@@ -436,7 +436,7 @@ def test_repeat_keeps_every_sample_and_stops_at_a_failure(pytester: pytest.Pytes
     d.mkdir()
     counter = tmp_path / "count"
     # prints CREATE = 0.1 * run number; the fourth run fails
-    script = d / "flaky_timing"
+    script = d / "kvm_page_table_test"  # named so its metric parser applies
     script.write_text(
         f"#!{sys.executable}\nimport sys, pathlib\np = pathlib.Path({str(counter)!r})\n"
         "n = int(p.read_text()) + 1 if p.exists() else 1\np.write_text(str(n))\n"
