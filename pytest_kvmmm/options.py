@@ -8,6 +8,7 @@ came from.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,12 @@ HELP_REPEAT = (
     "run each timing (perf) test N times and keep every sample; metrics become medians "
     "(default 1; comparisons use the spread)"
 )
+HELP_KERNEL_LOG = (
+    "watch the kernel log and taint around each selftest: 'fail' (default) fails a test during "
+    "which the kernel logged a WARN/BUG/Oops/lockup/RCU stall/KVM internal error or got tainted, "
+    "'report' only notes it, 'off' does not watch"
+)
+HELP_KERNEL_NOISE = "kernel log lines (regular expressions) that are known noise: reported, never failing"
 HELP_HOST_INFO = "print the host facts (text, or json) and exit"
 
 
@@ -56,6 +63,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kvm-scale", metavar="SCALE", help=HELP_SCALE)
     group.addoption("--kvm-results", metavar="FILE", help=HELP_RESULTS)
     group.addoption("--kvm-repeat", metavar="N", help=HELP_REPEAT)
+    group.addoption("--kvm-kernel-log", choices=("fail", "report", "off"), help=HELP_KERNEL_LOG)
     group.addoption("--kvm-guest-modes", metavar="MODES", help=HELP_MODES)
     group.addoption("--kvm-backing-srcs", metavar="SRCS", help=HELP_BACKINGS)
     group.addoption("--kvm-host-snapshot", metavar="DIR", help=HELP_SNAPSHOT)
@@ -66,6 +74,8 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("kvm_timeout", HELP_TIMEOUT)
     parser.addini("kvm_scale", HELP_SCALE)
     parser.addini("kvm_repeat", HELP_REPEAT)
+    parser.addini("kvm_kernel_log", HELP_KERNEL_LOG)
+    parser.addini("kvm_kernel_log_noise", HELP_KERNEL_NOISE, type="linelist")
     parser.addini("kvm_guest_modes", HELP_MODES)
     parser.addini("kvm_backing_srcs", HELP_BACKINGS)
 
@@ -85,6 +95,8 @@ class Settings:
     backings: tuple[str, ...] | None = None
     #: Runs per perf test (``--kvm-repeat``).
     repeat: int = 1
+    kernel_log: str = "fail"
+    kernel_noise: tuple[re.Pattern[str], ...] = ()
 
 
 def _timeout(value: str, origin: str) -> float:
@@ -134,6 +146,14 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
     if not str(repeat_value).isdigit() or int(repeat_value) < 1:
         raise pytest.UsageError(f"--kvm-repeat: {repeat_value!r} is not a positive number of runs")
 
+    kernel_log = opt("kvm_kernel_log") or config.getini("kvm_kernel_log") or "fail"
+    if kernel_log not in ("fail", "report", "off"):
+        raise pytest.UsageError(f"ini kvm_kernel_log: {kernel_log!r} is not one of fail, report, off")
+    try:
+        noise = tuple(re.compile(p) for p in config.getini("kvm_kernel_log_noise"))
+    except re.error as exc:
+        raise pytest.UsageError(f"ini kvm_kernel_log_noise: {exc}") from None
+
     results = opt("kvm_results")
     return Settings(
         explicit_root=explicit,
@@ -145,6 +165,8 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         modes=modes,
         backings=backings,
         repeat=int(repeat_value),
+        kernel_log=kernel_log,
+        kernel_noise=noise,
     )
 
 

@@ -36,6 +36,7 @@ from .fixtures import (
 from .host import HostFacts, probe_host
 from .host.probe import timed_probe
 from .host.report import summary_line, text_report
+from .kernel_health import KernelWatch
 from .markers import (
     MARKERS,
     SELFTEST_SIGNATURE,
@@ -108,6 +109,12 @@ class KvmmmPlugin:
         )
         self.engine.coordinator = self._coordinator() if self.is_worker else None
         self.engine.perf_repeat = settings.repeat
+        self.kernel_watch: KernelWatch | None = None
+        if settings.kernel_log != "off" and settings.host_root == Path("/"):
+            kmsg = Path(os.environ.get("KVMMM_KMSG", "/dev/kmsg"))  # another log device, for tests
+            self.kernel_watch = KernelWatch(kmsg=kmsg, noise=settings.kernel_noise)
+            if self.kernel_watch.active:
+                self.engine.kernel, self.engine.kernel_mode = self.kernel_watch, settings.kernel_log
         self.writer = ResultsWriter(settings.results) if settings.results and not self.is_worker else None
         if self.writer is not None:
             self.writer.open()
@@ -152,10 +159,13 @@ class KvmmmPlugin:
         roots = self.engine.search_roots()
         source = f"{roots[0].path} ({roots[0].origin})" if roots else "none found (run kvmmm-build)"
         where = "" if self.settings.host_root == Path("/") else f" [snapshot {self.settings.host_root}]"
-        return [
+        lines = [
             f"kvmmm: {host.hostname}{where}: {summary_line(host)}",
             f"kvmmm: selftests {source}; scale {self.settings.scale}; timeout {self.settings.timeout_s:g}s",
         ]
+        if self.kernel_watch is not None and not self.kernel_watch.active:
+            lines.append(f"kvmmm: kernel log watch off: {self.kernel_watch.reason}")
+        return lines
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         """The catalogue's test functions get one case per variant x backing source x guest mode."""
@@ -281,3 +291,5 @@ class KvmmmPlugin:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.kernel_watch is not None:
+            self.kernel_watch.close()

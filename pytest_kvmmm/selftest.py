@@ -20,6 +20,7 @@ from . import runner
 from .coordination import HostCoordinator, NeverFits
 from .discovery import Found, NotFound, SearchRoot, find_binary
 from .host.model import HostFacts
+from .kernel_health import Health, KernelWatch
 from .metrics import Metrics, parse_metrics
 from .outcome import Outcome, Status, classify
 from .output_checks import check_output, output_notes
@@ -47,6 +48,8 @@ class SelftestResult:
     #: Every value of every metric over the repeated runs (``--kvm-repeat``); ``metrics`` holds
     #: their medians. A single run has one sample per metric.
     samples: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    #: Kernel complaints (and known-noise lines) logged during the run.
+    kernel_log: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -72,6 +75,7 @@ class SelftestResult:
             "started_at": self.started_at,
             "ended_at": ended,
             "notes": list(self.notes),
+            "kernel_log": list(self.kernel_log),
         }
 
 
@@ -84,6 +88,9 @@ class SelftestEngine:
     default_timeout: float
     machine: str | None = None
     env: Mapping[str, str] | None = None
+    #: The kernel-log watch, when it can watch; ``kernel_mode`` "fail" or "report".
+    kernel: KernelWatch | None = None
+    kernel_mode: str = "fail"
     #: Runs per timing-sensitive test (``--kvm-repeat``); callers pass it for perf tests.
     perf_repeat: int = 1
     #: Set under xdist: shares hugetlb pools and the host between the run's workers.
@@ -161,7 +168,9 @@ class SelftestEngine:
         pages = {r.size_kb: r.pages for r in requires if isinstance(r, HugetlbPages) and r.size_kb}
         try:
             with self._slot(pages, exclusive, who) as waited:
+                taint = self.kernel.start() if self.kernel else 0
                 proc = runner.run(argv, timeout=limit, cwd=found.path.parent, env=self.env)
+                health = self.kernel.finish(taint) if self.kernel else Health()
         except NeverFits as exc:
             return SelftestResult(short, argv, Status.SKIPPED, str(exc), binary=str(found.path), notes=tuple(notes))
         if waited >= 0.5:
@@ -175,6 +184,15 @@ class SelftestEngine:
             if verdict is not None:
                 outcome = Outcome(Status(verdict.status), f"{short} exit 0 but: {verdict.reason}"
                                   if verdict.status == "failed" else verdict.reason)
+        if health.bad and self.kernel_mode == "fail":
+            if outcome.status is Status.PASSED:
+                outcome = Outcome(Status.FAILED, f"{short} passed, but {health.summary()}", health.report())
+            else:
+                outcome = Outcome(outcome.status, outcome.reason,
+                                  f"{outcome.details}\n\nkernel log during the run:\n{health.report()}")
+        elif health.bad or health.noise:
+            extra_notes = (*extra_notes, *(f"kernel: {line}" for line in (health.report() or "").splitlines()),
+                           *(f"kernel (known noise): {line}" for line in health.noise))
         return SelftestResult(
             name=short,
             argv=argv,
@@ -193,6 +211,7 @@ class SelftestEngine:
                 *extra_notes,
                 *(("output truncated to its head and tail",) if proc.truncated else ()),
             ),
+            kernel_log=(*(line for _, line in health.complaints), *health.noise),
         )
 
 

@@ -1,7 +1,7 @@
 """The terminal's ``kvm selftests`` section: outcomes, then one compact metrics table per binary.
 
-Pure: records in, lines out. Per-iteration series (``iteration_N/...``) stay in
-``--kvm-results``; the tables show the headline numbers a reviewer compares.
+Pure: records in, lines out. Per-iteration and per-run series (``iteration_N/...``,
+``run_N/...``) stay in ``--kvm-results``; the tables show the headline numbers a reviewer compares.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def format_metric(name: str, value: float) -> str:
 
 
 def _headline(name: str) -> bool:
-    return not any(part.startswith("iteration_") for part in name.split("/"))
+    return not any(part.startswith(("iteration_", "run_")) for part in name.split("/"))
 
 
 def _case_label(nodeid: str) -> str:

@@ -30,9 +30,12 @@ from pytest_kvmmm.provision.source import (
     KernelSource,
     ProvisionError,
     apt_install,
+    cross_packages,
+    cross_prefix,
     install_hint,
     kernel_srcarch,
     locate_source,
+    normalize_machine,
     run,
     unpack_tarball,
     unpacked_identity,
@@ -49,19 +52,51 @@ _PROGRAM_VARS = ("TEST_GEN_PROGS", "TEST_GEN_PROGS_EXTENDED")
 
 @dataclass(frozen=True)
 class Target:
-    """What the selftests are built for. Always the host today; a cross build
-    (``--arch arm64 --cross-compile aarch64-linux-gnu-``) fills ``make_vars`` with
-    ``ARCH=``/``CROSS_COMPILE=`` and ``compiler`` with the prefixed gcc."""
+    """What the selftests are built for: the host (no make variables), or another arch,
+    cross-compiled with ``ARCH=<srcarch> CROSS_COMPILE=<prefix>`` (``kvmmm-build --arch arm64``).
+
+    A cross build gets its own cache directory and unpack (``<version>-<machine>``): ``make
+    headers`` writes the target's uapi headers into the tree, so two arches cannot share one.
+    """
 
     machine: str  # `uname -m` spelling, recorded in the manifest's arch for choose_build()
     srcarch: str  # the kernel's arch/ directory name
     make_vars: tuple[str, ...] = ()
     compiler: str = "gcc"
+    #: Debian packages that provide ``compiler`` (and, for a cross build, the target's libc headers).
+    packages: str = "build-essential"
 
     @classmethod
     def host(cls) -> Target:
         machine = platform.machine()
         return cls(machine, kernel_srcarch(machine))
+
+    @classmethod
+    def for_arch(
+        cls, arch: str | None, cross_compile: str | None = None, host_machine: str | None = None
+    ) -> Target:
+        """``--arch``/``--cross-compile``: the host when both are unset or name the host's arch,
+        else a cross build (``arm64`` -> ``ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu-``)."""
+        host_machine = host_machine or platform.machine()
+        machine = normalize_machine(arch) if arch else host_machine
+        if machine == host_machine and not cross_compile:
+            return cls(machine, kernel_srcarch(machine))
+        prefix = cross_compile or cross_prefix(machine)
+        return cls(
+            machine,
+            kernel_srcarch(machine),
+            (f"ARCH={kernel_srcarch(machine)}", f"CROSS_COMPILE={prefix}"),
+            f"{prefix}gcc",
+            cross_packages(machine, prefix),
+        )
+
+    @property
+    def cross(self) -> bool:
+        return bool(self.make_vars)
+
+    def dir_name(self, version: str) -> str:
+        """``6.12.117`` for the host, ``6.12.117-aarch64`` for a cross build."""
+        return f"{version}-{self.machine}" if self.cross else version
 
 
 @dataclass(frozen=True)
@@ -181,7 +216,7 @@ def source_tree(source: KernelSource, opts: BuildOptions) -> Path:
     """The tree to build in: the source itself, or its unpack (made now unless already there)."""
     if source.top is None:
         return source.path
-    dest = opts.cache_root / "src" / source.version
+    dest = opts.cache_root / "src" / opts.target.dir_name(source.version)
     if unpacked_identity(dest) != source.identity:
         with step(opts.progress, f"unpacking {source.path.name} into {dest}"):
             unpack_tarball(source.path, dest, source.top, opts.target.srcarch, source.identity)
@@ -245,7 +280,8 @@ def provision(source_arg: Path | None, opts: BuildOptions) -> BuildResult:
         )
         source_arg = tarball
     source = locate_source(source_arg, opts.cache_root)
-    build_dir = selftests_dir(opts.cache_root) / source.version
+    name = opts.target.dir_name(source.version)
+    build_dir = selftests_dir(opts.cache_root) / name
     manifest = None if opts.force else read_manifest(build_dir)
     if manifest is not None:
         return BuildResult(build_dir, manifest, cached=True)
@@ -253,14 +289,14 @@ def provision(source_arg: Path | None, opts: BuildOptions) -> BuildResult:
         raise ProvisionError(
             f"make cannot build in {build_dir} (whitespace): pass another --cache-dir"
         )
-    ensure_installed("build-essential", lambda: missing_tools(opts.target), opts)
+    ensure_installed(opts.target.packages, lambda: missing_tools(opts.target), opts)
     build_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(build_dir.parent / f"{source.version}.lock"))
+    lock = FileLock(str(build_dir.parent / f"{name}.lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
         if opts.progress is not None:
-            opts.progress.write(f"kvmmm-build: waiting for another build of {source.version}\n")
+            opts.progress.write(f"kvmmm-build: waiting for another build of {name}\n")
         lock.acquire()
     try:
         manifest = None if opts.force else read_manifest(build_dir)

@@ -48,6 +48,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.cpu_count() or 1,
         help="parallel make jobs (default: %(default)s)",
     )
+    parser.add_argument(
+        "--arch",
+        metavar="ARCH",
+        help="build for another arch (arm64, aarch64, x86_64, ...), cross-compiled; the build "
+        "goes to <version>-<machine> in the cache (default: this host's arch)",
+    )
+    parser.add_argument(
+        "--cross-compile",
+        metavar="PREFIX",
+        help="the cross compiler's prefix (default for --arch arm64: aarch64-linux-gnu-, "
+        "from Debian's gcc-aarch64-linux-gnu)",
+    )
     parser.add_argument("--no-apt", action="store_true", help="never apt-get install anything")
     parser.add_argument(
         "--force", action="store_true", help="rebuild even if the cache is complete"
@@ -91,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = BuildOptions(
             cache_root=Path(os.path.abspath(cache_root.expanduser())),
             jobs=args.jobs,
-            target=Target.host(),
+            target=Target.for_arch(args.arch, args.cross_compile),
             allow_apt=not args.no_apt,
             is_root=os.geteuid() == 0,
             force=args.force,

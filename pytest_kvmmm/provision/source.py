@@ -33,6 +33,17 @@ _SRCARCH = {
     "loongarch64": "loongarch",
 }
 
+#: Other spellings of a machine (kernel arch/ names, Debian architectures) -> `uname -m`.
+_MACHINE_ALIASES = {
+    "arm64": "aarch64", "x86": "x86_64", "amd64": "x86_64", "s390": "s390x",
+    "riscv": "riscv64", "loongarch": "loongarch64", "loong64": "loongarch64",
+}  # fmt: skip
+#: `uname -m` -> Debian's architecture name, which names its cross toolchain packages.
+_DEBIAN_ARCH = {
+    "x86_64": "amd64", "aarch64": "arm64", "s390x": "s390x", "riscv64": "riscv64",
+    "loongarch64": "loong64",
+}  # fmt: skip
+
 # What `make headers` and the kvm selftests build read, found by tracing both (strace, 6.12)
 # and widened to whole directories where the need varies by arch or version. Every member
 # dates from before 5.0 (checked on 6.12 only); tar fails on a missing one, so keep it so.
@@ -70,6 +81,26 @@ def kernel_srcarch(machine: str) -> str:
             f"the KVM selftests do not support machine {machine!r} "
             f"(supported: {', '.join(sorted(_SRCARCH))})"
         ) from None
+
+
+def normalize_machine(arch: str) -> str:
+    """``--arch`` as given (``arm64``, ``aarch64``, ``amd64``...) -> the ``uname -m`` spelling."""
+    machine = _MACHINE_ALIASES.get(arch.strip().lower(), arch.strip().lower())
+    kernel_srcarch(machine)  # refuses a machine the KVM selftests do not support
+    return machine
+
+
+def cross_prefix(machine: str) -> str:
+    """The GNU triplet prefix of Debian's cross compiler: ``aarch64`` -> ``aarch64-linux-gnu-``."""
+    return f"{machine}-linux-gnu-"
+
+
+def cross_packages(machine: str, prefix: str) -> str:
+    """Debian's packages for a cross build: ``gcc-aarch64-linux-gnu libc6-dev-arm64-cross``.
+
+    libc6-dev-<arch>-cross is only a Recommends of the compiler, and the selftests need it.
+    """
+    return f"gcc-{prefix.rstrip('-')} libc6-dev-{_DEBIAN_ARCH.get(machine, machine)}-cross"
 
 
 def parse_kernel_version(makefile_text: str) -> str | None:
@@ -249,9 +280,12 @@ def locate_source(arg: Path, cache_root: Path) -> KernelSource:
 
 
 def apt_install(package: str) -> None:
-    """``apt-get install -y <package>``, after ``apt-get update`` if the lists do not know it yet."""
+    """``apt-get install -y <package>``, after ``apt-get update`` if the lists do not know it yet.
+
+    ``package`` may name several packages separated by spaces (a cross toolchain and its libc).
+    """
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", package]
+    install = ["apt-get", "install", "-y", *package.split()]
     proc = run(install, capture_output=True, env=env)
     if proc.returncode != 0 and "Unable to locate package" in proc.stderr + proc.stdout:
         run(["apt-get", "update"], capture_output=True, env=env)
