@@ -59,6 +59,18 @@ class HostCoordinator:
                 budget_file.write_text(json.dumps({str(k): v for k, v in budget.items()}))
             self.budget = {int(k): int(v) for k, v in json.loads(budget_file.read_text()).items()}
 
+    def _read_budget(self) -> dict[int, int]:
+        data = json.loads((self.run_dir / "hugetlb-budget.json").read_text())
+        return {int(k): int(v) for k, v in data.items()}
+
+    def add_budget(self, size_kb: int, pages: int) -> None:
+        """The pool grew by ``pages`` (--kvm-allow-host-changes): every worker may use them."""
+        with self._lock:
+            budget = self._read_budget()
+            budget[size_kb] = budget.get(size_kb, 0) + pages
+            (self.run_dir / "hugetlb-budget.json").write_text(json.dumps({str(k): v for k, v in budget.items()}))
+            self.budget = budget
+
     def _grants(self) -> list[dict[str, Any]]:
         try:
             grants = json.loads(self._ledger.read_text())
@@ -68,6 +80,7 @@ class HostCoordinator:
 
     def _try_grant(self, pages: Mapping[int, int], who: str) -> bool:
         with self._lock:
+            self.budget = self._read_budget()
             grants = self._grants()
             for size_kb, need in pages.items():
                 used = sum(int(g["pages"].get(str(size_kb), 0)) for g in grants)
@@ -86,6 +99,9 @@ class HostCoordinator:
     def hugetlb(self, pages: Mapping[int, int], who: str) -> Iterator[float]:
         """Hold ``pages`` (size kB -> count) for the duration; yields the seconds waited."""
         pages = {k: v for k, v in pages.items() if v > 0}
+        if pages:
+            with self._lock:
+                self.budget = self._read_budget()
         for size_kb, need in pages.items():
             if need > self.budget.get(size_kb, 0):
                 raise NeverFits(

@@ -53,6 +53,10 @@ HELP_KERNEL_LOG = (
     "'report' only notes it, 'off' does not watch"
 )
 HELP_KERNEL_NOISE = "kernel log lines (regular expressions) that are known noise: reported, never failing"
+HELP_HOST_CHANGES = (
+    "let the plugin prepare the host for a case: grow a hugetlb pool, set THP to madvise; every "
+    "change is journalled and undone at the end (a killed run is undone by the next one)"
+)
 HELP_HOST_INFO = "print the host facts (text, or json) and exit"
 
 
@@ -63,6 +67,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kvm-scale", metavar="SCALE", help=HELP_SCALE)
     group.addoption("--kvm-results", metavar="FILE", help=HELP_RESULTS)
     group.addoption("--kvm-repeat", metavar="N", help=HELP_REPEAT)
+    group.addoption("--kvm-allow-host-changes", action="store_true", help=HELP_HOST_CHANGES)
     group.addoption("--kvm-kernel-log", choices=("fail", "report", "off"), help=HELP_KERNEL_LOG)
     group.addoption("--kvm-guest-modes", metavar="MODES", help=HELP_MODES)
     group.addoption("--kvm-backing-srcs", metavar="SRCS", help=HELP_BACKINGS)

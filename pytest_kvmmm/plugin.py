@@ -36,6 +36,7 @@ from .fixtures import (
 from .host import HostFacts, probe_host
 from .host.probe import timed_probe
 from .host.report import summary_line, text_report
+from .host_changes import HostChanges
 from .kernel_health import KernelWatch
 from .markers import (
     MARKERS,
@@ -46,7 +47,7 @@ from .markers import (
 )
 from .options import SNAPSHOT_ENV
 from .outcome import Status
-from .provision.cache import default_cache_root
+from .provision.cache import default_cache_root, journal_dir
 from .requirements import Requirement, first_unmet
 from .results import ResultsWriter
 from .selftest import SelftestEngine, SelftestResult
@@ -109,6 +110,13 @@ class KvmmmPlugin:
         )
         self.engine.coordinator = self._coordinator() if self.is_worker else None
         self.engine.perf_repeat = settings.repeat
+        # Whatever an earlier, killed session changed on this host is undone first, flag or not.
+        self.host_changes = HostChanges(settings.host_root, journal_dir(settings.host_root))
+        self.restored = self.host_changes.restore_stale()
+        self.engine.host_changed = self.refresh_host
+        if config.getoption("kvm_allow_host_changes"):
+            self.engine.host_changes = self.host_changes
+        self.restored_at_end: list[str] = []
         self.kernel_watch: KernelWatch | None = None
         if settings.kernel_log != "off" and settings.host_root == Path("/"):
             kmsg = Path(os.environ.get("KVMMM_KMSG", "/dev/kmsg"))  # another log device, for tests
@@ -136,6 +144,10 @@ class KvmmmPlugin:
             else:
                 self._host = probe_host(self.settings.host_root)
         return self._host
+
+    def refresh_host(self) -> None:
+        """Probe again after the plugin changed the host (--kvm-allow-host-changes)."""
+        self._host = probe_host(self.settings.host_root)
 
     @pytest.hookimpl(optionalhook=True)  # xdist's hook: only called when xdist runs the session
     def pytest_configure_node(self, node: Any) -> None:
@@ -165,6 +177,8 @@ class KvmmmPlugin:
         ]
         if self.kernel_watch is not None and not self.kernel_watch.active:
             lines.append(f"kvmmm: kernel log watch off: {self.kernel_watch.reason}")
+        if self.engine.host_changes is not None:
+            lines.append("kvmmm: host changes allowed: hugetlb pools and THP may be changed, and are restored after the run")
         return lines
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
@@ -197,7 +211,10 @@ class KvmmmPlugin:
 
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """kvm_requires: skip before any fixture or binary runs when the host lacks a fact."""
-        reason = first_unmet(item.stash.get(REQUIRES_KEY, ()), self.host())
+        requires = item.stash.get(REQUIRES_KEY, ())
+        reason = first_unmet(requires, self.host())
+        if reason and self.engine.host_changes is not None:
+            reason = self.engine.prepare_host(requires)
         if reason:
             call = item.stash.get(CALL_KEY, None)
             if call is not None:  # a selftest test: keep a record of the skip for the results
@@ -264,6 +281,8 @@ class KvmmmPlugin:
                     self.writer.write(value)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for line in [*self.restored, *self.restored_at_end]:
+            terminalreporter.write_line(f"kvmmm: restored {line}")
         if not self.records:
             return
         hosts = sorted({str(r.get("host")) for r in self.records})
@@ -280,7 +299,14 @@ class KvmmmPlugin:
             self._allure_env = allure_report.host_environment(self.host(), build)
         return self._allure_env
 
+    @pytest.hookimpl(tryfirst=True)  # tryfirst: the host is restored before anything else can fail
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Undo this process's host changes (also after failures and Ctrl-C); the controller also
+        undoes those of workers that were killed. Then, Allure's session files."""
+        self.restored_at_end = self.host_changes.restore() + (self.host_changes.restore_stale() if not self.is_worker else [])
+        self._allure_session_files()
+
+    def _allure_session_files(self) -> None:
         """Allure: categories.json and environment.properties, once, by the process that owns the session."""
         target = allure_report.alluredir(self.config)
         if self.is_worker or target is None or self.config.option.collectonly:
@@ -293,3 +319,4 @@ class KvmmmPlugin:
             self.writer.close()
         if self.kernel_watch is not None:
             self.kernel_watch.close()
+        self.host_changes.restore()  # idempotent: a session that never finished still restores

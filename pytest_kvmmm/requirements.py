@@ -52,6 +52,8 @@ class HugetlbPages:
             return None
         target = pool.nr + self.pages - pool.usable
         how = f"echo {target} > {pool.nr_path}"
+        if pool.writable:
+            how += " (or let pytest do it and undo it: --kvm-allow-host-changes)"
         if self.size_kb >= 1024 * 1024:
             how += f" (1 GiB pages may need booting with hugepagesz=1G hugepages={target})"
         return f"needs {wanted}, pool has {pool.usable} (nr={pool.nr} free={pool.free} resv={pool.resv}): {how}"
@@ -70,7 +72,7 @@ class ThpMadvise:
             return None
         return (
             f"needs transparent hugepages, THP is '{enabled}': "
-            "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled"
+            "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (or --kvm-allow-host-changes)"
         )
 
 

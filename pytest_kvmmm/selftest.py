@@ -20,11 +20,12 @@ from . import runner
 from .coordination import HostCoordinator, NeverFits
 from .discovery import Found, NotFound, SearchRoot, find_binary
 from .host.model import HostFacts
+from .host_changes import HostChanges
 from .kernel_health import Health, KernelWatch
 from .metrics import Metrics, parse_metrics
 from .outcome import Outcome, Status, classify
 from .output_checks import check_output, output_notes
-from .requirements import HugetlbPages, Requirement, first_unmet
+from .requirements import HugetlbPages, Requirement, ThpMadvise, first_unmet
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,10 @@ class SelftestEngine:
     default_timeout: float
     machine: str | None = None
     env: Mapping[str, str] | None = None
+    #: Set with --kvm-allow-host-changes: grows pools / sets THP, journalled; ``host_changed``
+    #: re-probes the host afterwards.
+    host_changes: HostChanges | None = None
+    host_changed: Callable[[], None] | None = None
     #: The kernel-log watch, when it can watch; ``kernel_mode`` "fail" or "report".
     kernel: KernelWatch | None = None
     kernel_mode: str = "fail"
@@ -96,6 +101,33 @@ class SelftestEngine:
     #: Set under xdist: shares hugetlb pools and the host between the run's workers.
     coordinator: HostCoordinator | None = None
     _roots_cache: Sequence[SearchRoot] | None = field(default=None, init=False, repr=False)
+
+    def prepare_host(self, requires: Sequence[Requirement]) -> str | None:
+        """--kvm-allow-host-changes: grow hugetlb pools / enable THP for what the case lacks."""
+        assert self.host_changes is not None
+        host = self.host()
+        for req in requires:
+            if req.unmet(host) is None:
+                continue
+            if isinstance(req, HugetlbPages) and req.size_kb and host.hugetlb_pool(req.size_kb):
+                pool = host.hugetlb_pool(req.size_kb)
+                assert pool is not None
+                base = pool.nr_path.rsplit("/", 1)[0]
+                added, why = self.host_changes.grow_hugetlb(
+                    pool.nr_path, f"{base}/free_hugepages", f"{base}/resv_hugepages", req.pages
+                )
+                if added and self.coordinator is not None:
+                    self.coordinator.add_budget(req.size_kb, added)
+                if why:
+                    return f"{req.unmet(host)}; --kvm-allow-host-changes tried: {why}"
+            elif isinstance(req, ThpMadvise):
+                why = self.host_changes.set_thp("madvise")
+                if why:
+                    return f"{req.unmet(host)}; --kvm-allow-host-changes tried: {why}"
+            if self.host_changed is not None:
+                self.host_changed()
+                host = self.host()
+        return first_unmet(list(requires), host)
 
     @contextlib.contextmanager
     def _slot(self, pages: dict[int, int], exclusive: bool, who: str) -> Iterator[float]:
@@ -120,6 +152,20 @@ class SelftestEngine:
                 return Found(path, root, path.name)
             return NotFound(path.name, (root,), path if path.is_file() else None)
         return find_binary(name, self.search_roots(), self.machine)
+
+    @staticmethod
+    def unsafe(path: Path) -> str | None:
+        """As root, never run what anyone could have replaced: a world-writable binary or one in a
+        world-writable directory without the sticky bit (like /tmp has)."""
+        if os.geteuid() != 0:
+            return None
+        st = path.stat()
+        if st.st_mode & 0o002:
+            return f"refusing to run {path} as root: it is world-writable (chmod o-w {path})"
+        parent = path.parent.stat()
+        if parent.st_mode & 0o002 and not parent.st_mode & 0o1000:
+            return f"refusing to run {path} as root: its directory is world-writable (chmod o-w {path.parent})"
+        return None
 
     def run(
         self,
@@ -159,7 +205,19 @@ class SelftestEngine:
         if isinstance(found, NotFound):
             return SelftestResult(short, (name, *args), Status.MISSING, found.reason(), notes=tuple(notes))
         argv = (str(found.path), *args)
+        unsafe = self.unsafe(found.path)
+        if unsafe:
+            return SelftestResult(short, argv, Status.ERROR, unsafe, binary=str(found.path), notes=tuple(notes))
+        if self.coordinator is None and self.host_changed is not None and any(
+            isinstance(r, HugetlbPages) for r in requires
+        ):
+            # Pools change under us (other users, other runs): check the pool as it is now, so a
+            # pool that shrank since the session started gives a skip, not an ENOMEM failure.
+            # Under xdist the ledger decides instead (the live pool includes our own workers).
+            self.host_changed()
         unmet = first_unmet(list(requires), self.host()) if requires else None
+        if unmet and self.host_changes is not None:
+            unmet = self.prepare_host(requires)
         if unmet:
             return SelftestResult(
                 short, argv, Status.SKIPPED, unmet, binary=str(found.path), notes=tuple(notes)

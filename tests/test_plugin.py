@@ -226,10 +226,10 @@ def test_suite_skips_before_running_when_the_host_lacks_pools(pytester: pytest.P
     res.assert_outcomes(passed=2, skipped=4)
     res.stdout.fnmatch_lines_random([
         ("SKIPPED * needs 32 free 2 MiB hugepages for anonymous_hugetlb_2mb, pool has 0 (nr=0 free=0 resv=0): "
-        "echo 32 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"),
+        "echo 32 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages*"),
         "SKIPPED * needs 1 free 1 GiB hugepage for anonymous_hugetlb_1gb, pool has 0*",
         "SKIPPED * needs 32 free 2 MiB hugepages for shared_hugetlb*",
-        "SKIPPED * needs transparent hugepages, THP is 'never': echo madvise > /sys/kernel/mm/transparent_hugepage/enabled",
+        "SKIPPED * needs transparent hugepages, THP is 'never': echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (or --kvm-allow-host-changes)",
     ])
     recs = records(pytester.path / "r.jsonl")
     assert recs["test_kvm_page_table[anonymous]"]["argv"][1:] == ["-s", "anonymous", "-b", "64M", "-v", "2"]
@@ -350,7 +350,7 @@ def test_kvm_requires_skips_with_what_is_missing(pytester: pytest.Pytester, tmp_
     res.assert_outcomes(passed=1, skipped=5)
     res.stdout.fnmatch_lines_random([
         "*needs 512 free 2 MiB hugepages, pool has 64 (nr=64 free=64 resv=0): "
-        "echo 512 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+        "echo 512 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages*",
         "*needs KVM parameter kvm.tdp_mmu=Y, it is N: it is read-only here: reload kvm with tdp_mmu=Y*",
         "*needs TTRem (FEAT_BBM) level 2, unknown on this host*",
         "*needs KVM_CAP_PRE_FAULT_MEMORY, KVM answers 0*",

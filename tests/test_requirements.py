@@ -30,6 +30,7 @@ def test_empty_2m_pool_names_the_shortfall_and_the_command(tmp_path: Path) -> No
     assert reason == (
         "needs 32 free 2 MiB hugepages for anonymous_hugetlb_2mb, pool has 0 (nr=0 free=0 resv=0): "
         "echo 32 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+        " (or let pytest do it and undo it: --kvm-allow-host-changes)"
     )
 
 
@@ -57,7 +58,7 @@ def test_thp_never_skips_with_the_fix(tmp_path: Path) -> None:
     reason = unmet(tmp_path, "anonymous_thp", 64 * MIB, thp_enabled="never")
     assert reason == (
         "needs transparent hugepages, THP is 'never': "
-        "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled"
+        "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (or --kvm-allow-host-changes)"
     )
     assert unmet(tmp_path / "2", "anonymous_thp", 64 * MIB, thp_enabled="always") is None
 

@@ -133,3 +133,14 @@ def choose_build(builds: Sequence[CachedBuild], running_release: str, arch: str)
     if fitting:
         return max(fitting, key=lambda b: version_key(b.manifest.kernel_version))
     return min(own, key=lambda b: version_key(b.manifest.kernel_version))
+
+
+def journal_dir(host_root: Path, cache_root: Path | None = None) -> Path:
+    """Where host-change journals live: one folder per host root, so changes made to a snapshot
+    (in tests) are never "restored" onto the live host, and the other way round."""
+    import hashlib
+
+    base = (cache_root or default_cache_root()) / "journal"
+    if host_root.resolve() == Path("/"):
+        return base / "live"
+    return base / hashlib.sha1(str(host_root.resolve()).encode()).hexdigest()[:12]

@@ -1,0 +1,255 @@
+"""Fault injection: every way a run can go wrong gets a clear outcome, and the run goes on.
+
+Ctrl-C, a killed xdist worker and a killed session holding host changes go through real
+subprocesses and signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fakes import make_fake, make_host_root
+from pytest_kvmmm.host_changes import HostChanges
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the refusal applies when running as root")
+
+
+def wait_for(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def records(path: Path) -> dict[str, dict[str, object]]:
+    return {json.loads(ln)["nodeid"].split("::")[-1]: json.loads(ln) for ln in path.read_text().splitlines()}
+
+
+@ROOT_ONLY
+def test_world_writable_binary_or_directory_is_refused_as_root(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    make_fake(tmp_path / "ok", "writable").chmod(0o777)
+    open_dir = tmp_path / "open"
+    make_fake(open_dir, "in_open_dir")
+    open_dir.chmod(0o777)
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.kvm_selftest({str(tmp_path / 'ok' / 'writable')!r})
+        def test_writable():
+            pass
+
+        @pytest.mark.kvm_selftest({str(open_dir / 'in_open_dir')!r})
+        def test_open_dir():
+            pass
+    """)
+    res = pytester.runpytest()
+    res.assert_outcomes(failed=2)
+    res.stdout.fnmatch_lines_random([
+        f"*refusing to run {tmp_path}/ok/writable as root: it is world-writable (chmod o-w *",
+        f"*refusing to run {open_dir}/in_open_dir as root: its directory is world-writable*",
+    ])
+
+
+def test_abort_megabytes_and_invalid_utf8(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    d = tmp_path / "b"
+    make_fake(d, "aborts", stdout="Started all vCPUs successfully\n", signal=signal.SIGABRT)
+    make_fake(d, "chatty", stdout="KVM_CREATE_MAPPINGS: total execution time: 0.100000000s\n" + "x" * 3_000_000 + "\nTAIL\n")
+    make_fake(d, "binary_garbage", raw_stdout=bytes(range(256)) * 100, exit=254)
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.kvm_selftest("aborts")
+        def test_abort():
+            pass
+
+        @pytest.mark.kvm_selftest("chatty")
+        def test_chatty(kvm_result):
+            assert kvm_result.stdout.rstrip().endswith("TAIL")
+            assert len(kvm_result.stdout) < 1_200_000
+
+        @pytest.mark.kvm_selftest("binary_garbage")
+        def test_garbage():
+            pass
+    """)
+    res = pytester.runpytest("--kvm-selftests", str(d), "--kvm-results", "r.jsonl")
+    res.assert_outcomes(passed=1, failed=2)
+    assert "Traceback" not in res.stdout.str() and "INTERNALERROR" not in res.stdout.str()
+    recs = records(pytester.path / "r.jsonl")
+    assert recs["test_abort"]["status"] == "crashed" and "SIGABRT (signal 6)" in str(recs["test_abort"]["reason"])
+    assert "output truncated to its head and tail" in recs["test_chatty"]["notes"]  # type: ignore[operator]
+    assert recs["test_garbage"]["status"] == "failed" and recs["test_garbage"]["returncode"] == 254
+
+
+@pytest.mark.parametrize(
+    "open_error, expected",
+    [
+        ("/dev/kvm does not exist (kvm module not loaded?)", "needs a usable /dev/kvm: /dev/kvm does not exist"),
+        ("permission denied on /dev/kvm (run as root or join the kvm group)", "needs a usable /dev/kvm: permission denied"),
+    ],
+    ids=["missing", "no-permission"],
+)
+def test_no_usable_dev_kvm_skips_every_case_with_the_reason(
+    pytester: pytest.Pytester, tmp_path: Path, open_error: str, expected: str
+) -> None:
+    root = make_host_root(tmp_path / "root", kvm="no_kvm", kvm_modules={})
+    meta = json.loads((root / "kvmmm-snapshot.json").read_text())
+    meta["kvm"]["open_error"] = open_error
+    (root / "kvmmm-snapshot.json").write_text(json.dumps(meta))
+    make_fake(tmp_path / "b", "kvm_page_table_test", exit=254)
+    res = pytester.runpytest("--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke",
+                             f"--kvm-host-snapshot={root}", "--kvm-selftests", str(tmp_path / "b"), "-rs")
+    outcomes = res.parseoutcomes()
+    assert outcomes.get("skipped", 0) >= 20 and "failed" not in outcomes and "passed" not in outcomes
+    res.stdout.fnmatch_lines([f"SKIPPED *{expected}*"])
+
+
+def test_pool_that_shrinks_during_the_session_gives_a_skip(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    root = make_host_root(tmp_path / "root", pools={2048: {"nr": 32, "free": 32}})
+    free = root / "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages"
+    make_fake(tmp_path / "b", "uses_pool")
+    pytester.makepyfile(f"""
+        import pathlib
+        import pytest
+
+        @pytest.mark.kvm_selftest("uses_pool")
+        def test_someone_else_takes_the_pool():
+            pathlib.Path({str(free)!r}).write_text("0\\n")
+
+        def test_needs_pool(kvm_selftests):
+            from pytest_kvmmm.requirements import HugetlbPages
+            kvm_selftests.run("uses_pool", requires=[HugetlbPages(2048, 32)])
+    """)
+    res = pytester.runpytest(f"--kvm-host-snapshot={root}", "--kvm-selftests", str(tmp_path / "b"), "-rs")
+    res.assert_outcomes(passed=1, skipped=1)
+    res.stdout.fnmatch_lines(["SKIPPED * needs 32 free 2 MiB hugepages, pool has 0 (nr=32 free=0 resv=0)*"])
+
+
+def _hanging_suite(pytester: pytest.Pytester, bins: Path) -> None:
+    make_fake(bins, "quick", stdout="KVM_CREATE_MAPPINGS: total execution time: 0.100000000s\n")
+    make_fake(bins, "hangs", hang=True, child_pidfile=bins / "child.pid", argv_file=bins / "started")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.kvm_selftest("quick")
+        def test_1_quick():
+            pass
+
+        @pytest.mark.kvm_selftest("hangs")
+        def test_2_hangs():
+            pass
+
+        @pytest.mark.kvm_selftest("quick")
+        def test_3_quick():
+            pass
+    """)
+
+
+def test_ctrl_c_in_the_middle_of_a_case(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    bins = tmp_path / "b"
+    _hanging_suite(pytester, bins)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--kvm-selftests", str(bins), "--kvm-results", "r.jsonl", "-p", "no:cacheprovider"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    wait_for(bins / "child.pid")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "KeyboardInterrupt" in out and "INTERNALERROR" not in out
+    child = int((bins / "child.pid").read_text())
+    deadline = time.monotonic() + 3
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(child), "the interrupted selftest's process group must be killed"
+    recs = records(pytester.path / "r.jsonl")
+    assert recs["test_1_quick"]["status"] == "passed", "results of finished tests are kept"
+
+
+def test_a_killed_xdist_worker_does_not_stop_the_run(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    bins = tmp_path / "b"
+    _hanging_suite(pytester, bins)
+    # the hanging binary's parent is the worker running it
+    (bins / "hangs").write_text((bins / "hangs").read_text().replace(
+        "if argv_file:", "open(argv_file + '.ppid', 'w').write(str(os.getppid()))\nif argv_file:", 1))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-n", "2", "--kvm-selftests", str(bins), "--kvm-results", "r.jsonl",
+         "-p", "no:cacheprovider"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    wait_for(bins / "started.ppid")
+    time.sleep(0.3)
+    os.kill(int((bins / "started.ppid").read_text()), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert "worker" in out and "crashed" in out, out
+    recs = records(pytester.path / "r.jsonl")
+    assert recs["test_1_quick"]["status"] == "passed" and recs["test_3_quick"]["status"] == "passed"
+
+
+def test_a_killed_session_holding_host_changes_is_restored_by_the_next(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KVMMM_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_host_root(tmp_path / "root", pools={2048: {"nr": 5, "free": 0}}, thp_enabled="never")
+    nr = root / "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+    thp = root / "sys/kernel/mm/transparent_hugepage/enabled"
+    bins = tmp_path / "b"
+    make_fake(bins, "hangs", hang=True, argv_file=bins / "started")
+    make_fake(bins, "quick")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.kvm_requires(hugetlb={"2M": 32}, thp=True)
+        @pytest.mark.kvm_selftest("quick")
+        def test_1_needs_a_pool():
+            pass
+
+        @pytest.mark.kvm_selftest("hangs")
+        def test_2_hangs():
+            pass
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+         "--kvm-allow-host-changes", "-p", "no:cacheprovider"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    wait_for(bins / "started")
+    assert nr.read_text().strip() == "37" and thp.read_text().strip() == "madvise"
+    proc.kill()
+    proc.communicate(timeout=10)
+    assert nr.read_text().strip() == "37", "SIGKILL: nothing could restore yet"
+    nr.write_text("40\n")  # someone else reserved 3 more pages meanwhile: they must stay
+    res = pytester.runpytest_subprocess(f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins), "-k", "nothing")
+    assert nr.read_text().strip() == "8", "shrunk back by exactly the 32 pages the killed session added"
+    assert thp.read_text().strip() == "never"
+    res.stdout.fnmatch_lines(["*kvmmm: restored *nr_hugepages: 40 -> 8 (removed the 32 pages pytest-kvmmm added) ?left by killed process *"])
+
+
+def test_journal_is_written_before_the_change(tmp_path: Path) -> None:
+    root = make_host_root(tmp_path / "root", pools={2048: {"nr": 0, "free": 0}})
+    changes = HostChanges(root, tmp_path / "journal")
+    base = "/sys/kernel/mm/hugepages/hugepages-2048kB"
+    (root / base.lstrip("/") / "nr_hugepages").chmod(0o444)  # the write will fail
+    os.chmod(root / base.lstrip("/") / "nr_hugepages", 0o444)
+    added, why = changes.grow_hugetlb(f"{base}/nr_hugepages", f"{base}/free_hugepages", f"{base}/resv_hugepages", 32)
+    if os.geteuid() == 0:  # root writes 0444 files anyway: the fake root cannot refuse
+        assert added == 32 and why is None
+        assert changes.restore() and (root / base.lstrip("/") / "nr_hugepages").read_text().strip() == "0"
+    else:
+        assert added == 0 and why and "cannot write" in why
+    assert not list((tmp_path / "journal").glob("*.json")), "no journal left after a restore"
