@@ -52,6 +52,7 @@ class HostCoordinator:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self._ledger = run_dir / "hugetlb.json"
+        self._holding = False
         self._lock = FileLock(str(run_dir / "hugetlb.lock"))
         with self._lock:
             budget_file = run_dir / "hugetlb-budget.json"
@@ -119,7 +120,14 @@ class HostCoordinator:
 
     @contextlib.contextmanager
     def host(self, exclusive: bool) -> Iterator[float]:
-        """Shared (functional) or exclusive (perf) use of the host; yields the seconds waited."""
+        """Shared (functional) or exclusive (perf) use of the host; yields the seconds waited.
+
+        Re-entrant in a process: a test that holds the host (it changed a module parameter)
+        runs its selftests inside that hold instead of deadlocking on its own flock.
+        """
+        if self._holding:
+            yield 0.0
+            return
         t0 = time.monotonic()
         with open(self.run_dir / "turnstile.lock", "w") as turnstile, open(self.run_dir / "host.lock", "w") as lock:
             fcntl.flock(turnstile, fcntl.LOCK_EX)
@@ -127,7 +135,9 @@ class HostCoordinator:
                 fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             finally:
                 fcntl.flock(turnstile, fcntl.LOCK_UN)
+            self._holding = True
             try:
                 yield time.monotonic() - t0
             finally:
+                self._holding = False
                 fcntl.flock(lock, fcntl.LOCK_UN)

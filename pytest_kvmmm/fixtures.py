@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 import pytest
@@ -11,13 +12,16 @@ from .discovery import Found, NotFound
 from .host.kvm import KvmFacts
 from .host.mm import HugetlbPool
 from .host.model import HostFacts
+from .host_changes import HostChanges
 from .outcome import Status
+from .params import ParamSetting, unavailable
 from .requirements import Requirement
 from .scale import SCALES, Scale
 from .selftest import SelftestEngine, SelftestResult
 
 ENGINE_KEY = pytest.StashKey[SelftestEngine]()
 SCALE_KEY = pytest.StashKey[str]()
+CHANGES_KEY = pytest.StashKey[HostChanges]()
 #: The selftest runs of one test item, in order; the last one is the test's record.
 RESULTS_KEY = pytest.StashKey[list[SelftestResult]]()
 
@@ -139,3 +143,36 @@ def kvm_result() -> SelftestResult:
     stderr, duration_s, status, metrics. The binary runs when the test body starts; a
     skip or failure of the binary ends the test before the body."""
     return _PendingResult()  # type: ignore[return-value]
+
+
+@pytest.fixture(autouse=True)
+def kvm_params(request: pytest.FixtureRequest) -> Iterator[tuple[ParamSetting, ...]]:
+    """The KVM module parameter values this test runs under (``--kvm-param-values`` or the
+    ``kvm_param_values`` marker): set for the test, restored after it; () for other tests."""
+    settings: tuple[ParamSetting, ...] = getattr(request, "param", ())
+    if not settings:
+        yield ()
+        return
+    engine = request.config.stash[ENGINE_KEY]
+    changes = request.config.stash[CHANGES_KEY]
+    for setting in settings:
+        why = unavailable(setting, dict(engine.host().kvm.params))
+        if why:
+            pytest.skip(why)
+    hold = engine.coordinator.host(exclusive=True) if engine.coordinator else contextlib.nullcontext(0.0)
+    with hold:  # a host-wide setting: no other selftest of the run may see it
+        applied = []
+        try:
+            for setting in settings:
+                why = changes.set_param(setting.path, setting.value)
+                if why:
+                    pytest.skip(why)
+                applied.append(setting)
+            if engine.host_changed:
+                engine.host_changed()
+            yield settings
+        finally:
+            for setting in applied:
+                changes.undo_last(setting.path)
+            if applied and engine.host_changed:
+                engine.host_changed()

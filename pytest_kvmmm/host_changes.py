@@ -26,7 +26,7 @@ THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # "hugetlb" or "thp"
+    kind: str  # "hugetlb", "thp" or "param"
     path: str  # the sysfs file, as on the host
     added: int = 0  # hugetlb: pages this plugin added
     old: str = ""  # thp: the value before
@@ -112,6 +112,33 @@ class HostChanges:
             self._write_journal(self.changes)
             return None
 
+    def set_param(self, path: str, value: str) -> str | None:
+        """Write a module parameter (journalled, restored like every change); returns why it failed."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            old = self._file(path).read_text().strip()
+            if old == value:
+                return None
+            change = Change("param", path, old=old, new=value)
+            self._write_journal([*self.changes, change])
+            try:
+                self._file(path).write_text(value + "\n")
+            except OSError as exc:
+                self._write_journal(self.changes)
+                return f"cannot write {path}: {exc.strerror or exc}"
+            self.changes.append(change)
+            self._write_journal(self.changes)
+            return None
+
+    def undo_last(self, path: str) -> list[str]:
+        """Undo this process's changes of one file (a parameter set for one test)."""
+        with self._lock:
+            mine = [c for c in self.changes if c.path == path]
+            self.changes = [c for c in self.changes if c.path != path]
+            done = self._undo(mine)
+            self._write_journal(self.changes)
+            return done
+
     def _undo(self, changes: list[Change]) -> list[str]:
         done = []
         for c in reversed(changes):
@@ -121,6 +148,9 @@ class HostChanges:
                     back = max(now - c.added, 0)
                     self._file(c.path).write_text(f"{back}\n")
                     done.append(f"{c.path}: {now} -> {back} (removed the {c.added} pages pytest-kvmmm added)")
+                elif c.kind == "param":
+                    self._file(c.path).write_text(c.old + "\n")
+                    done.append(f"{c.path}: {c.new} -> {c.old}")
                 elif c.kind == "thp":
                     now_text = self._file(c.path).read_text()
                     if f"[{c.new}]" in now_text or self.root != Path("/"):

@@ -42,6 +42,10 @@ MARKERS = {
         f"{REQUIRES_SIGNATURE}: host facts the test needs, checked before it runs; an unmet one "
         "skips with what is missing and how to get it, e.g. hugetlb={'2M': 512}, kvm_params={'tdp_mmu': True}"
     ),
+    "kvm_param_values": (
+        "kvm_param_values(name, values): run the test under each value of a KVM module parameter "
+        "(e.g. 'eager_page_split', ['Y', 'N']); set and restored per test, skipped where read-only"
+    ),
     "pagetable": "exercises KVM's guest page tables (the main job: pytest -m pagetable)",
     "dirty_log": "dirty logging (bitmap, clear-log, dirty ring)",
     "access_tracking": "access tracking / aging (page_idle, MGLRU)",

@@ -19,6 +19,7 @@ from .backing import BACKING_SOURCES
 from .discovery import ENV_VAR, SearchRoot, explicit_root
 from .guest_modes import DEFAULT_MODE, parse_mode_selection
 from .host.snapshot import open_snapshot
+from .params import ParamSetting, parse_option
 from .scale import SCALES
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -57,6 +58,10 @@ HELP_HOST_CHANGES = (
     "let the plugin prepare the host for a case: grow a hugetlb pool, set THP to madvise; every "
     "change is journalled and undone at the end (a killed run is undone by the next one)"
 )
+HELP_PARAM_VALUES = (
+    "run the suite's cases under each value of a KVM module parameter, e.g. kvm.eager_page_split=Y,N "
+    "(repeatable); set per test and restored; a read-only parameter skips those cases"
+)
 HELP_HOST_INFO = "print the host facts (text, or json) and exit"
 
 
@@ -68,6 +73,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kvm-results", metavar="FILE", help=HELP_RESULTS)
     group.addoption("--kvm-repeat", metavar="N", help=HELP_REPEAT)
     group.addoption("--kvm-allow-host-changes", action="store_true", help=HELP_HOST_CHANGES)
+    group.addoption("--kvm-param-values", action="append", default=[], metavar="NAME=V1,V2", help=HELP_PARAM_VALUES)
     group.addoption("--kvm-kernel-log", choices=("fail", "report", "off"), help=HELP_KERNEL_LOG)
     group.addoption("--kvm-guest-modes", metavar="MODES", help=HELP_MODES)
     group.addoption("--kvm-backing-srcs", metavar="SRCS", help=HELP_BACKINGS)
@@ -102,6 +108,8 @@ class Settings:
     repeat: int = 1
     kernel_log: str = "fail"
     kernel_noise: tuple[re.Pattern[str], ...] = ()
+    #: --kvm-param-values: one axis (list of settings) per parameter.
+    param_axes: tuple[tuple[ParamSetting, ...], ...] = ()
 
 
 def _timeout(value: str, origin: str) -> float:
@@ -159,6 +167,11 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
     except re.error as exc:
         raise pytest.UsageError(f"ini kvm_kernel_log_noise: {exc}") from None
 
+    try:
+        param_axes = tuple(tuple(axis) for axis in parse_option(opt("kvm_param_values") or []))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--kvm-param-values: {exc}") from None
+
     results = opt("kvm_results")
     return Settings(
         explicit_root=explicit,
@@ -172,6 +185,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         repeat=int(repeat_value),
         kernel_log=kernel_log,
         kernel_noise=noise,
+        param_axes=param_axes,
     )
 
 

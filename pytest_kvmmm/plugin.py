@@ -6,6 +6,7 @@ the run's state (no attributes on ``config``) and implements the per-test hooks.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -21,12 +22,14 @@ from . import allure_report, cases, options
 from .coordination import HostCoordinator
 from .discovery import search_roots
 from .fixtures import (
+    CHANGES_KEY,
     ENGINE_KEY,
     RESULTS_KEY,
     SCALE_KEY,
     kvm_host,
     kvm_hugetlb_pools,
     kvm_info,
+    kvm_params,
     kvm_result,
     kvm_scale,
     kvm_selftests,
@@ -47,13 +50,14 @@ from .markers import (
 )
 from .options import SNAPSHOT_ENV
 from .outcome import Status
+from .params import PARAM_SIGNATURE, ParamSetting, full_name
 from .provision.cache import default_cache_root, journal_dir
 from .requirements import Requirement, first_unmet
 from .results import ResultsWriter
 from .selftest import SelftestEngine, SelftestResult
 from .summary import summary_lines
 
-__all__ = ["kvm_host", "kvm_hugetlb_pools", "kvm_info", "kvm_result", "kvm_scale", "kvm_selftests", "kvm_ttrem"]
+__all__ = ["kvm_host", "kvm_hugetlb_pools", "kvm_info", "kvm_params", "kvm_result", "kvm_scale", "kvm_selftests", "kvm_ttrem"]
 
 RECORD_PROPERTY = "kvm_selftest"
 CALL_KEY = pytest.StashKey[SelftestCall]()
@@ -114,6 +118,7 @@ class KvmmmPlugin:
         self.host_changes = HostChanges(settings.host_root, journal_dir(settings.host_root))
         self.restored = self.host_changes.restore_stale()
         self.engine.host_changed = self.refresh_host
+        config.stash[CHANGES_KEY] = self.host_changes
         if config.getoption("kvm_allow_host_changes"):
             self.engine.host_changes = self.host_changes
         self.restored_at_end: list[str] = []
@@ -186,6 +191,16 @@ class KvmmmPlugin:
         entry = getattr(metafunc.function, "kvm_entry", None)
         if entry is not None and "kvm_case" in metafunc.fixturenames:
             metafunc.parametrize("kvm_case", cases.params(entry, self.settings.modes, self.settings.backings))
+        axes = [list(a) for a in self.settings.param_axes] if entry is not None else []
+        for mark in metafunc.definition.iter_markers("kvm_param_values"):
+            if len(mark.args) != 2 or not isinstance(mark.args[0], str) or not mark.args[1]:
+                raise pytest.UsageError(f"@pytest.mark.{PARAM_SIGNATURE}: e.g. ('eager_page_split', ['Y', 'N'])")
+            axes.append([ParamSetting(full_name(mark.args[0]), str(v)) for v in mark.args[1]])
+        if axes:
+            combos = list(itertools.product(*axes))
+            metafunc.parametrize(
+                "kvm_params", combos, indirect=True, ids=["-".join(s.id for s in combo) for combo in combos]
+            )
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """Validate every kvm_selftest and kvm_requires marker up front: a wrong one is a usage error.

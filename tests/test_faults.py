@@ -253,3 +253,28 @@ def test_journal_is_written_before_the_change(tmp_path: Path) -> None:
     else:
         assert added == 0 and why and "cannot write" in why
     assert not list((tmp_path / "journal").glob("*.json")), "no journal left after a restore"
+
+
+def test_param_values_set_per_test_and_restored(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    root = make_host_root(tmp_path / "root", kvm_modules={"kvm": {"eager_page_split": "Y", "tdp_mmu!": "N"}, "kvm_pvm": {}})
+    param = root / "sys/module/kvm/parameters/eager_page_split"
+    pytester.makepyfile(f"""
+        import pathlib
+        import pytest
+
+        @pytest.mark.kvm_param_values("eager_page_split", ["Y", "N"])
+        def test_split(kvm_params):
+            assert pathlib.Path({str(param)!r}).read_text().strip() == kvm_params[0].value
+
+        @pytest.mark.kvm_param_values("tdp_mmu", ["Y"])
+        def test_read_only():
+            pass
+    """)
+    res = pytester.runpytest(f"--kvm-host-snapshot={root}", "-rs", "-v")
+    res.assert_outcomes(passed=2, skipped=1)
+    res.stdout.fnmatch_lines_random([
+        "*test_split?eager_page_split=Y? PASSED*",
+        "*test_split?eager_page_split=N? PASSED*",
+        "SKIPPED * kvm.tdp_mmu is read-only here (/sys/module/kvm/parameters/tdp_mmu has no write permission)*",
+    ])
+    assert param.read_text().strip() == "Y", "restored after the test that set N"
