@@ -28,21 +28,13 @@ from typing import Any
 
 from filelock import FileLock
 
+from .runner import pid_alive
+
 POLL_S = 0.1
 
 
 class NeverFits(Exception):
     """The request is larger than the pool could ever grant in this run; the message says so."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class HostCoordinator:
@@ -77,7 +69,7 @@ class HostCoordinator:
             grants = json.loads(self._ledger.read_text())
         except (OSError, ValueError):
             return []
-        return [g for g in grants if _alive(int(g["pid"]))]  # a killed worker's pages are free again
+        return [g for g in grants if pid_alive(int(g["pid"]))]  # a killed worker's pages are free again
 
     def _try_grant(self, pages: Mapping[int, int], who: str) -> bool:
         with self._lock:

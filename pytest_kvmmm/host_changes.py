@@ -21,6 +21,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .runner import pid_alive
+
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -31,16 +33,6 @@ class Change:
     added: int = 0  # hugetlb: pages this plugin added
     old: str = ""  # thp: the value before
     new: str = ""  # thp: the value we set
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class HostChanges:
@@ -183,7 +175,7 @@ class HostChanges:
                     pid = int(journal.stem)
                 except ValueError:
                     continue
-                if pid == os.getpid() or _alive(pid):
+                if pid == os.getpid() or pid_alive(pid):
                     continue
                 try:
                     changes = [Change(**c) for c in json.loads(journal.read_text())]

@@ -125,6 +125,17 @@ def _pump(
         sel.close()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (for locks and journals left by killed processes)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def _exited(pid: int, deadline: float | None) -> bool:
     """Wait until ``pid`` exited, without reaping it. False when the deadline came first."""
     while True:

@@ -155,3 +155,10 @@ def make_host_root(
     answers = json.loads((SNAPSHOTS / "kvm" / f"{kvm}.json").read_text())
     (root / "kvmmm-snapshot.json").write_text(json.dumps({"format": 1, "kvm": answers}))
     return root
+
+
+def records(path: Path) -> dict[str, dict[str, object]]:
+    """A --kvm-results file by test name (the part of the node id after ``::``)."""
+    from pytest_kvmmm.results import read_results
+
+    return {str(rec["nodeid"]).split("::")[-1]: rec for rec in read_results(path)}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import make_fake, make_host_root
+from fakes import make_fake, make_host_root, records
 from pytest_kvmmm.host_changes import HostChanges
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the refusal applies when running as root")
@@ -36,9 +36,6 @@ def gone(pid: int) -> bool:
         return True
     return state == "Z"
 
-
-def records(path: Path) -> dict[str, dict[str, object]]:
-    return {json.loads(ln)["nodeid"].split("::")[-1]: json.loads(ln) for ln in path.read_text().splitlines()}
 
 
 @ROOT_ONLY

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import golden, make_fake, make_golden_fake, make_host_root
+from fakes import golden, make_fake, make_golden_fake, make_host_root, records
 
 pytest_plugins = ()
 
@@ -21,13 +21,6 @@ ASSERT_254 = """\
   mmap() failed, rc: -1 errno: 12 (Cannot allocate memory)
 """
 
-
-def records(path: Path) -> dict[str, dict[str, object]]:
-    out = {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        out[rec["nodeid"].split("::")[-1]] = rec
-    return out
 
 
 @pytest.fixture
