@@ -7,6 +7,7 @@ that whatever the binary printed until then is kept, even on a timeout.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import selectors
@@ -125,6 +126,19 @@ def _pump(
         sel.close()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies.
+
+    The selftest runs in its own session, so a SIGKILLed pytest (or xdist worker) would
+    otherwise leave it running as an orphan, holding guest memory and hugetlb pages.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (for locks and journals left by killed processes)."""
     try:
@@ -175,6 +189,7 @@ def run(
             cwd=cwd,
             env=None if env is None else dict(env),
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     except OSError as exc:
         reason = exc.strerror or str(exc)

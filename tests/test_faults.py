@@ -22,6 +22,13 @@ from pytest_kvmmm.host_changes import HostChanges
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the refusal applies when running as root")
 
 
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def wait_for(path: Path, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists() and time.monotonic() < deadline:
@@ -194,6 +201,11 @@ def test_a_killed_xdist_worker_does_not_stop_the_run(pytester: pytest.Pytester, 
     os.kill(int((bins / "started.ppid").read_text()), signal.SIGKILL)
     out, _ = proc.communicate(timeout=60)
     assert "worker" in out and "crashed" in out, out
+    # The selftest dies with its worker (PR_SET_PDEATHSIG); a child the fake itself forked is
+    # beyond that (real selftests use threads), so the test removes it.
+    os.kill(int((bins / "child.pid").read_text()), signal.SIGKILL)
+    hanging = [p for p in Path("/proc").glob("[0-9]*") if str(bins / "hangs") in _cmdline(p) and not gone(int(p.name))]
+    assert not hanging, "the killed worker's selftest must not live on as an orphan"
     recs = records(pytester.path / "r.jsonl")
     assert recs["test_1_quick"]["status"] == "passed" and recs["test_3_quick"]["status"] == "passed"
 
@@ -229,6 +241,12 @@ def test_a_killed_session_holding_host_changes_is_restored_by_the_next(
     assert nr.read_text().strip() == "37" and thp.read_text().strip() == "madvise"
     proc.kill()
     proc.communicate(timeout=10)
+    hanging = [p for p in Path("/proc").glob("[0-9]*") if str(bins / "hangs") in _cmdline(p)]
+    deadline = time.monotonic() + 3
+    while hanging and time.monotonic() < deadline:
+        time.sleep(0.05)
+        hanging = [p for p in hanging if p.exists() and not gone(int(p.name))]
+    assert not hanging, "the killed session's selftest must die with it"
     assert nr.read_text().strip() == "37", "SIGKILL: nothing could restore yet"
     nr.write_text("40\n")  # someone else reserved 3 more pages meanwhile: they must stay
     res = pytester.runpytest_subprocess(f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins), "-k", "nothing")
