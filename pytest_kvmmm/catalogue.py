@@ -89,6 +89,9 @@ class Entry:
     #: Extra requirements that depend on the capped sizes (hugetlb pages for a fixed backing ...).
     sized_requires: Callable[[Run], tuple[Requirement, ...]] | None = None
     doc: str = ""
+    #: Per-metric --kvm-fail-regression thresholds in percent ({"KVM_ADJUST_MAPPINGS": 25.0}; "*": every
+    #: metric); a kvm_regression marker overrides them.
+    regression_pct: Mapping[str, float] = field(default_factory=dict)
     #: Other names of the binary (discovery finds it under any of them).
     aliases: tuple[str, ...] = field(default_factory=tuple)
 

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from . import allure_report, cases, options
+from .baseline.plugin import BaselinePlugin
+from .baseline.plugin import add_options as add_baseline_options
 from .coordination import HostCoordinator
 from .discovery import search_roots
 from .fixtures import (
@@ -67,6 +69,7 @@ REQUIRES_KEY = pytest.StashKey[tuple[Requirement, ...]]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
+    add_baseline_options(parser)
 
 
 @pytest.hookimpl(tryfirst=True)  # tryfirst: answer --kvm-host-info before any collection
@@ -94,6 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
     plugin = KvmmmPlugin(config, settings)
     config.stash[ENGINE_KEY] = plugin.engine
     config.pluginmanager.register(plugin, "kvmmm-session")
+    config.pluginmanager.register(BaselinePlugin(config, plugin.engine, plugin.host), "kvmmm-baseline")
 
 
 class KvmmmPlugin:
@@ -247,7 +251,7 @@ class KvmmmPlugin:
             perf = item.get_closest_marker("perf") is not None
             result = self.engine.run(
                 call.name, call.args, timeout=call.timeout, requires=requires,
-                exclusive=perf, who=item.nodeid, repeat=self.settings.repeat if perf else 1,
+                exclusive=perf, who=item.nodeid, repeat=self.engine.perf_repeat if perf else 1,
             )
             item.stash.setdefault(RESULTS_KEY, []).append(result)
             raise_for(result)

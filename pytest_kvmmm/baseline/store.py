@@ -1,0 +1,249 @@
+"""Saved runs: one plain JSON file per run, in a documented folder, with a versioned format.
+
+A baseline holds, per host and test id, each metric's samples (every value over
+``--kvm-repeat`` runs) and the host's fingerprint. Pure apart from file I/O; every
+problem with a file is a ``BaselineError`` whose message is one line saying what to do.
+
+Format 1::
+
+    {"kind": "pytest-kvmmm-baseline", "format": 1, "name": "before",
+     "created_at": "2026-01-02T10:00:00Z", "scale": "smoke", "repeat": 10,
+     "command": ["--pyargs", "pytest_kvmmm.suite", ...],
+     "hosts": {"vm": {"fingerprint": {...},
+                      "tests": {"<nodeid>": {"binary": "kvm_page_table_test", "status": "passed",
+                                             "argv": [...], "metrics": {"KVM_CREATE_MAPPINGS": 0.25},
+                                             "samples": {"KVM_CREATE_MAPPINGS": [0.25, ...]}}}}}}
+
+``metrics`` (medians) is there for people reading the file; readers use ``samples``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..provision.cache import default_cache_root
+from .fingerprint import Fingerprint
+
+KIND = "pytest-kvmmm-baseline"
+BASELINE_FORMAT = 1
+BASELINES_ENV = "KVMMM_BASELINES_DIR"
+SUFFIX = ".json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+class BaselineError(Exception):
+    """A baseline that cannot be found, read or used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """One test's numbers in a saved run: every sample of every metric (medians are derived)."""
+
+    binary: str
+    status: str
+    samples: Mapping[str, tuple[float, ...]]
+    argv: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostRun:
+    fingerprint: Fingerprint
+    tests: Mapping[str, TestRun]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    created_at: str
+    hosts: Mapping[str, HostRun]
+    scale: str | None = None
+    repeat: int | None = None
+    command: tuple[str, ...] = ()
+    #: Where it was read from (not saved).
+    path: Path | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": KIND,
+            "format": BASELINE_FORMAT,
+            "name": self.name,
+            "created_at": self.created_at,
+            "scale": self.scale,
+            "repeat": self.repeat,
+            "command": list(self.command),
+            "hosts": {
+                host: {
+                    "fingerprint": run.fingerprint.to_json(),
+                    "tests": {
+                        nodeid: {
+                            "binary": t.binary,
+                            "status": t.status,
+                            "argv": list(t.argv),
+                            # medians, for readers of the file; the samples are what counts
+                            "metrics": {m: statistics.median(v) for m, v in t.samples.items() if v},
+                            "samples": {m: list(v) for m, v in t.samples.items()},
+                        }
+                        for nodeid, t in run.tests.items()
+                    },
+                }
+                for host, run in self.hosts.items()
+            },
+        }
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def from_records(
+    records: Iterable[Mapping[str, Any]],
+    fingerprints: Mapping[str, Fingerprint],
+    *,
+    name: str,
+    scale: str | None = None,
+    repeat: int | None = None,
+    command: Sequence[str] = (),
+    created_at: str | None = None,
+) -> Baseline:
+    """A baseline from the session's ``kvm_selftest`` records (``--kvm-results`` objects).
+
+    Records are keyed by (host, nodeid); a later record of the same key wins. A record
+    without ``samples`` (an older writer) counts its metrics as single samples.
+    """
+    tests: dict[str, dict[str, TestRun]] = {}
+    for rec in records:
+        host = str(rec.get("host") or "")
+        samples = rec.get("samples") or {k: [v] for k, v in (rec.get("metrics") or {}).items()}
+        tests.setdefault(host, {})[str(rec.get("nodeid"))] = TestRun(
+            binary=str(rec.get("binary") or ""),
+            status=str(rec.get("status") or ""),
+            samples={str(m): tuple(float(x) for x in v) for m, v in samples.items()},
+            argv=tuple(str(a) for a in rec.get("argv") or ()),
+        )
+    hosts = {h: HostRun(fingerprints.get(h, Fingerprint()), t) for h, t in tests.items()}
+    return Baseline(name, created_at or now_utc(), hosts, scale, repeat, tuple(command))
+
+
+def from_json(data: Any, origin: str) -> Baseline:
+    """Parse a baseline document; anything else is a ``BaselineError`` naming ``origin``."""
+    if not isinstance(data, dict) or data.get("kind") != KIND:
+        raise BaselineError(f"{origin} is not a pytest-kvmmm baseline (no \"kind\": \"{KIND}\")")
+    fmt = data.get("format")
+    if fmt != BASELINE_FORMAT:
+        newer = isinstance(fmt, int) and fmt > BASELINE_FORMAT
+        raise BaselineError(
+            f"{origin} has baseline format {fmt!r}, this pytest-kvmmm reads format {BASELINE_FORMAT}"
+            + ("; upgrade pytest-kvmmm to read it" if newer else "")
+        )
+    try:
+        hosts = {
+            str(host): HostRun(
+                Fingerprint.from_json(run.get("fingerprint") or {}),
+                {
+                    str(nodeid): TestRun(
+                        binary=str(t.get("binary") or ""),
+                        status=str(t.get("status") or ""),
+                        samples={str(m): tuple(float(x) for x in v) for m, v in (t.get("samples") or {}).items()},
+                        argv=tuple(str(a) for a in t.get("argv") or ()),
+                    )
+                    for nodeid, t in (run.get("tests") or {}).items()
+                },
+            )
+            for host, run in (data.get("hosts") or {}).items()
+        }
+        repeat = data.get("repeat")
+        return Baseline(
+            name=str(data.get("name") or ""),
+            created_at=str(data.get("created_at") or ""),
+            hosts=hosts,
+            scale=data.get("scale"),
+            repeat=int(repeat) if repeat is not None else None,
+            command=tuple(str(a) for a in data.get("command") or ()),
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise BaselineError(f"{origin} is a damaged pytest-kvmmm baseline: {exc}") from None
+
+
+def baselines_dir(explicit: str | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """``explicit`` (the option or ini value), else ``$KVMMM_BASELINES_DIR``, else
+    ``<cache root>/baselines`` (``~/.cache/pytest-kvmmm/baselines`` unless ``$KVMMM_CACHE_DIR``
+    or ``$XDG_CACHE_HOME`` say otherwise)."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit).expanduser()
+    if env.get(BASELINES_ENV):
+        return Path(env[BASELINES_ENV]).expanduser()
+    return default_cache_root(env) / "baselines"
+
+
+def is_path(spec: str) -> bool:
+    """A NAME|FILE argument names a file when it has a directory part or ends in ``.json``."""
+    return os.sep in spec or spec.endswith(SUFFIX)
+
+
+def save_path(spec: str, directory: Path) -> Path:
+    """Where ``--kvm-save NAME|FILE`` writes."""
+    if is_path(spec):
+        return Path(spec).expanduser()
+    if not _NAME.fullmatch(spec):
+        raise BaselineError(
+            f"{spec!r} is not a baseline name: use letters, digits and . _ + - (or give a path ending in .json)"
+        )
+    return directory / (spec + SUFFIX)
+
+
+def saved_names(directory: Path) -> list[str]:
+    try:
+        return sorted(p.name[: -len(SUFFIX)] for p in directory.iterdir() if p.name.endswith(SUFFIX))
+    except OSError:
+        return []
+
+
+def find(spec: str, directory: Path) -> Path:
+    """The file a NAME|FILE argument means: FILE when it looks like a path (``is_path``), else
+    ``<directory>/NAME.json``."""
+    if is_path(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise BaselineError(f"no baseline file {spec}")
+        return path
+    path = directory / (spec + SUFFIX)
+    if not path.is_file():
+        names = saved_names(directory)
+        listing = f"saved: {', '.join(names)}" if names else "none saved there yet; save one with --kvm-save NAME"
+        raise BaselineError(f"no baseline named {spec!r} in {directory} ({listing})")
+    return path
+
+
+def load(path: Path) -> Baseline:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BaselineError(f"cannot read baseline {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise BaselineError(f"{path} is not a pytest-kvmmm baseline (not JSON: {exc})") from None
+    baseline = from_json(data, str(path))
+    return Baseline(
+        baseline.name, baseline.created_at, baseline.hosts, baseline.scale, baseline.repeat, baseline.command, path
+    )
+
+
+def save(baseline: Baseline, path: Path) -> None:
+    """Write atomically (write, then rename), so a reader never sees half a baseline."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(baseline.to_json(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BaselineError(f"cannot save baseline to {path}: {exc.strerror or exc}") from None
