@@ -78,30 +78,39 @@ def test_a_killed_holder_frees_its_pages(tmp_path: Path) -> None:
     assert waited < 1 and time.monotonic() - t0 < 1
 
 
-def _use_host(run_dir: Path, exclusive: bool, hold: float, log: Path, name: str) -> None:
+def _use_host(run_dir: Path, exclusive: bool, hold: float, log: Path, name: str, partner: str = "") -> None:
     coord = HostCoordinator(run_dir, {})
     with coord.host(exclusive):
         start = time.time()
+        (run_dir / f"{name}.in").touch()
+        met = False
+        if partner:  # a shared user waits, holding the host, until its partner got in too
+            deadline = time.monotonic() + 10
+            while not (met := (run_dir / f"{partner}.in").exists()) and time.monotonic() < deadline:
+                time.sleep(0.02)
         time.sleep(hold)
         with log.open("a") as f:
-            f.write(f"{name} {start} {time.time()}\n")
+            f.write(f"{name} {start} {time.time()} {int(met)}\n")
 
 
 def test_exclusive_runs_alone_shared_runs_together(tmp_path: Path) -> None:
     log = tmp_path / "log"
-    plan = [("f1", False), ("f2", False), ("perf", True), ("f3", False)]
+    plan = [("f1", False, "f2"), ("f2", False, "f1"), ("perf", True, ""), ("f3", False, "")]
     procs = []
-    for name, exclusive in plan:
-        procs.append(MP.Process(target=_use_host, args=(tmp_path, exclusive, 0.4, log, name)))
+    for name, exclusive, partner in plan:
+        procs.append(MP.Process(target=_use_host, args=(tmp_path, exclusive, 0.3, log, name, partner)))
         procs[-1].start()
+        if name == "f2":
+            while not (tmp_path / "f2.in").exists():  # both shared users hold the host before perf queues
+                time.sleep(0.02)
         time.sleep(0.05)
     for p in procs:
-        p.join(10)
-    spans = {n: (a, b) for n, a, b in _spans(log)}
-    perf = spans.pop("perf")
-    for name, (a, b) in spans.items():
+        p.join(30)
+    rows = {n: (float(a), float(b), m == "1") for n, a, b, m in (ln.split() for ln in log.read_text().splitlines())}
+    assert rows["f1"][2] and rows["f2"][2], "shared users hold the host together"
+    perf = rows.pop("perf")
+    for name, (a, b, _) in rows.items():
         assert not (a < perf[1] and perf[0] < b), f"{name} overlapped the perf test"
-    assert spans["f1"][0] < spans["f2"][1] and spans["f2"][0] < spans["f1"][1], "shared users run together"
 
 
 def test_no_coordinator_state_leaks_between_runs(tmp_path: Path) -> None:
