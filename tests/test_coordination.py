@@ -45,7 +45,7 @@ def test_pool_for_one_case_serializes_two(tmp_path: Path) -> None:
 def test_pool_for_two_cases_lets_them_share(tmp_path: Path) -> None:
     HostCoordinator(tmp_path / "run", {2048: 64})
     log = tmp_path / "log"
-    procs = [MP.Process(target=_hold_pages, args=(tmp_path / "run", 32, 1.0, log, f"p{i}")) for i in range(2)]
+    procs = [MP.Process(target=_hold_pages, args=(tmp_path / "run", 32, 2.0, log, f"p{i}")) for i in range(2)]
     for p in procs:
         p.start()
     for p in procs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -68,10 +69,15 @@ $(OUTPUT)/%: %.c
 
 
 def fake_tree(
-    root: Path, *, makefile: str = TOP_MAKEFILE, kvm_makefile: str = KVM_MAKEFILE
+    root: Path,
+    *,
+    makefile: str = TOP_MAKEFILE,
+    kvm_makefile: str = KVM_MAKEFILE,
+    srcarches: tuple[str, ...] = (HOST.srcarch,),
 ) -> Path:
     """A kernel tree with every member the partial unpack selects, plus a directory it must skip."""
-    for member in source.tarball_members(".", HOST.srcarch) + ["./drivers/gpu"]:
+    members = {m: None for arch in srcarches for m in source.tarball_members(".", arch)}
+    for member in [*members, "./drivers/gpu"]:
         path = root / member
         if path.suffix or path.parent == root:  # Kbuild, lib.mk, kselftest.h...
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -546,3 +552,106 @@ def test_apt_install_that_does_not_deliver(
         "kvmmm-build: error: `apt-get install -y linux-source-6.12` succeeded, "
         f"but {tmp_path / 'linux-source-6.12.tar.xz'} is missing"
     )
+
+
+# Like KVM_MAKEFILE, but each program records the make variables a cross build passes.
+CROSS_KVM_MAKEFILE = KVM_MAKEFILE.replace("\tcp $< $@", "\techo 'ARCH=$(ARCH) CROSS_COMPILE=$(CROSS_COMPILE)' > $@")
+
+
+def fake_compiler(bindir: Path, name: str) -> None:
+    bindir.mkdir(parents=True, exist_ok=True)
+    (bindir / name).write_text("#!/bin/sh\nexit 0\n")
+    (bindir / name).chmod(0o755)
+
+
+class TestCrossBuild:
+    def test_arm64_from_x86(self) -> None:
+        target = Target.for_arch("arm64", host_machine="x86_64")
+        assert (target.machine, target.srcarch) == ("aarch64", "arm64")
+        assert target.make_vars == ("ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-")
+        assert target.compiler == "aarch64-linux-gnu-gcc"
+        assert target.packages == "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+        assert target.cross and target.dir_name(VERSION) == f"{VERSION}-aarch64"
+        assert Target.for_arch("aarch64", host_machine="x86_64") == target
+
+    def test_the_host_arch_is_a_native_build(self) -> None:
+        native = Target("x86_64", "x86")
+        for arch in (None, "x86_64", "amd64", "x86"):
+            assert Target.for_arch(arch, host_machine="x86_64") == native
+        assert not native.cross and native.dir_name(VERSION) == VERSION
+        assert native.packages == "build-essential"
+
+    def test_an_explicit_prefix_cross_compiles_even_for_the_host_arch(self) -> None:
+        target = Target.for_arch(None, "x86_64-linux-gnu-", host_machine="x86_64")
+        assert target.make_vars == ("ARCH=x86", "CROSS_COMPILE=x86_64-linux-gnu-")
+        assert target.dir_name(VERSION) == f"{VERSION}-x86_64"
+
+    def test_unknown_arch(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(ProvisionError, match="sparc64"):
+            Target.for_arch("sparc64")
+        status, _, err = run_cli(capsys, "--arch", "sparc64", "--cache-dir", str(tmp_path))
+        assert status == 1
+        assert_one_error_line(err, "machine 'sparc64'")
+
+    def test_cross_build_of_a_tree(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        tree = fake_tree(tmp_path / "linux", kvm_makefile=CROSS_KVM_MAKEFILE, srcarches=("arm64",))
+        fake_compiler(tmp_path / "bin", "fake-linux-gnu-gcc")
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        cache = tmp_path / "c"
+        status, out, err = run_cli(capsys, "--source", str(tree), "--cache-dir", str(cache),
+                                   "--arch", "arm64", "--cross-compile", "fake-linux-gnu-")  # fmt: skip
+        build_dir = selftests_dir(cache) / f"{VERSION}-aarch64"
+        assert status == 0, err
+        assert out == f"kvm selftests {VERSION} (aarch64): 2 built, 1 failed -> {build_dir}\n"
+        manifest = read_manifest(build_dir)
+        assert manifest is not None and manifest.arch == "aarch64"
+        assert (build_dir / "kvm_page_table_test").read_text() == "ARCH=arm64 CROSS_COMPILE=fake-linux-gnu-\n"
+        assert "ARCH=arm64 CROSS_COMPILE=fake-linux-gnu- headers" in (build_dir / "headers.log").read_text()
+        assert not (selftests_dir(cache) / VERSION).exists()  # the native build keeps its own place
+
+    def test_cross_and_native_builds_of_a_tarball_unpack_apart(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        tree = fake_tree(tmp_path / "linux-source-6.12", srcarches=(HOST.srcarch, "arm64"))
+        tarball = make_tarball(tree, tmp_path / "src.tar.xz")
+        fake_compiler(tmp_path / "bin", "fake-linux-gnu-gcc")
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        cache = tmp_path / "c"
+        for extra in ((), ("--arch", "arm64", "--cross-compile", "fake-linux-gnu-")):
+            status, _, err = run_cli(capsys, "--source", str(tarball), "--cache-dir", str(cache), *extra)
+            assert status == 0, err
+        assert (cache / "src" / VERSION / "arch" / HOST.srcarch).is_dir()
+        assert (cache / "src" / f"{VERSION}-aarch64/arch/arm64").is_dir()
+        assert not (cache / "src" / f"{VERSION}-aarch64/drivers").exists()
+        assert {d.name for d in selftests_dir(cache).iterdir() if d.is_dir()} == {VERSION, f"{VERSION}-aarch64"}
+
+    def test_missing_cross_compiler_names_debians_packages(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        tree = fake_tree(tmp_path / "linux", srcarches=("arm64",))
+        make = shutil.which("make")
+        assert make is not None
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin/make").symlink_to(make)
+        monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # make, but no cross compiler
+        status, _, err = run_cli(capsys, "--source", str(tree), "--cache-dir", str(tmp_path / "c"),
+                                 "--arch", "arm64", "--no-apt")  # fmt: skip
+        assert status == 1
+        assert_one_error_line(
+            err, "aarch64-linux-gnu-gcc not found",
+            "apt-get install -y gcc-aarch64-linux-gnu libc6-dev-arm64-cross",
+        )  # fmt: skip
+
+    def test_apt_installs_several_packages(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        calls = fake_apt_get(tmp_path / "bin", tmp_path / "none", tmp_path / "none2")
+        (tmp_path / "bin/updated").write_text("")
+        (tmp_path / "none").write_text("")
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        source.apt_install("gcc-aarch64-linux-gnu libc6-dev-arm64-cross")
+        assert calls.read_text().splitlines() == [
+            "install -y gcc-aarch64-linux-gnu libc6-dev-arm64-cross noninteractive"
+        ]

@@ -50,7 +50,7 @@ def test_hugetlb_cases_share_the_pool_without_overcommitting_it(
     pytester: pytest.Pytester, tmp_path: Path, pool: int, serialized: bool
 ) -> None:
     # Functional tests (no perf marker), so only the hugetlb ledger can keep them apart.
-    make_fake(tmp_path / "bins", "slow_selftest", sleep=1.0)
+    make_fake(tmp_path / "bins", "slow_selftest", sleep=2.5)  # long enough for both workers to start
     root = make_host_root(tmp_path / "root", pools={2048: {"nr": pool, "free": pool}})
     pytester.makepyfile(HUGETLB_TESTS)
     res = pytester.runpytest_subprocess(
