@@ -100,8 +100,9 @@ class Entry:
         return f"test_{self.short}"
 
 
-def _scales(smoke: Sizes, default: Sizes, stress: Sizes) -> dict[str, Sizes]:
-    return {"smoke": smoke, "default": default, "stress": stress}
+def _scales(smoke: Sizes, default: Sizes, stress: Sizes, lab: Sizes | None = None) -> dict[str, Sizes]:
+    """Sizes per scale; ``lab`` (emulated hosts) defaults to ``smoke``'s."""
+    return {"smoke": smoke, "default": default, "stress": stress, "lab": lab or smoke}
 
 
 def _mem_vcpus(r: Run) -> list[str]:
@@ -129,7 +130,7 @@ CATALOGUE: tuple[Entry, ...] = (
         short="kvm_page_table",
         doc="create block mappings, update them with dirty logging on, split/rebuild them after it (KVM_*_MAPPINGS times)",
         build=lambda r: [*_backing(r), *_mem_vcpus(r), *r.mode_args],
-        sizes=_scales(Sizes(64 * MIB, 2), Sizes(1 * GIB, 4), Sizes(20 * GIB, 40)),
+        sizes=_scales(Sizes(64 * MIB, 2), Sizes(1 * GIB, 4), Sizes(20 * GIB, 40), lab=Sizes(16 * MIB, 1)),
         markers=("pagetable", "perf"),
         requires=KVM,
         backings=PAGE_TABLE_BACKINGS,
@@ -141,7 +142,7 @@ CATALOGUE: tuple[Entry, ...] = (
         short="dirty_log_perf",
         doc="populate, then dirty and harvest memory with dirty logging, per iteration",
         build=lambda r: [*_backing(r), *_mem_vcpus(r), "-i", str(r.sizing.iterations), *r.mode_args],
-        sizes=_scales(Sizes(64 * MIB, 2, 2), Sizes(1 * GIB, 4, 3), Sizes(4 * GIB, 40, 5)),
+        sizes=_scales(Sizes(64 * MIB, 2, 2), Sizes(1 * GIB, 4, 3), Sizes(4 * GIB, 40, 5), lab=Sizes(16 * MIB, 1, 2)),
         markers=("dirty_log", "pagetable", "perf"),
         requires=KVM,
         per_vcpu=True,
@@ -159,7 +160,7 @@ CATALOGUE: tuple[Entry, ...] = (
         short="dirty_log",
         doc="dirty-log correctness in each log mode; always about 1 GiB of guest memory",
         build=lambda r: ["-i", str(r.sizing.iterations), "-I", "10", *r.mode_args],
-        sizes=_scales(Sizes(iterations=5), Sizes(iterations=32), Sizes(iterations=128)),
+        sizes=_scales(Sizes(iterations=5), Sizes(iterations=32), Sizes(iterations=128), lab=Sizes(iterations=3)),
         markers=("dirty_log", "pagetable"),
         requires=(*KVM, MinMemory(2 * GIB)),
         takes_modes=True,
@@ -206,7 +207,7 @@ CATALOGUE: tuple[Entry, ...] = (
         short="access_tracking_perf",
         doc="mark memory idle and touch it again: the cost of aging guest memory",
         build=lambda r: [*_backing(r), *_mem_vcpus(r), *r.mode_args],
-        sizes=_scales(Sizes(64 * MIB, 2), Sizes(1 * GIB, 4), Sizes(4 * GIB, 40)),
+        sizes=_scales(Sizes(64 * MIB, 2), Sizes(1 * GIB, 4), Sizes(4 * GIB, 40), lab=Sizes(16 * MIB, 1)),
         markers=("access_tracking", "pagetable", "perf"),
         # page_idle up to 6.15 selftests, MGLRU from 6.16 on: either lets it run.
         requires=(*KVM, IdleTracking()),
@@ -235,7 +236,7 @@ CATALOGUE: tuple[Entry, ...] = (
         short="demand_paging",
         doc="fault guest memory in through userfaultfd (MISSING, and MINOR on shared memory)",
         build=lambda r: [*_backing(r), *_mem_vcpus(r), *r.mode_args],
-        sizes=_scales(Sizes(64 * MIB, 2), Sizes(512 * MIB, 4), Sizes(1 * GIB, 40)),
+        sizes=_scales(Sizes(64 * MIB, 2), Sizes(512 * MIB, 4), Sizes(1 * GIB, 40), lab=Sizes(16 * MIB, 1)),
         markers=("demand_paging", "pagetable", "perf"),
         requires=KVM,
         per_vcpu=True,
@@ -264,7 +265,7 @@ CATALOGUE: tuple[Entry, ...] = (
         short="memslot_modification_stress",
         doc="add and delete a memslot while vCPUs fault memory in",
         build=lambda r: [*_mem_vcpus(r), "-i", str(r.sizing.iterations), *r.mode_args],
-        sizes=_scales(Sizes(64 * MIB, 2, 10), Sizes(1 * GIB, 4, 100), Sizes(2 * GIB, 40, 1000)),
+        sizes=_scales(Sizes(64 * MIB, 2, 10), Sizes(1 * GIB, 4, 100), Sizes(2 * GIB, 40, 1000), lab=Sizes(16 * MIB, 1, 2)),
         markers=("memslot", "pagetable"),
         requires=KVM,
         per_vcpu=True,

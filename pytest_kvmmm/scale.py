@@ -23,6 +23,7 @@ SCALES: dict[str, Scale] = {
     s.name: s
     for s in (
         Scale("smoke", "tiny and fast, for CI"),
+        Scale("lab", "one vCPU and 16M where smoke takes 64M: for emulated lab hosts (QEMU TCG, ci/lab)"),
         Scale("default", "meaningful sizes capped to the host"),
         Scale("stress", "the sizes of KVM MMU cover letters (e.g. 40 vCPUs over 20G), when the host has them"),
     )

@@ -1,0 +1,474 @@
+"""Building the lab images (``lab.py build``): each part cached, each step timed.
+
+Parts, under ``<cache root>/lab/`` (``~/.cache/pytest-kvmmm/lab/``); every part writes its
+JSON record last, so an interrupted build is redone, never half-used:
+
+- ``kernels/<package>_<version>/``: the kernel ``Image`` and ``modules.cpio`` (the
+  modules of :data:`recipe.GUEST_MODULES`, decompressed), from Debian's arm64 .deb;
+- ``base/<key>/base.cpio``: the userspace (``mmdebstrap --variant=extract``: Debian arm64
+  packages unpacked, no maintainer scripts, so no emulation is needed) with the plugin's
+  dependencies from wheels and bytecode compiled here;
+- ``selftests/<build>-<key>.cpio``: the ``kvmmm-build --arch arm64`` build, at the guest's
+  own cache path so the plugin finds it as ``kvmmm-build cache``;
+- ``images/<flavour>.json``: which parts make up each flavour's initramfs.
+
+The boot adds a small per-boot part (``overlay.py``). Nothing here is ever committed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import lzma
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, TextIO
+
+from . import recipe
+from .cpio import CpioWriter
+
+PLUGIN_DIST = "pytest-kvmmm"
+
+
+class LabError(Exception):
+    """A lab step failed; the message says what and what to do."""
+
+
+class LabUnavailable(LabError):
+    """The lab cannot be had on this machine (no QEMU, no Debian arm64 packages): CI skips."""
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    root: Path  # <cache root>/lab
+
+    @property
+    def debs(self) -> Path:
+        return self.root / "debs"
+
+    @property
+    def wheels(self) -> Path:
+        return self.root / "wheels"
+
+    @property
+    def kernels(self) -> Path:
+        return self.root / "kernels"
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def selftests(self) -> Path:
+        return self.root / "selftests"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "run"
+
+    def image_record(self, flavour: str) -> Path:
+        return self.images / f"{flavour}.json"
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    cache_root: Path
+    flavours: Sequence[str]
+    jobs: int
+    allow_apt: bool
+    is_root: bool
+    force: bool = False
+    progress: TextIO | None = None
+
+    @property
+    def paths(self) -> LabPaths:
+        return LabPaths(self.cache_root / "lab")
+
+
+@contextmanager
+def step(progress: TextIO | None, label: str) -> Iterator[None]:
+    """``[lab] <label> ... 4.2 s`` on one line, like kvmmm-build's steps."""
+    if progress is None:
+        yield
+        return
+    progress.write(f"[lab] {label} ...")
+    progress.flush()
+    start = time.monotonic()
+    try:
+        yield
+    except BaseException:
+        progress.write(" failed\n")
+        raise
+    progress.write(f" {time.monotonic() - start:.1f} s\n")
+    progress.flush()
+
+
+def say(progress: TextIO | None, text: str) -> None:
+    if progress is not None:
+        progress.write(f"[lab] {text}\n")
+        progress.flush()
+
+
+def run(args: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """An argument list, as text; a missing program is a :class:`LabUnavailable`."""
+    try:
+        return subprocess.run(list(args), text=True, errors="replace", **kwargs)
+    except FileNotFoundError:
+        raise LabUnavailable(f"{args[0]} not found") from None
+
+
+def checked(args: Sequence[str], what: str, error: type[LabError] = LabError, **kwargs: Any) -> str:
+    """stdout of a command that must succeed; else ``error`` with its last line of output.
+    Downloads fail with :class:`LabUnavailable`: no network to Debian or PyPI is no lab here."""
+    proc = run(args, capture_output=True, **kwargs)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise error(f"{what} failed (`{' '.join(args)}`): {lines[-1] if lines else f'exit {proc.returncode}'}")
+    return proc.stdout
+
+
+def write_json(path: Path, data: object) -> None:
+    """Atomically: a record is the mark of a complete part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --- host tools and the Debian arm64 archive --------------------------------------------------
+
+#: command -> the Debian package that provides it on the build host
+HOST_TOOLS = {
+    "qemu-system-aarch64": "qemu-system-arm",
+    "mmdebstrap": "mmdebstrap",
+    "dpkg-deb": "dpkg",
+    "apt-get": "apt",
+}
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
+
+
+def ensure_tools(s: BuildSettings) -> None:
+    """QEMU and mmdebstrap, apt-installed when allowed; LabUnavailable otherwise."""
+    missing = missing_tools()
+    if not missing:
+        return
+    packages = sorted({HOST_TOOLS[t] for t in missing})
+    command = f"apt-get install -y {' '.join(packages)}"
+    if "apt-get" in missing or not (s.allow_apt and s.is_root):
+        raise LabUnavailable(f"{', '.join(missing)} missing: run `{command}` as root")
+    with step(s.progress, command):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        proc = run(["apt-get", "install", "-y", "-q", *packages], capture_output=True, env=env)
+        if proc.returncode != 0:
+            run(["apt-get", "update", "-q"], capture_output=True, env=env)
+            proc = run(["apt-get", "install", "-y", "-q", *packages], capture_output=True, env=env)
+    if proc.returncode != 0 or missing_tools():
+        raise LabUnavailable(f"`{command}` did not provide {', '.join(missing_tools()) or 'them'}")
+
+
+def apt_show(package: str) -> str | None:
+    proc = run(["apt-cache", "show", "--no-all-versions", f"{package}:{recipe.DEBIAN_ARCH}"], capture_output=True)
+    return proc.stdout if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def ensure_arm64_archive(s: BuildSettings, probe: str) -> None:
+    """apt knows Debian's arm64 packages: ``dpkg --add-architecture arm64`` + ``apt-get update``
+    when needed and allowed; LabUnavailable (with the commands) when they cannot be had."""
+    if apt_show(probe) is not None:
+        return
+    commands = "dpkg --add-architecture arm64 && apt-get update"
+    if not (s.allow_apt and s.is_root):
+        raise LabUnavailable(f"apt knows no {probe}:arm64: run `{commands}` as root")
+    foreign = checked(["dpkg", "--print-foreign-architectures"], "dpkg").split()
+    with step(s.progress, commands if recipe.DEBIAN_ARCH not in foreign else "apt-get update"):
+        if recipe.DEBIAN_ARCH not in foreign:
+            checked(["dpkg", "--add-architecture", recipe.DEBIAN_ARCH], "dpkg --add-architecture")
+        run(["apt-get", "update", "-q"], capture_output=True)
+    if apt_show(probe) is None:
+        raise LabUnavailable(f"Debian's arm64 package {probe} cannot be had from the configured apt sources")
+
+
+# --- the kernel of one flavour ----------------------------------------------------------------
+
+def _module_files(tree: Path) -> dict[str, Path]:
+    return {recipe.module_name(p.name): p for p in tree.rglob("*.ko*") if p.is_file()}
+
+
+def _module_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    return lzma.decompress(data) if path.name.endswith(".xz") else data
+
+
+def build_kernel(s: BuildSettings, flavour: recipe.Flavour) -> dict[str, Any]:
+    """The flavour's kernel Image and its modules part; cached per Debian package version."""
+    show = apt_show(flavour.kernel_meta)
+    if show is None:
+        raise LabUnavailable(f"apt knows no {flavour.kernel_meta}:arm64")
+    package, version = recipe.kernel_package(show)
+    dest = s.paths.kernels / f"{package}_{version}"
+    record = read_json(dest / "kernel.json")
+    if record is not None and not s.force:
+        return dict(record)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    s.paths.debs.mkdir(parents=True, exist_ok=True)
+    with step(s.progress, f"apt-get download {package}:arm64={version}"):
+        checked(["apt-get", "download", f"{package}:{recipe.DEBIAN_ARCH}={version}"], "apt-get download",
+                LabUnavailable, cwd=s.paths.debs)
+    debs = sorted(s.paths.debs.glob(f"{package}_*_{recipe.DEBIAN_ARCH}.deb"))
+    if not debs:
+        raise LabError(f"apt-get download left no {package} .deb in {s.paths.debs}")
+    with tempfile.TemporaryDirectory(dir=s.paths.root) as tmp, step(s.progress, f"unpacking {debs[-1].name}"):
+        tree = Path(tmp)
+        checked(["dpkg-deb", "-x", str(debs[-1]), str(tree)], "dpkg-deb -x")
+        images = sorted((tree / "boot").glob("vmlinuz-*"))
+        if not images:
+            raise LabError(f"{debs[-1].name} has no boot/vmlinuz-*")
+        release = images[0].name[len("vmlinuz-"):]
+        shutil.copy(images[0], dest / "Image")
+        files = _module_files(tree / "lib/modules" / release)
+        cache: dict[str, bytes] = {}
+
+        def module(name: str) -> bytes:
+            if name not in files:
+                raise LabError(f"{package} has no module {name} (is it built in?)")
+            if name not in cache:
+                cache[name] = _module_bytes(files[name])
+            return cache[name]
+
+        order = recipe.module_closure(recipe.GUEST_MODULES, lambda n: recipe.modinfo_depends(module(n)))
+        with (dest / "modules.cpio").open("wb") as out, CpioWriter(out, ino_base=300_000) as cpio:
+            for name in order:
+                cpio.add_file(f"/lib/modules/{release}/kvmmm/{name}.ko", module(name))
+    for deb in debs:  # 90 MB each; the part above is all the lab needs from it
+        deb.unlink()
+    record = {"package": package, "version": version, "release": release, "modules": order,
+              "page_kib": flavour.page_kib}
+    write_json(dest / "kernel.json", record)
+    return record
+
+
+# --- the userspace ----------------------------------------------------------------------------
+
+def _requires(name: str) -> list[str]:
+    return list(importlib.metadata.distribution(name).requires or [])
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def guest_pins() -> dict[str, str]:
+    """The plugin's runtime dependencies at the versions installed here (the controller's)."""
+    try:
+        return recipe.wheel_pins(PLUGIN_DIST, _requires, _version, recipe.guest_marker_env())
+    except importlib.metadata.PackageNotFoundError:
+        raise LabError(f"{PLUGIN_DIST} is not installed in {sys.executable}: run ci/setup.sh first") from None
+    except LookupError as exc:
+        raise LabError(str(exc)) from None
+
+
+def download_wheels(s: BuildSettings, pins: dict[str, str]) -> list[Path]:
+    """Pure-Python wheels for the guest (``pip download --only-binary=:all: --platform``)."""
+    s.paths.wheels.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+            "--platform", "manylinux2014_aarch64", "--python-version", "3.11", "--implementation", "cp",
+            "--abi", "cp311", "--dest", str(s.paths.wheels), *(f"{n}=={v}" for n, v in pins.items())]  # fmt: skip
+    with step(s.progress, f"pip download {len(pins)} wheels for the guest"):
+        checked(args, "pip download", LabUnavailable)
+    wheels = []
+    for name, version in pins.items():
+        stem = name.replace("-", "_").lower()
+        found = [w for w in s.paths.wheels.glob("*.whl")
+                 if w.name.lower().startswith(f"{stem}-{version}-".lower())]  # fmt: skip
+        if not found:
+            raise LabError(f"pip download gave no wheel for {name}=={version} in {s.paths.wheels}")
+        wheels.append(found[0])
+    return wheels
+
+
+def install_wheel(wheel: Path, site: Path) -> None:
+    """Unpack a pure-Python wheel into ``site`` (what pip does for a purelib wheel, minus scripts)."""
+    with zipfile.ZipFile(wheel) as zf:
+        wheel_meta = next((n for n in zf.namelist() if n.endswith(".dist-info/WHEEL")), None)
+        if wheel_meta is None or "Root-Is-Purelib: true" not in zf.read(wheel_meta).decode():
+            raise LabError(f"{wheel.name} is not a pure-Python wheel; the guest cannot use it")
+        for info in zf.infolist():
+            name = info.filename
+            parts = PurePosixPath(name).parts
+            if ".." in parts or name.startswith("/"):
+                raise LabError(f"{wheel.name}: unsafe member {name}")
+            if parts and parts[0].endswith(".data"):
+                if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                    continue  # scripts/headers/data: not needed in the guest
+                name = "/".join(parts[2:])
+            target = site / name
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(zf.read(info))
+
+
+def compile_python(root: Path, dirs: Sequence[str], progress: TextIO | None) -> str:
+    """Bytecode for the guest's Python, made here: TCG would spend seconds compiling pytest on
+    every boot. Needs a host python of the guest's version (the pyc magic number)."""
+    guest = "3.11"
+    python = sys.executable if f"{sys.version_info[0]}.{sys.version_info[1]}" == guest else shutil.which(f"python{guest}")
+    if python is None:
+        return f"no python{guest} here: the guest compiles its bytecode itself (slower)"
+    targets = [str(root / d) for d in dirs if (root / d).is_dir()]
+    with step(progress, f"compiling guest bytecode with {python}"):
+        checked([python, "-m", "compileall", "-q", "-j", "0", "-s", str(root), "-p", "/", *targets],
+                "compileall")  # fmt: skip
+    return f"bytecode compiled with {python}"
+
+
+def build_base(s: BuildSettings) -> dict[str, Any]:
+    """The userspace part: Debian arm64 packages, the plugin's dependencies, bytecode."""
+    pins = guest_pins()
+    key = recipe.cache_key({"packages": recipe.GUEST_PACKAGES, "pins": pins, "suite": recipe.SUITE,
+                            "prune": recipe.PRUNE})  # fmt: skip
+    dest = s.paths.base / key
+    record = read_json(dest / "base.json")
+    if record is not None and not s.force:
+        return dict(record)
+    wheels = download_wheels(s, pins)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(dir=s.paths.root) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        args = ["mmdebstrap", "--variant=extract", f"--arch={recipe.DEBIAN_ARCH}",
+                f"--include={','.join(recipe.GUEST_PACKAGES)}", recipe.SUITE, str(rootfs)]  # fmt: skip
+        with step(s.progress, f"mmdebstrap {recipe.SUITE} arm64: {', '.join(recipe.GUEST_PACKAGES)}"):
+            checked(args, "mmdebstrap", LabUnavailable)
+        packages = _installed_packages(rootfs)
+        site = rootfs / recipe.GUEST_SITE
+        for wheel in wheels:
+            install_wheel(wheel, site)
+        for rel in recipe.PRUNE:
+            shutil.rmtree(rootfs / rel, ignore_errors=True)
+        note = compile_python(rootfs, ("usr/lib/python3.11", recipe.GUEST_SITE), s.progress)
+        with step(s.progress, "writing base.cpio"), (dest / "base.cpio").open("wb") as out:
+            with CpioWriter(out, ino_base=1) as cpio:
+                cpio.add_tree(rootfs, "/", keep=lambda rel: not recipe.pruned(str(rel)))
+    record = {"key": key, "packages": packages, "pins": pins, "bytecode": note,
+              "size": (dest / "base.cpio").stat().st_size}
+    write_json(dest / "base.json", record)
+    return record
+
+
+def _installed_packages(rootfs: Path) -> dict[str, str]:
+    """package -> version of the unpacked userspace, for the image record. ``--variant=extract``
+    registers nothing with dpkg; every Debian package has its /usr/share/doc/<package>, and
+    apt, which chose them, gives their versions."""
+    try:
+        names = sorted(d.name for d in (rootfs / "usr/share/doc").iterdir() if d.is_dir())
+    except OSError:
+        return {}
+    proc = run(["apt-cache", "show", "--no-all-versions", *(f"{n}:{recipe.DEBIAN_ARCH}" for n in names)],
+               capture_output=True)  # fmt: skip
+    return dict(sorted(recipe.parse_show_versions(proc.stdout).items())) or dict.fromkeys(names, "?")
+
+
+# --- the selftests ----------------------------------------------------------------------------
+
+GUEST_CACHE = PurePosixPath("/root/.cache/pytest-kvmmm")
+
+
+def build_selftests(s: BuildSettings) -> dict[str, Any]:
+    """``kvmmm-build --arch arm64`` (cached by kvmmm-build), packed at the guest's cache path."""
+    from pytest_kvmmm.provision.build import BuildOptions, Target, provision
+    from pytest_kvmmm.provision.source import ProvisionError
+
+    opts = BuildOptions(cache_root=s.cache_root, jobs=s.jobs, target=Target.for_arch("arm64"),
+                        allow_apt=s.allow_apt, is_root=s.is_root, progress=s.progress)  # fmt: skip
+    try:
+        result = provision(None, opts)
+    except ProvisionError as exc:
+        raise LabUnavailable(f"kvmmm-build --arch arm64: {exc}") from None
+    m = result.manifest
+    say(s.progress, f"kvm selftests {m.kernel_version} ({m.arch}): {len(m.built)} built, "
+                    f"{len(m.failed)} failed -> {result.build_dir}{' (cached)' if result.cached else ''}")
+    key = recipe.cache_key({"build": result.build_dir.name, "built_at": m.built_at, "built": list(m.built)})
+    part = s.paths.selftests / f"{result.build_dir.name}-{key}.cpio"
+    if not part.is_file() or s.force:
+        guest_dir = GUEST_CACHE / "selftests" / result.build_dir.name
+        tmp = part.with_name(part.name + ".tmp")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as out, CpioWriter(out, ino_base=200_000) as cpio:
+            for program in m.built:
+                cpio.add_host_file(guest_dir / program, result.build_dir / program)
+            cpio.add_host_file(guest_dir / "manifest.json", result.build_dir / "manifest.json")
+        os.replace(tmp, part)
+    return {"part": str(part), "build_dir": str(result.build_dir), "kernel_version": m.kernel_version,
+            "built": len(m.built), "failed": list(m.failed)}  # fmt: skip
+
+
+# --- all of it ----------------------------------------------------------------------------------
+
+def build_all(s: BuildSettings) -> dict[str, dict[str, Any]]:
+    """Every part, then one record per flavour; returns the records."""
+    if platform.machine() not in ("x86_64", "aarch64"):
+        raise LabUnavailable(f"the lab is built on x86_64 (or aarch64) Debian, not {platform.machine()}")
+    start = time.monotonic()
+    ensure_tools(s)
+    flavours = [recipe.FLAVOURS[f] for f in s.flavours]
+    ensure_arm64_archive(s, flavours[0].kernel_meta)
+    selftests = build_selftests(s)
+    base = build_base(s)
+    base_part = s.paths.base / base["key"] / "base.cpio"
+    records = {}
+    for flavour in flavours:
+        kernel = build_kernel(s, flavour)
+        kdir = s.paths.kernels / f"{kernel['package']}_{kernel['version']}"
+        record = {
+            "flavour": flavour.name, "hostname": flavour.hostname, "page_kib": flavour.page_kib, "cpu": flavour.cpu,
+            "kernel": str(kdir / "Image"), "release": kernel["release"], "modules": kernel["modules"],
+            "kernel_package": f"{kernel['package']}={kernel['version']}",
+            "parts": [str(base_part), str(kdir / "modules.cpio"), selftests["part"]],
+            "selftests": selftests, "base_key": base["key"], "pins": base["pins"],
+        }  # fmt: skip
+        write_json(s.paths.image_record(flavour.name), record)
+        records[flavour.name] = record
+    say(s.progress, f"images ready in {time.monotonic() - start:.1f} s: "
+                    + ", ".join(f"{n} ({r['release']})" for n, r in records.items()))
+    return records
+
+
+def load_image(paths: LabPaths, flavour: str) -> dict[str, Any]:
+    """A flavour's image record whose parts all exist; LabUnavailable if it needs ``lab.py build``."""
+    record = read_json(paths.image_record(flavour))
+    if not isinstance(record, dict):
+        raise LabUnavailable(f"no {flavour} lab image in {paths.images}: run `ci/lab/lab.py build`")
+    missing = [p for p in [record["kernel"], *record["parts"]] if not Path(p).is_file()]
+    if missing:
+        raise LabUnavailable(f"the {flavour} lab image lacks {missing[0]}: run `ci/lab/lab.py build`")
+    return record

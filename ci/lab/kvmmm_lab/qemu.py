@@ -1,0 +1,329 @@
+"""Booting lab hosts under QEMU TCG, and shutting them down by pid (``lab.py up|down``).
+
+Each host is one ``qemu-system-aarch64`` (``-machine virt,virtualization=on`` boots the
+kernel at EL2, so KVM runs inside it in VHE mode; ``-cpu max`` reports FEAT_BBM level 2).
+Its only network is QEMU's user networking, whose hostfwd listens on the host's
+127.0.0.1:<port> and forwards to the guest's execnet server; its NIC has no option ROM
+(``romfile=``), without which QEMU stops on a missing efi-virtio.rom. The results
+directory is shared over virtio-9p at the same path as on the host.
+
+The run directory holds ``state.json`` (pid, port, the QEMU command line), each host's
+console log and initrd. ``down`` signals only pids whose ``/proc/<pid>/cmdline`` is still
+the recorded one, so a recycled pid is never hit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .image import LabError, LabUnavailable, write_json
+from .overlay import GUEST_PORT
+
+QEMU = "qemu-system-aarch64"
+READY = re.compile(r"kvmmm-lab: ready on port (\d+)")
+STATE = "state.json"
+DEFAULT_PORT_BASE = 47010
+SHARE_TAG = "kvmmm_share"
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One lab host to boot."""
+
+    name: str  # the guest's hostname, "lab-arm64-4k"
+    flavour: str
+    kernel: Path
+    initrd: Path
+    port: int  # host side, on 127.0.0.1
+    console: Path
+    mem: str = "3G"
+    smp: int = 2
+    cpu: str = "max"
+    share: Path | None = None
+    append: str = ""
+
+
+def qemu_args(h: HostSpec, qemu: str = QEMU) -> list[str]:
+    """The full QEMU command line of one host (an argument list, never a shell string)."""
+    args = [
+        qemu, "-name", f"kvmmm-lab-{h.name},process=kvmmm-lab-{h.name}",
+        "-machine", "virt,virtualization=on,gic-version=3", "-cpu", h.cpu, "-accel", "tcg",
+        "-smp", str(h.smp), "-m", h.mem,
+        "-display", "none", "-monitor", "none", "-serial", f"file:{h.console}",
+        "-no-reboot",
+        "-kernel", str(h.kernel), "-initrd", str(h.initrd),
+        "-append", " ".join(filter(None, ("console=ttyAMA0 panic=-1 rdinit=/init log_buf_len=4M", h.append))),
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{h.port}-:{GUEST_PORT}",
+        "-device", "virtio-net-pci,netdev=net0,romfile=",
+    ]  # fmt: skip
+    if h.share is not None:
+        args += ["-fsdev", f"local,id=share0,path={h.share},security_model=none",
+                 "-device", f"virtio-9p-pci,fsdev=share0,mount_tag={SHARE_TAG}"]  # fmt: skip
+    return args
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def ephemeral_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def choose_ports(
+    count: int,
+    base: int,
+    is_free: Callable[[int], bool] = port_is_free,
+    ephemeral: Callable[[], int] = ephemeral_port,
+) -> list[int]:
+    """``base+1 .. base+count`` (stable, so a documented command line keeps working), each
+    checked free on 127.0.0.1; ``base`` 0 takes ports the kernel picks."""
+    if base == 0:
+        ports: list[int] = []
+        while len(ports) < count:
+            port = ephemeral()
+            if port not in ports:
+                ports.append(port)
+        return ports
+    ports = [base + i for i in range(1, count + 1)]
+    if ports[-1] > 65535:
+        raise LabError(f"--port-base {base} leaves no room for {count} ports")
+    busy = [p for p in ports if not is_free(p)]
+    if busy:
+        raise LabError(
+            f"127.0.0.1:{busy[0]} is in use (a lab already up? `lab.py status`); "
+            f"pass --port-base N for ports N+1.., or --port-base 0 for free ones"
+        )
+    return ports
+
+
+@dataclass
+class HostState:
+    name: str
+    flavour: str
+    port: int
+    pid: int
+    argv: list[str]
+    console: str
+    started_at: float
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tx(self) -> str:
+        return f"socket=127.0.0.1:{self.port}"
+
+
+def save_state(run_dir: Path, hosts: Sequence[HostState]) -> None:
+    write_json(run_dir / STATE, {"hosts": [asdict(h) for h in hosts]})
+
+
+def load_state(run_dir: Path) -> list[HostState]:
+    try:
+        data = json.loads((run_dir / STATE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [HostState(**h) for h in data.get("hosts", [])]
+
+
+#: pid -> the Popen of QEMUs this process started, to tell how one ended.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def proc_cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1] or None
+
+
+def is_ours(h: HostState, cmdline: Callable[[int], list[str] | None] = proc_cmdline) -> bool:
+    """The pid still runs the QEMU we started (pids are recycled). For a child of this process
+    its Popen says so; /proc/<pid>/cmdline is empty for a moment after exec."""
+    child = _children.get(h.pid)
+    if child is not None:
+        return child.poll() is None
+    return cmdline(h.pid) == h.argv
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop(
+    hosts: Iterable[HostState],
+    timeout: float = 10.0,
+    kill: Callable[[int, int], None] = os.kill,
+    cmdline: Callable[[int], list[str] | None] = proc_cmdline,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, str]:
+    """SIGTERM each host's QEMU by pid (QEMU exits cleanly on it), SIGKILL what is left after
+    ``timeout``. Only pids still running their recorded command line. Returns name -> what happened."""
+    outcome: dict[str, str] = {}
+    pending: dict[str, HostState] = {}
+    for h in hosts:
+        if not is_ours(h, cmdline):
+            outcome[h.name] = "not running"
+            continue
+        try:
+            kill(h.pid, signal.SIGTERM)
+            pending[h.name] = h
+        except ProcessLookupError:
+            outcome[h.name] = "not running"
+    deadline = clock() + timeout
+    while pending and clock() < deadline:
+        for name, h in list(pending.items()):
+            if not is_ours(h, cmdline):
+                outcome[name] = f"stopped (pid {h.pid}, SIGTERM)"
+                del pending[name]
+        if pending:
+            sleep(0.1)
+    for name, h in pending.items():
+        try:
+            kill(h.pid, signal.SIGKILL)
+            outcome[name] = f"killed (pid {h.pid}, SIGKILL after {timeout:g} s)"
+        except ProcessLookupError:
+            outcome[name] = f"stopped (pid {h.pid}, SIGTERM)"
+    return outcome
+
+
+def concat(parts: Sequence[Path], out: Path) -> None:
+    """One initrd from several cpio parts (the kernel unpacks them in turn)."""
+    with out.open("wb") as dst:
+        for part in parts:
+            with part.open("rb") as src:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+
+
+def exit_status(pid: int) -> int | None:
+    """The exit status of a QEMU this process started and that has ended, else None."""
+    child = _children.get(pid)
+    return None if child is None else child.poll()
+
+
+def launch(h: HostSpec) -> HostState:
+    """Start one QEMU in its own session (a Ctrl-C of the terminal reaches only us; we stop it)."""
+    h.console.write_text("")
+    argv = qemu_args(h)
+    log = h.console.with_suffix(".qemu.log")
+    with log.open("w") as err:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+        except FileNotFoundError:
+            raise LabUnavailable(f"{argv[0]} not found: apt-get install qemu-system-arm") from None
+    _children[proc.pid] = proc
+    return HostState(h.name, h.flavour, h.port, proc.pid, argv, str(h.console), time.time())
+
+
+def wait_ready(states: Sequence[HostState], timeout: float, poll: float = 0.5) -> None:
+    """Until every console says the server listens; a QEMU that died or a timeout is a LabError
+    quoting the end of that host's console or QEMU log."""
+    pending = {s.name: s for s in states}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name, s in list(pending.items()):
+            text = _tail(Path(s.console), 64 * 1024)
+            if READY.search(text):
+                del pending[name]
+            elif not is_ours(s):
+                qemu_log = _tail(Path(s.console).with_suffix(".qemu.log"), 4096).strip()
+                how = f"exit status {exit_status(s.pid)}" if exit_status(s.pid) is not None else "gone"
+                raise LabError(f"{name}: QEMU ended during boot ({how}): {qemu_log or last_lines(text)}")
+        if pending and time.monotonic() > deadline:
+            name, s = next(iter(pending.items()))
+            raise LabError(f"{name}: not ready after {timeout:g} s; console ends with: "
+                           f"{last_lines(_tail(Path(s.console), 4096))}")  # fmt: skip
+        if pending:
+            time.sleep(poll)
+
+
+def _tail(path: Path, size: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - size))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def last_lines(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in text.replace("\r", "").splitlines() if ln.strip()]
+    return " | ".join(lines[-n:]) or "(nothing)"
+
+
+REMOTE_FACTS = """
+import json, os, platform
+from pytest_kvmmm.discovery import Found, find_binary, search_roots
+from pytest_kvmmm.guest_modes import read_help_modes
+from pytest_kvmmm.host import probe_host
+from pytest_kvmmm.provision.cache import default_cache_root
+
+facts = probe_host().to_json()
+facts["lab_page_size"] = os.sysconf("SC_PAGE_SIZE")
+found = find_binary("kvm_page_table_test", search_roots(None, default_cache_root(), platform.release()))
+if isinstance(found, Found):
+    modes = read_help_modes(found.path).modes
+    facts["lab_supported_modes"] = [name for name, entry in modes.items() if entry.supported]
+channel.send(json.dumps(facts))
+"""
+
+
+def remote_facts(port: int, timeout: float = 120.0) -> dict[str, Any]:
+    """Ask a host, through its gateway, for its own probe (the plugin's, run there), its page
+    size, and the guest modes its kvm_page_table_test marks supported (the plugin reads ``-h``)."""
+    import execnet
+
+    gw = execnet.makegateway(f"socket=127.0.0.1:{port}")
+    try:
+        channel = gw.remote_exec(REMOTE_FACTS)
+        return dict(json.loads(channel.receive(timeout)))
+    finally:
+        gw.exit()
+
+
+def summary(facts: Mapping[str, Any]) -> str:
+    """One line of the facts the lab is about: page size, TTRem, KVM mode, IPA, granules."""
+    kvm = facts.get("kvm") or {}
+    arm = kvm.get("arm64") or {}
+    parts = [
+        f"{facts.get('hostname')}: {facts.get('machine')} {facts.get('kernel_release')}",
+        f"page {int(facts.get('lab_page_size') or 0) // 1024}K",
+        f"KVM {kvm.get('flavour')}",
+        f"TTRem {kvm.get('ttrem')}",
+        f"IPA {kvm.get('ipa_size')} bits",
+        f"PARange {arm.get('parange_bits')}",
+        f"granules {arm.get('granules')}", f"stage-2 {arm.get('s2_granules')}",
+        f"FWB {arm.get('fwb')}", f"HAFDBS {arm.get('hafdbs')}", f"IDC/DIC {arm.get('idc')}/{arm.get('dic')}",
+    ]  # fmt: skip
+    modes = facts.get("lab_supported_modes")
+    if modes is not None:
+        parts.append(f"{len(modes)} guest modes supported ({' '.join(modes)})")
+    return ", ".join(parts)
+
