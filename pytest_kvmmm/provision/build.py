@@ -119,12 +119,12 @@ class BuildResult:
 
 
 @contextmanager
-def step(progress: TextIO | None, label: str) -> Iterator[None]:
+def step(progress: TextIO | None, label: str, prefix: str = "kvmmm-build:") -> Iterator[None]:
     """``kvmmm-build: <label> ... 4.2 s`` on one line; the line is closed even on failure."""
     if progress is None:
         yield
         return
-    progress.write(f"kvmmm-build: {label} ...")
+    progress.write(f"{prefix} {label} ...")
     progress.flush()
     start = time.monotonic()
     try:

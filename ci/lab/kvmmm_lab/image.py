@@ -101,20 +101,11 @@ class BuildSettings:
 
 @contextmanager
 def step(progress: TextIO | None, label: str) -> Iterator[None]:
-    """``[lab] <label> ... 4.2 s`` on one line, like kvmmm-build's steps."""
-    if progress is None:
+    """``[lab] <label> ... 4.2 s`` on one line: kvmmm-build's step with the lab's prefix."""
+    from pytest_kvmmm.provision.build import step as build_step
+
+    with build_step(progress, label, prefix="[lab]"):
         yield
-        return
-    progress.write(f"[lab] {label} ...")
-    progress.flush()
-    start = time.monotonic()
-    try:
-        yield
-    except BaseException:
-        progress.write(" failed\n")
-        raise
-    progress.write(f" {time.monotonic() - start:.1f} s\n")
-    progress.flush()
 
 
 def say(progress: TextIO | None, text: str) -> None:
