@@ -127,13 +127,17 @@ def categorize(status: str, message: str, categories: Sequence[Category] = CATEG
 
 #: The facts per host, in the order they are written.
 ENV_KEYS = (
-    "kernel", "arch", "cpus", "memory", "kvm", "tdp", "tdp_mmu", "ttrem", "arm64_mode",
-    "thp", "page_idle", "mglru", "hugetlb_free_nr", "hugetlb_default", "selftests", "facts_from",
+    "kernel", "arch", "page_size", "cpus", "memory", "kvm", "tdp", "tdp_mmu", "guest_1g_pages", "maxphyaddr",
+    "ttrem", "arm64_mode", "ipa_size", "s2_granules", "guest_granules", "fwb", "hafdbs", "idc_dic", "thp", "page_idle", "mglru", "hugetlb_free_nr", "hugetlb_default", "selftests", "facts_from",
 )
 
 
 def _yn(value: bool | None) -> str:
     return "?" if value is None else "yes" if value else "no"
+
+
+def _granules(names: Sequence[str] | None) -> str:
+    return "?" if names is None else ",".join(names) or "none"
 
 
 def _pools(host: HostFacts) -> str:
@@ -157,6 +161,7 @@ def host_environment(host: HostFacts, selftests: str | None) -> dict[str, str]:
     env = {
         "kernel": host.kernel_release or "?",
         "arch": host.machine or "?",
+        "page_size": format_size(host.page_size) if host.page_size else "?",
         "cpus": str(host.cpus_online or "?"),
         "memory": f"{(host.mem_total or 0) // 2**20} MiB total, {(host.mem_available or 0) // 2**20} MiB available",
         "kvm": kvm,
@@ -170,9 +175,20 @@ def host_environment(host: HostFacts, selftests: str | None) -> dict[str, str]:
     if k.x86 is not None or host.machine == "x86_64":
         env["tdp"] = _yn(k.tdp)
         env["tdp_mmu"] = _yn(k.tdp_mmu)
+        if k.x86 is not None:
+            env["guest_1g_pages"] = _yn(k.x86.gbpages)
+            env["maxphyaddr"] = str(k.x86.maxphyaddr or "?")
     if k.arm64 is not None or host.machine == "aarch64":
         env["ttrem"] = "?" if k.ttrem is None else str(k.ttrem)
         env["arm64_mode"] = k.arm64_mode or "?"
+        env["ipa_size"] = "?" if k.ipa_size is None else f"{k.ipa_size} bits"
+    if k.arm64 is not None:
+        a = k.arm64
+        env["s2_granules"] = _granules(a.s2_granules)
+        env["guest_granules"] = _granules(a.granules)
+        env["fwb"] = _yn(a.fwb)
+        env["hafdbs"] = "?" if a.hafdbs is None else str(a.hafdbs)
+        env["idc_dic"] = f"{_yn(a.idc)}/{_yn(a.dic)}"
     if selftests:
         env["selftests"] = selftests
     return {key: env[key] for key in ENV_KEYS if key in env}

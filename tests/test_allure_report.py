@@ -17,6 +17,7 @@ from fakes import golden, make_fake, make_golden_fake, make_host_root
 from pytest_kvmmm import allure_report
 from pytest_kvmmm.allure_files import (
     CATEGORIES,
+    ENV_KEYS,
     categories_json,
     categorize,
     environment_properties,
@@ -249,14 +250,20 @@ def test_host_environment_x86_and_arm64(tmp_path: Path) -> None:
     x86 = probe_host(make_host_root(tmp_path / "x", hostname="lab-7", pools={2048: {"nr": 64, "free": 60}}))
     env = host_environment(x86, "/c/selftests/6.12.117 (kvmmm-build cache 6.12.117)")
     assert env == {
-        "kernel": "6.12.0-test", "arch": "x86_64", "cpus": "4", "memory": "16384 MiB total, 12288 MiB available",
-        "kvm": "kvm_pvm", "tdp": "no", "tdp_mmu": "no", "thp": "madvise", "page_idle": "no", "mglru": "no",
+        "kernel": "6.12.0-test", "arch": "x86_64", "page_size": "4K", "cpus": "4",
+        "memory": "16384 MiB total, 12288 MiB available", "kvm": "kvm_pvm", "tdp": "no", "tdp_mmu": "no",
+        "guest_1g_pages": "no", "maxphyaddr": "48", "thp": "madvise", "page_idle": "no", "mglru": "no",
         "hugetlb_free_nr": "2M:60/64", "hugetlb_default": "2M",
         "selftests": "/c/selftests/6.12.117 (kvmmm-build cache 6.12.117)", "facts_from": str(tmp_path / "x"),
     }
-    arm = probe_host(make_host_root(tmp_path / "a", machine="aarch64", kvm="arm64_ttrem2", kvm_modules={}))
+    arm = probe_host(make_host_root(tmp_path / "a", machine="aarch64", kvm="arm64_ttrem2", kvm_modules={},
+                                    extra={"/dev/kmsg": "6,1,1,-;kvm [1]: VHE mode initialized successfully\n"}))
     env = host_environment(arm, None)
     assert env["ttrem"] == "2" and "tdp_mmu" not in env and "selftests" not in env
+    assert {k: env[k] for k in ("arm64_mode", "ipa_size", "fwb", "idc_dic")} == {
+        "arm64_mode": "vhe", "ipa_size": "48 bits", "fwb": "yes", "idc_dic": "yes/no"}
+    assert env["s2_granules"] and env["guest_granules"] and env["hafdbs"].isdigit()
+    assert list(env) == [k for k in ENV_KEYS if k in env]  # written in ENV_KEYS order
 
 
 def test_environment_properties_one_and_two_hosts() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from fakes import make_host_root
 from pytest_kvmmm.host import probe_host
+from pytest_kvmmm.host.cpu import parse_cpuinfo
 from pytest_kvmmm.host.report import summary_line, text_report
 from pytest_kvmmm.host.snapshot import capture, open_snapshot
 
@@ -75,6 +76,34 @@ def test_arm64_host_with_ttrem_2(tmp_path: Path) -> None:
     assert "TTRem 2, IPA 48 bits" in summary_line(h)
 
 
+def test_arm64_cpuinfo_names_the_implementer_and_keeps_mm_hwcaps() -> None:
+    text = ("processor\t: 0\nFeatures\t: fp asimd atomics cpuid dcpop mte\nCPU implementer\t: 0x48\n"
+            "CPU architecture: 8\nCPU part\t: 0xd01\n")
+    cpu = parse_cpuinfo(text)
+    assert (cpu.vendor, cpu.model_name) == ("HiSilicon (0x48)", "part 0xd01")
+    assert cpu.flags == ("atomics", "dcpop", "mte")
+    assert parse_cpuinfo("CPU implementer\t: 0x7f\n").vendor == "arm implementer 0x7f"
+
+
+@pytest.mark.parametrize(("pmd_size", "page_size"), [(2 << 20, 4096), (32 << 20, 16384), (512 << 20, 65536)])
+def test_snapshot_page_size_is_derived_from_the_thp_pmd_size(tmp_path: Path, pmd_size: int, page_size: int) -> None:
+    root = arm64(tmp_path, "arm64_ttrem2", "VHE mode initialized successfully")
+    (root / "sys/kernel/mm/transparent_hugepage/hpage_pmd_size").write_text(f"{pmd_size}\n")
+    h = probe_host(root)
+    assert h.page_size == page_size and h.to_json()["page_size"] == page_size
+    assert f"{page_size // 1024}K pages" in summary_line(h)
+
+
+def test_snapshot_page_size_recorded_wins_and_a_strange_pmd_is_unknown(tmp_path: Path) -> None:
+    root = make_host_root(tmp_path)
+    (root / "sys/kernel/mm/transparent_hugepage/hpage_pmd_size").write_text("12345\n")
+    h = probe_host(root)
+    assert h.page_size is None and "not the PMD size of a 4K, 16K or 64K page" in h.unknown["page_size"]
+    meta = json.loads((root / "kvmmm-snapshot.json").read_text())
+    (root / "kvmmm-snapshot.json").write_text(json.dumps({**meta, "page_size": 16384}))
+    assert probe_host(root).page_size == 16384
+
+
 def test_arm64_host_with_ttrem_0_nvhe(tmp_path: Path) -> None:
     h = probe_host(arm64(tmp_path, "arm64_ttrem0", "Hyp nVHE mode initialized successfully"))
     assert h.kvm.ttrem == 0 and h.kvm.flavour == "arm64-nvhe"
@@ -125,7 +154,7 @@ def test_json_form_has_the_documented_keys(tmp_path: Path) -> None:
     data = probe_host(intel_ept(tmp_path)).to_json()
     json.dumps(data)  # serialisable
     assert data["format"] == 1
-    for key in ("hostname", "machine", "kernel_release", "cpus_online", "mem_total", "mem_available", "numa_nodes",
+    for key in ("hostname", "machine", "kernel_release", "page_size", "cpus_online", "mem_total", "mem_available", "numa_nodes",
                 "cpu", "kvm", "hugetlb_default_kb", "hugetlb", "hugetlb_nodes", "thp", "page_idle", "mglru", "unknown"):
         assert key in data, key
     assert data["kvm"]["tdp_mmu"] is True and data["kvm"]["x86"]["gbpages"] is True
@@ -145,6 +174,7 @@ def test_live_host_is_fast_and_matches_sysfs() -> None:
     assert elapsed < 0.1, f"probe took {elapsed * 1000:.1f} ms"
     assert h.cpus_online == os.cpu_count()
     assert h.kernel_release == os.uname().release
+    assert h.page_size == os.sysconf("SC_PAGE_SIZE")
     nr = int(Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read_text())
     assert h.hugetlb_pool(2048) is not None and h.hugetlb_pool(2048).nr == nr  # type: ignore[union-attr]
     tdp_mmu = Path("/sys/module/kvm/parameters/tdp_mmu")

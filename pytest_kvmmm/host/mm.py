@@ -1,4 +1,5 @@
-"""Memory-management facts: hugetlb pools (global and per NUMA node), THP, page_idle, MGLRU."""
+"""Memory-management facts: base page size, hugetlb pools (global and per NUMA node), THP,
+page_idle, MGLRU."""
 
 from __future__ import annotations
 
@@ -112,6 +113,25 @@ def hugetlb_pools(r: FactReader) -> tuple[HugetlbPool, ...]:
 
 def node_hugetlb_pools(r: FactReader, nodes: tuple[int, ...]) -> tuple[HugetlbPool, ...]:
     return tuple(p for node in nodes for p in _pools_in(r, f"{NODES}/node{node}/hugepages", node))
+
+
+#: THP's PMD size -> the base page size: a PMD table holds page_size / 8 entries, each mapping
+#: page_size, so the PMD size is page_size**2 / 8 (arm64 4K -> 2M, 16K -> 32M, 64K -> 512M).
+PMD_SIZE_TO_PAGE_SIZE = {(p * p) // 8: p for p in (4096, 16384, 65536)}
+
+
+def base_page_size(r: FactReader, recorded: object = None) -> int:
+    """The kernel's base page size (4K, or 16K/64K on arm64): it decides which guest modes and
+    block sizes a host's stage 2 has. Live: ``sysconf``. A snapshot: the value it recorded,
+    else derived from THP's ``hpage_pmd_size`` (snapshots from before the fact existed)."""
+    if r.live:
+        return os.sysconf("SC_PAGE_SIZE")
+    if isinstance(recorded, int) and recorded > 0:
+        return recorded
+    pmd = r.int(f"{THP}/hpage_pmd_size")
+    if pmd not in PMD_SIZE_TO_PAGE_SIZE:
+        raise Unreadable(f"{THP}/hpage_pmd_size is {pmd}, not the PMD size of a 4K, 16K or 64K page")
+    return PMD_SIZE_TO_PAGE_SIZE[pmd]
 
 
 def thp_facts(r: FactReader) -> ThpFacts:

@@ -28,6 +28,8 @@ class HostFacts:
     cpus_online: int | None
     mem_total: int | None
     mem_available: int | None
+    #: The kernel's base page size in bytes (arm64: 4K, 16K or 64K).
+    page_size: int | None
     numa_nodes: tuple[int, ...]
     cpu: CpuFacts
     kvm: KvmFacts

@@ -8,9 +8,9 @@ from pathlib import Path
 from .cpu import CpuFacts, parse_cpuinfo
 from .kvm import kvm_facts
 from .kvmapi import KvmAnswers, probe_kvm
-from .mm import hugetlb_pools, mglru, node_hugetlb_pools, page_idle, thp_facts
+from .mm import base_page_size, hugetlb_pools, mglru, node_hugetlb_pools, page_idle, thp_facts
 from .model import HostFacts
-from .snapshot import load_kvm_answers
+from .snapshot import load_kvm_answers, read_meta
 from .sysfs import FactReader, parse_cpu_list, parse_meminfo
 
 
@@ -45,6 +45,7 @@ def probe_host(root: Path = Path("/"), kvm: KvmAnswers | None = None) -> HostFac
         cpus_online=r.get("cpus_online", lambda: parse_cpu_list(r.text("/sys/devices/system/cpu/online"))),
         mem_total=meminfo.get("MemTotal"),
         mem_available=meminfo.get("MemAvailable"),
+        page_size=r.get("page_size", lambda: base_page_size(r, None if live else (read_meta(root) or {}).get("page_size"))),
         numa_nodes=nodes,
         cpu=cpu,
         kvm=kvm_facts(r, machine, kvm),

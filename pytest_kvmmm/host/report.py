@@ -15,6 +15,10 @@ def _size(kb: int) -> str:
     return f"{kb // (1024 * 1024)}G" if kb >= 1024 * 1024 else f"{kb // 1024}M" if kb >= 1024 else f"{kb}K"
 
 
+def _page(size: int | None) -> str:
+    return "?" if size is None else _size(size // 1024)
+
+
 def _pools(pools: tuple[HugetlbPool, ...]) -> str:
     return " ".join(f"{_size(p.size_kb)}:{p.free}/{p.nr}" for p in pools) or "none"
 
@@ -25,7 +29,7 @@ def summary_line(h: HostFacts) -> str:
     kvm = k.flavour or "no KVM"
     if not k.available:
         kvm += f" (unusable: {k.unavailable_reason})"
-    parts = [f"{h.machine or '?'} {h.kernel_release or '?'}", f"{h.cpus_online or '?'} CPUs", f"KVM {kvm}"]
+    parts = [f"{h.machine or '?'} {h.kernel_release or '?'}", f"{_page(h.page_size)} pages", f"{h.cpus_online or '?'} CPUs", f"KVM {kvm}"]
     if h.machine == "x86_64":
         parts.append(f"TDP {_yn(k.tdp)}, TDP MMU {_yn(k.tdp_mmu)}")
     if k.arm64 is not None:
@@ -41,7 +45,8 @@ def text_report(h: HostFacts, probe_s: float | None = None) -> str:
     lines = [f"host {h.hostname or '?'} (facts from {h.source}" + (f", probed in {probe_s * 1000:.1f} ms)" if probe_s is not None else ")")]
     mem = f"{(h.mem_total or 0) // 2**20} MiB total, {(h.mem_available or 0) // 2**20} MiB available"
     lines += [
-        f"  system    {h.machine} {h.kernel_release}, {h.cpus_online} CPUs online, {mem}, NUMA nodes {list(h.numa_nodes)}",
+        f"  system    {h.machine} {h.kernel_release}, {_page(h.page_size)} pages, {h.cpus_online} CPUs online, {mem}, "
+        f"NUMA nodes {list(h.numa_nodes)}",
         f"  cpu       {h.cpu.vendor or '?'} {h.cpu.model_name or ''}; flags {' '.join(h.cpu.flags) or '-'}; "
         f"address sizes {h.cpu.phys_bits}/{h.cpu.virt_bits}",
         f"  kvm       {k.flavour or 'none'}; /dev/kvm {'usable' if k.available else 'unusable: ' + str(k.unavailable_reason)}; "

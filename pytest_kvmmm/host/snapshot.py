@@ -2,7 +2,8 @@
 
 A snapshot is a directory that stands in for ``/``: the same relative paths, each file with
 the owner-write bit set exactly when the live file was writable by the capturing process,
-and ``kvmmm-snapshot.json`` with the KVM answers (``KvmAnswers.to_json``) and who/when.
+and ``kvmmm-snapshot.json`` with the KVM answers (``KvmAnswers.to_json``), the base page size
+(no file holds it) and who/when.
 ``--kvm-host-snapshot DIR`` then gives the plugin the facts of that host, so skip decisions
 can be reviewed offline and a snapshot can be attached to a bug report.
 """
@@ -76,12 +77,14 @@ def capture(dest: Path, source: Path = Path("/"), kvm: KvmAnswers | None = None)
         (dest / "dev").mkdir(exist_ok=True)
         (dest / "dev/kmsg").write_text("\n".join(kvm_lines) + "\n")
     answers = kvm if kvm is not None else probe_kvm(machine=machine)
-    meta = {
+    meta: dict[str, Any] = {
         "format": SNAPSHOT_FORMAT,
         "captured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "captured_on": socket.gethostname(),
         "kvm": answers.to_json(),
     }
+    if live.live:
+        meta["page_size"] = os.sysconf("SC_PAGE_SIZE")
     (dest / SNAPSHOT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return dest
 
