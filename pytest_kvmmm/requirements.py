@@ -1,14 +1,18 @@
 """Host requirements of a case, checked against ``HostFacts`` before the binary runs.
 
 Each requirement answers ``unmet(host)`` with None (satisfied) or one sentence that names
-what is missing and how to get it; that sentence is the skip reason.
+what is missing and how to get it; that sentence is the skip reason. A requirement that also
+depends on what the binary was built to do has ``for_binary(path)`` (``specialise``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+from .build_features import has_mglru_aging
 from .host.model import HostFacts
 
 
@@ -100,24 +104,37 @@ class Arch:
 
 @dataclass(frozen=True)
 class IdleTracking:
-    """Idle page tracking (page_idle, up to 6.15 selftests) or MGLRU (6.16+), as access_tracking_perf_test needs."""
+    """Idle page tracking (page_idle, up to 6.15 selftests) or MGLRU (6.16+), as access_tracking_perf_test needs.
+
+    Which one a run can use depends on the build too: a 6.15 or older binary has no MGLRU path,
+    so on a host with MGLRU but no page_idle it would skip. ``for_binary`` looks for it.
+    """
 
     page_idle: bool = True
     mglru: bool = True
+    #: Whether the binary has the MGLRU path (its strings say ``lru_gen``); None: not looked at.
+    build_has_mglru: bool | None = None
+
+    def for_binary(self, path: Path) -> IdleTracking:
+        return dataclasses.replace(self, build_has_mglru=has_mglru_aging(path))
 
     def unmet(self, host: HostFacts) -> str | None:
-        if (self.page_idle and host.page_idle) or (self.mglru and host.mglru.usable_for_aging):
+        mglru = self.mglru and self.build_has_mglru is not False
+        if (self.page_idle and host.page_idle) or (mglru and host.mglru.usable_for_aging):
             return None
         wanted = []
         if self.page_idle:
             wanted.append(
                 "idle page tracking (/sys/kernel/mm/page_idle/bitmap: a kernel with CONFIG_IDLE_PAGE_TRACKING, run as root)"
             )
-        if self.mglru:
+        if mglru:
             mask = host.mglru.enabled_mask
             now = "absent" if mask is None else f"{mask:#x}"
             wanted.append(f"MGLRU with bits 0x3 in /sys/kernel/mm/lru_gen/enabled (now {now}; echo y > it)")
-        return "needs " + " or ".join(wanted)
+        reason = "needs " + " or ".join(wanted)
+        if self.mglru and self.build_has_mglru is False and host.mglru.usable_for_aging:
+            reason += "; this host has MGLRU, but this build predates the test's MGLRU support (6.16+ selftests)"
+        return reason
 
 
 @dataclass(frozen=True)
@@ -248,6 +265,21 @@ class OnArch:
 
     def unmet(self, host: HostFacts) -> str | None:
         return self.requirement.unmet(host) if host.machine in self.machines else None
+
+
+def specialise(requirements: tuple[Requirement, ...] | list[Requirement], binary: Path) -> list[Requirement]:
+    """The requirements as they apply to this binary (``for_binary`` where a requirement has it)."""
+    out: list[Requirement] = []
+    for req in requirements:
+        for_binary = getattr(req, "for_binary", None)
+        out.append(for_binary(binary) if callable(for_binary) else req)
+    return out
+
+
+def wrong_arch(requirements: tuple[Requirement, ...] | list[Requirement], host: HostFacts) -> str | None:
+    """The reason of an unmet ``Arch``: a better skip than "binary not found", since builds for
+    one architecture never have the other's arch-specific tests."""
+    return next((r for r in (req.unmet(host) for req in requirements if isinstance(req, Arch)) if r), None)
 
 
 def first_unmet(requirements: tuple[Requirement, ...] | list[Requirement], host: HostFacts) -> str | None:

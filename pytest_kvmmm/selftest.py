@@ -25,7 +25,7 @@ from .kernel_health import Health, KernelWatch
 from .metrics import Metrics, parse_metrics
 from .outcome import Outcome, Status, classify
 from .output_checks import check_output, output_notes
-from .requirements import HugetlbPages, Requirement, ThpMadvise, first_unmet
+from .requirements import HugetlbPages, Requirement, ThpMadvise, first_unmet, specialise, wrong_arch
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,11 @@ class SelftestEngine:
         short = Path(name).name
         found = self.resolve(name)
         if isinstance(found, NotFound):
+            arch = wrong_arch(list(requires), self.host())
+            if arch:
+                return SelftestResult(short, (name, *args), Status.SKIPPED, arch, notes=tuple(notes))
             return SelftestResult(short, (name, *args), Status.MISSING, found.reason(), notes=tuple(notes))
+        requires = specialise(list(requires), found.path)
         argv = (str(found.path), *args)
         unsafe = self.unsafe(found.path)
         if unsafe:

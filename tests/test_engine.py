@@ -1,0 +1,68 @@
+"""SelftestEngine decisions that depend on the binary as well as the host: which skip reason wins
+when a binary is absent, and requirements that depend on what the build can do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fakes import make_fake, make_host_root
+from pytest_kvmmm.discovery import SearchRoot
+from pytest_kvmmm.host import probe_host
+from pytest_kvmmm.host.model import HostFacts
+from pytest_kvmmm.outcome import Status
+from pytest_kvmmm.requirements import Arch, IdleTracking
+from pytest_kvmmm.selftest import SelftestEngine
+
+X86 = Arch(("x86_64",))
+
+
+def engine(bins: Path, host: HostFacts) -> SelftestEngine:
+    return SelftestEngine(roots=lambda: [SearchRoot(bins, "--kvm-selftests")], host=lambda: host, default_timeout=30)
+
+
+def test_an_x86_only_test_on_arm64_skips_as_x86_only_not_as_missing(tmp_path: Path) -> None:
+    arm = probe_host(make_host_root(tmp_path / "arm", machine="aarch64", kvm="arm64_ttrem2", kvm_modules={}))
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    result = engine(bins, arm).run("nx_huge_pages_test", requires=[X86])
+    assert result.status is Status.SKIPPED
+    assert result.reason == "needs a x86_64 host, this one is aarch64"
+
+
+def test_a_missing_binary_on_the_right_arch_is_still_missing(tmp_path: Path) -> None:
+    x86 = probe_host(make_host_root(tmp_path / "x86"))
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    result = engine(bins, x86).run("nx_huge_pages_test", requires=[X86])
+    assert result.status is Status.MISSING and "nx_huge_pages_test not found in" in (result.reason or "")
+
+
+def mglru_host(tmp_path: Path) -> HostFacts:
+    """A host with MGLRU on (0x0007) and no page_idle bitmap."""
+    host = probe_host(make_host_root(tmp_path / "root", extra={"/sys/kernel/mm/lru_gen/enabled": "0x0007\n"}))
+    assert host.mglru.usable_for_aging and not host.page_idle
+    return host
+
+
+def test_a_build_without_mglru_support_skips_on_an_mglru_only_host(tmp_path: Path) -> None:
+    bins = tmp_path / "bins"
+    make_fake(bins, "access_tracking_perf_test", stdout="Populating memory             : 0.000512000s\n")
+    result = engine(bins, mglru_host(tmp_path)).run("access_tracking_perf_test", requires=[IdleTracking()])
+    assert result.status is Status.SKIPPED and result.returncode is None  # never ran
+    assert "needs idle page tracking" in (result.reason or "")
+    assert "MGLRU with bits" not in (result.reason or "")
+    assert "this build predates the test's MGLRU support (6.16+ selftests)" in (result.reason or "")
+
+
+def test_a_build_with_mglru_support_runs_on_an_mglru_only_host(tmp_path: Path) -> None:
+    bins = tmp_path / "bins"
+    make_fake(bins, "access_tracking_perf_test", stdout="Using lru_gen for aging\n")
+    result = engine(bins, mglru_host(tmp_path)).run("access_tracking_perf_test", requires=[IdleTracking()])
+    assert result.status is Status.PASSED and result.returncode == 0
+
+
+def test_a_requirement_not_yet_specialised_accepts_mglru(tmp_path: Path) -> None:
+    # Before a binary is found (kvm_requires markers, explicit paths that cannot be read) MGLRU counts.
+    host = mglru_host(tmp_path)
+    assert IdleTracking().unmet(host) is None
+    assert IdleTracking().for_binary(tmp_path / "absent").unmet(host) is None
