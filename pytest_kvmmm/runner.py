@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: Output kept per stream. A binary that prints megabytes keeps its head and its tail:
 #: the assertion block and the metrics are at the end, the banner at the start.
@@ -126,17 +127,26 @@ def _pump(
         sel.close()
 
 
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+#: Looked up once in the parent: the child between fork and exec must not dlopen (another
+#: thread of the parent may have held the loader's lock when it forked).
+_PRCTL = _load_prctl()
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL it when the process that started it dies.
 
     The selftest runs in its own session, so a SIGKILLed pytest (or xdist worker) would
     otherwise leave it running as an orphan, holding guest memory and hugetlb pages.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def pid_alive(pid: int) -> bool:

@@ -279,14 +279,13 @@ def last_lines(text: str, n: int = 3) -> str:
 
 
 REMOTE_FACTS = """
-import json, os, platform
+import json, platform
 from pytest_kvmmm.discovery import Found, find_binary, search_roots
 from pytest_kvmmm.guest_modes import read_help_modes
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.provision.cache import default_cache_root
 
 facts = probe_host().to_json()
-facts["lab_page_size"] = os.sysconf("SC_PAGE_SIZE")
 found = find_binary("kvm_page_table_test", search_roots(None, default_cache_root(), platform.release()))
 if isinstance(found, Found):
     modes = read_help_modes(found.path).modes
@@ -296,8 +295,8 @@ channel.send(json.dumps(facts))
 
 
 def remote_facts(port: int, timeout: float = 120.0) -> dict[str, Any]:
-    """Ask a host, through its gateway, for its own probe (the plugin's, run there), its page
-    size, and the guest modes its kvm_page_table_test marks supported (the plugin reads ``-h``)."""
+    """Ask a host, through its gateway, for its own probe (the plugin's, run there, with its page
+    size), and the guest modes its kvm_page_table_test marks supported (the plugin reads ``-h``)."""
     import execnet
 
     gw = execnet.makegateway(f"socket=127.0.0.1:{port}")
@@ -314,7 +313,7 @@ def summary(facts: Mapping[str, Any]) -> str:
     arm = kvm.get("arm64") or {}
     parts = [
         f"{facts.get('hostname')}: {facts.get('machine')} {facts.get('kernel_release')}",
-        f"page {int(facts.get('lab_page_size') or 0) // 1024}K",
+        f"page {int(facts.get('page_size') or 0) // 1024}K",
         f"KVM {kvm.get('flavour')}",
         f"TTRem {kvm.get('ttrem')}",
         f"IPA {kvm.get('ipa_size')} bits",
