@@ -274,10 +274,11 @@ class KvmmmPlugin:
                 "outcome": report.outcome,
                 **results[-1].record(),
             }
+            # The facts of the host that ran it: the controller describes hosts it never probed
+            # (xdist workers on lab hosts) in the terminal, --kvm-results and Allure.
+            record[allure_report.RECORD_FACTS] = self.allure_environment()
             if allure_report.enabled(self.config):
-                # Allure: the facts let the controller name this host; annotate while allure-pytest
-                # still holds the result open.
-                record[allure_report.RECORD_FACTS] = self.allure_environment()
+                # annotate while allure-pytest still holds the result open
                 allure_report.annotate_test(item, results, scale=self.settings.scale, host=self.host_label)
             # A fresh list: item.user_properties is shared by the setup/call/teardown reports.
             report.user_properties = [*report.user_properties, (RECORD_PROPERTY, record)]
@@ -306,7 +307,7 @@ class KvmmmPlugin:
             return
         hosts = sorted({str(r.get("host")) for r in self.records})
         terminalreporter.write_sep("=", f"kvm selftests on {', '.join(hosts)}")
-        for line in summary_lines(self.records, verbose=self.config.option.verbose > 0):
+        for line in summary_lines(self.records, verbose=self.config.option.verbose > 0, facts_key=allure_report.RECORD_FACTS):
             terminalreporter.write_line(line)
         if self.writer is not None:
             terminalreporter.write_line(f"results: {os.fspath(self.writer.path)}")

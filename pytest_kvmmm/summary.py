@@ -1,4 +1,5 @@
-"""The terminal's ``kvm selftests`` section: outcomes, then one compact metrics table per binary.
+"""The terminal's ``kvm selftests`` section: with several hosts their facts first, then outcomes,
+then one compact metrics table per binary.
 
 Pure: records in, lines out. Per-iteration and per-run series (``iteration_N/...``,
 ``run_N/...``) stay in ``--kvm-results``; the tables show the headline numbers a reviewer compares.
@@ -83,5 +84,27 @@ def metric_tables(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def summary_lines(records: Sequence[Mapping[str, Any]], verbose: bool = False) -> list[str]:
-    return outcome_lines(records, verbose) + metric_tables(records)
+#: The facts shown per host in a multi-host run, in this order (keys of ``host_environment``).
+HOST_FACTS = (
+    "arch", "kernel", "page_size", "kvm", "tdp", "tdp_mmu", "guest_1g_pages", "maxphyaddr", "ttrem", "arm64_mode",
+    "ipa_size", "s2_granules", "guest_granules", "fwb", "hafdbs", "thp", "page_idle", "hugetlb_free_nr",
+)
+
+
+def host_lines(records: Sequence[Mapping[str, Any]], facts_key: str) -> list[str]:
+    """One line per host of a multi-host run (the last record of a host has its facts): the
+    controller's header only describes the controller's own host."""
+    facts: dict[str, Mapping[str, Any]] = {}
+    for rec in records:
+        if isinstance(rec.get(facts_key), Mapping):
+            facts[str(rec.get("host"))] = rec[facts_key]
+    if len({rec.get("host") for rec in records}) < 2:
+        return []
+    return [
+        f"{host}: " + ", ".join(f"{k} {facts[host][k]}" for k in HOST_FACTS if k in facts[host])
+        for host in sorted(facts)
+    ] + [""]
+
+
+def summary_lines(records: Sequence[Mapping[str, Any]], verbose: bool = False, facts_key: str = "host_facts") -> list[str]:
+    return host_lines(records, facts_key) + outcome_lines(records, verbose) + metric_tables(records)
