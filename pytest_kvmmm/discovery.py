@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .provision.cache import choose_build, complete_builds
+from .provision.cache import MANIFEST_NAME, choose_build, complete_builds, read_manifest
 
 ENV_VAR = "KVM_SELFTESTS_DIR"
 DISTRO_DIRS = (
@@ -73,6 +73,9 @@ class NotFound:
     searched: tuple[SearchRoot, ...]
     #: A file that exists under the name but cannot be executed, if any.
     not_executable: Path | None = None
+    #: Set when a searched ``kvmmm-build`` build never had the program: its kernel's Makefile
+    #: does not build it for this architecture, so building again cannot help.
+    not_in_build: str | None = None
 
     def reason(self) -> str:
         if self.not_executable is not None:
@@ -80,6 +83,8 @@ class NotFound:
                 f"{self.name}: {self.not_executable} exists but is not executable "
                 f"(chmod +x it, or rebuild with `kvmmm-build --force`)"
             )
+        if self.not_in_build is not None:
+            return self.not_in_build
         if not self.searched:
             return f"{self.name}: no KVM selftests found anywhere; {BUILD_HINT}"
         where = ", ".join(f"{r.path} ({r.origin})" for r in self.searched)
@@ -137,4 +142,24 @@ def find_binary(
                     if os.access(path, os.X_OK):
                         return Found(path, root, candidate_name)
                     not_executable = not_executable or path
-    return NotFound(name, tuple(roots), not_executable)
+    return NotFound(name, tuple(roots), not_executable, None if not_executable else _not_in_build(names, roots))
+
+
+def _not_in_build(names: Sequence[str], roots: Sequence[SearchRoot]) -> str | None:
+    """Why no build has ``names``, when every searched root is a ``kvmmm-build`` build whose
+    manifest lists neither a built nor a failed program of that name (arch subfolders included)."""
+    manifests = [(root, read_manifest(root.path)) for root in roots]
+    if not manifests or any(m is None for _, m in manifests):
+        return None
+    for _root, manifest in manifests:
+        assert manifest is not None
+        programs = {p.rsplit("/", 1)[-1] for p in (*manifest.built, *manifest.failed)}
+        if programs & set(names):
+            return None
+    root, manifest = manifests[0]
+    assert manifest is not None
+    return (
+        f"{names[0]} is not among the programs the {manifest.kernel_version} KVM selftests build for "
+        f"{manifest.arch} (the kernel's Makefile has no such test there; {root.path}/{MANIFEST_NAME}); "
+        "a newer kernel's selftests may have it"
+    )

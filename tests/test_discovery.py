@@ -60,6 +60,25 @@ def test_not_found_says_where_it_looked_and_how_to_build(tmp_path: Path) -> None
     assert "kvmmm-build" in nf.reason()
 
 
+def test_a_program_the_build_never_had_is_not_a_build_problem(tmp_path: Path) -> None:
+    # 6.12 builds max_guest_memory_test for x86_64 only: on arm64 "build them" cannot help.
+    build = tmp_path / "6.12.117-aarch64"
+    build.mkdir()
+    write_manifest(build, BuildManifest(kernel_version="6.12.117", arch="aarch64", source="test",
+                                        built=("kvm_page_table_test", "aarch64/page_fault_test")))
+    nf = find_binary("max_guest_memory_test", [root(build, "kvmmm-build cache 6.12.117")], "aarch64")
+    assert isinstance(nf, NotFound)
+    assert nf.reason() == (
+        "max_guest_memory_test is not among the programs the 6.12.117 KVM selftests build for aarch64 "
+        f"(the kernel's Makefile has no such test there; {build}/manifest.json); a newer kernel's selftests may have it"
+    )
+    # a program the build lists (built, or failed to build) but that is gone is the usual "not found"
+    write_manifest(build, BuildManifest(kernel_version="6.12.117", arch="aarch64", source="test",
+                                        failed=("max_guest_memory_test",)))
+    nf = find_binary("max_guest_memory_test", [root(build)], "aarch64")
+    assert isinstance(nf, NotFound) and "not found in" in nf.reason() and "kvmmm-build" in nf.reason()
+
+
 def test_non_executable_file_is_named(tmp_path: Path) -> None:
     fake = make_fake(tmp_path, "kvm_page_table_test")
     fake.chmod(0o644)
