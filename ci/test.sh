@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
-.venv/bin/ruff check pytest_kvmmm tests
+.venv/bin/ruff check pytest_kvmmm tests ci
 .venv/bin/mypy
+(cd ci/lab && MYPYPATH=../.. ../../.venv/bin/mypy --strict lab.py kvmmm_lab)  # the lab tooling, as its own package
 exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"

@@ -408,19 +408,47 @@ class TestWrapper:
         assert "--kvm-results=/r/lab/lab.jsonl" in argv
         assert lab.pytest_argv([], ["-q"], None)[-1] == "-q"
 
+    @staticmethod
+    def lab_records(modes: dict[str, tuple[str, ...]]) -> list[dict[str, object]]:
+        """Records of a lab run: per host a test per mode, passed where ``modes`` says."""
+        pages = {"vm": "4K", "lab-a": "4K", "lab-b": "16K"}
+        all_modes = ("pxxv48_4k", "p52v48_4k", "p48v48_4k", "p48v48_16k")
+        return [
+            {"host": h, "nodeid": f"pytest_kvmmm/suite/test_mm.py::test_kvm_page_table[anonymous-{m}]",
+             "outcome": "passed" if m in modes[h] else "skipped",
+             "host_facts": {"page_size": pages[h], "ttrem": "2" if h != "vm" else "?"}}
+            for h in ("vm", "lab-a", "lab-b") for m in all_modes
+        ]  # fmt: skip
+
     def test_checks(self) -> None:
         states = [host_state("lab-a", 1), host_state("lab-b", 2)]
+        states[0].flavour, states[1].flavour = "4k", "16k"
         for s in states:
             s.facts = {"kvm": {"ttrem": 2, "arm64_mode": "vhe"}}
-        records = [{"host": h, "outcome": o} for h in ("vm", "lab-a", "lab-b") for o in ("passed", "skipped")]
+        good = {"vm": ("pxxv48_4k",), "lab-a": ("p52v48_4k", "p48v48_4k", "p48v48_16k"), "lab-b": ("p48v48_4k", "p48v48_16k")}
+        records = self.lab_records(good)
         assert lab.lab_checks(records, states) == []
+        assert lab.mode_of(str(records[0]["nodeid"])) == "pxxv48_4k"
+
         states[1].facts = {"kvm": {"ttrem": None, "arm64_mode": "nvhe"}}
-        problems = lab.lab_checks([*records[:4], {"host": "lab-b", "outcome": "skipped"}], states)
+        problems = lab.lab_checks([*records[:8], *records[8:11]], states)
         assert any("lab-b: no TTRem" in p for p in problems)
         assert any("KVM mode nvhe" in p for p in problems)
-        assert any("lab-b: no test passed" in p for p in problems)
         assert any("different numbers of tests" in p for p in problems)
-        assert any("results name hosts" in p for p in lab.lab_checks(records[:4], states))
+        assert any("results name hosts" in p for p in lab.lab_checks(records[:8], states))
+
+        states[1].facts = states[0].facts
+        bad = self.lab_records({"vm": ("pxxv48_4k", "p48v48_4k"), "lab-a": ("p48v48_4k",), "lab-b": ("p48v48_4k",)})
+        for r in bad:
+            if r["host"] == "lab-b":
+                r["host_facts"] = {"page_size": "4K", "ttrem": "2"}
+        problems = lab.lab_checks(bad, states)
+        assert any("vm: " in p and "p48v48_4k] passed, but p48v48_4k is not a guest mode of that architecture" in p
+                   for p in problems)
+        assert any("lab-b: results say page size 4K, expected 16K" in p for p in problems)
+        assert any("the arm64 hosts ran the same guest modes (['p48v48_4k'])" in p for p in problems)
+        nothing = self.lab_records({"vm": ("pxxv48_4k",), "lab-a": (), "lab-b": ("p48v48_4k",)})
+        assert {"lab-a: no test passed", "lab-a: no arm64 guest mode passed"} <= set(lab.lab_checks(nothing, states))
 
     def test_outcome_counts(self) -> None:
         counts = lab.outcome_counts([{"host": "a", "outcome": "passed"}, {"host": "a", "outcome": "passed"},

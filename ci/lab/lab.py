@@ -16,8 +16,8 @@ r"""The kvmmm lab: emulated arm64 KVM hosts (QEMU TCG) driven with this host fro
                              # cannot be had (no QEMU, no Debian arm64 packages, no network)
     ci/lab/lab.py status
 
-Run it with the Python that has pytest-kvmmm installed (``.venv/bin/python``), from anywhere;
-pytest runs in the repository root. How it works: the modules in ``ci/lab/kvmmm_lab/``.
+``ci/lab.sh CMD`` sets up (``ci/setup.sh``) and runs this with ``.venv/bin/python``; run directly,
+use a Python that has pytest-kvmmm installed. pytest runs in the repository root. How it works: the modules in ``ci/lab/kvmmm_lab/``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -263,8 +264,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # --- ci: the CI stage -------------------------------------------------------------------------
 
+#: A guest mode in a test id: ``test_kvm_page_table[anonymous-p48v48_16k]`` -> p48v48_16k.
+MODE_IN_ID = re.compile(r"[\[-](p(?:\d+|xx)v\d+_\d+k)[\]-]")
+X86_MODE = "pxxv48_4k"
+
+
+def mode_of(nodeid: str) -> str | None:
+    m = MODE_IN_ID.search(nodeid)
+    return m.group(1) if m else None
+
+
 def lab_checks(records: Sequence[dict[str, Any]], states: Sequence[qemu.HostState]) -> list[str]:
-    """What a lab run must show beyond pytest's own verdict; each problem as one line."""
+    """What a lab run must show beyond pytest's own verdict (issue 9), each problem as one line:
+    three hosts that ran the same tests; each arm64 host's facts from its own probe (TTRem read
+    from its vCPU, KVM in VHE mode, its page size); the arm64 modes run on the arm64 hosts and
+    are skipped on x86, the x86 mode the other way round; the 4K and 16K hosts run different
+    sets of guest modes."""
     problems = []
     hosts = {str(r.get("host")) for r in records}
     expected = {s.name for s in states}
@@ -274,14 +289,35 @@ def lab_checks(records: Sequence[dict[str, Any]], states: Sequence[qemu.HostStat
     totals = {sum(c.values()) for c in per_host.values()}
     if len(totals) > 1:
         problems.append(f"hosts ran different numbers of tests: {dict((h, sum(c.values())) for h, c in per_host.items())}")
+    passed_modes: dict[str, set[str]] = {}
+    for r in records:
+        mode = mode_of(str(r.get("nodeid", "")))
+        if mode is None:
+            continue
+        host = str(r.get("host"))
+        if r.get("outcome") == "passed":
+            passed_modes.setdefault(host, set()).add(mode)
+        arm_host = host in expected
+        if r.get("outcome") == "passed" and arm_host == (mode == X86_MODE):
+            problems.append(f"{host}: {r.get('nodeid')} passed, but {mode} is not a guest mode of that architecture")
     for s in states:
+        facts = next((r.get("host_facts") for r in reversed(records) if r.get("host") == s.name), None) or {}
         kvm = s.facts.get("kvm") or {}
-        if kvm.get("ttrem") is None:
-            problems.append(f"{s.name}: no TTRem level from the vCPU's ID_AA64MMFR2_EL1")
+        if kvm.get("ttrem") is None or facts.get("ttrem") in (None, "?"):
+            problems.append(f"{s.name}: no TTRem level from the vCPU's ID_AA64MMFR2_EL1 (facts {kvm.get('ttrem')}, results {facts.get('ttrem')})")
         if kvm.get("arm64_mode") != "vhe":
             problems.append(f"{s.name}: KVM mode {kvm.get('arm64_mode')}, expected vhe")
+        page = f"{recipe.FLAVOURS[s.flavour].page_kib}K" if s.flavour in recipe.FLAVOURS else None
+        if page is not None and facts.get("page_size") != page:
+            problems.append(f"{s.name}: results say page size {facts.get('page_size')}, expected {page}")
         if not per_host.get(s.name, Counter()).get("passed"):
             problems.append(f"{s.name}: no test passed")
+        if not passed_modes.get(s.name):
+            problems.append(f"{s.name}: no arm64 guest mode passed")
+    arm_sets = {frozenset(passed_modes.get(s.name, ())) for s in states}
+    if len(states) > 1 and len(arm_sets) == 1:
+        problems.append(f"the arm64 hosts ran the same guest modes ({sorted(next(iter(arm_sets)))}); "
+                        "the 4K and 16K hosts should differ")
     return problems
 
 
