@@ -5,6 +5,4 @@
 # When QEMU or Debian's arm64 packages cannot be had, it says so and exits 0: the stage is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=.venv/bin/python
-[ -x "$PY" ] || PY=python3
-exec "$PY" ci/lab/lab.py ci "$@"
+exec bash ci/lab.sh ci "$@"
