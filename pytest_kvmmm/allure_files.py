@@ -128,7 +128,7 @@ def categorize(status: str, message: str, categories: Sequence[Category] = CATEG
 #: The facts per host, in the order they are written.
 ENV_KEYS = (
     "kernel", "arch", "page_size", "cpus", "memory", "kvm", "tdp", "tdp_mmu", "guest_1g_pages", "maxphyaddr",
-    "ttrem", "arm64_mode", "ipa_size", "s2_granules", "guest_granules", "fwb", "hafdbs", "idc_dic", "thp", "page_idle", "mglru", "hugetlb_free_nr", "hugetlb_default", "selftests", "facts_from",
+    "ttrem", "arm64_mode", "ipa_size", "parange", "s2_granules", "guest_granules", "fwb", "hafdbs", "idc_dic", "thp", "page_idle", "mglru", "hugetlb_free_nr", "hugetlb_default", "selftests", "facts_from",
 )
 
 
@@ -184,6 +184,7 @@ def host_environment(host: HostFacts, selftests: str | None) -> dict[str, str]:
         env["ipa_size"] = "?" if k.ipa_size is None else f"{k.ipa_size} bits"
     if k.arm64 is not None:
         a = k.arm64
+        env["parange"] = "?" if a.parange_bits is None else f"{a.parange_bits} bits"
         env["s2_granules"] = _granules(a.s2_granules)
         env["guest_granules"] = _granules(a.granules)
         env["fwb"] = _yn(a.fwb)

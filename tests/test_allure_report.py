@@ -260,8 +260,8 @@ def test_host_environment_x86_and_arm64(tmp_path: Path) -> None:
                                     extra={"/dev/kmsg": "6,1,1,-;kvm [1]: VHE mode initialized successfully\n"}))
     env = host_environment(arm, None)
     assert env["ttrem"] == "2" and "tdp_mmu" not in env and "selftests" not in env
-    assert {k: env[k] for k in ("arm64_mode", "ipa_size", "fwb", "idc_dic")} == {
-        "arm64_mode": "vhe", "ipa_size": "48 bits", "fwb": "yes", "idc_dic": "yes/no"}
+    assert {k: env[k] for k in ("arm64_mode", "ipa_size", "parange", "fwb", "idc_dic")} == {
+        "arm64_mode": "vhe", "ipa_size": "48 bits", "parange": "48 bits", "fwb": "yes", "idc_dic": "yes/no"}
     assert env["s2_granules"] and env["guest_granules"] and env["hafdbs"].isdigit()
     assert list(env) == [k for k in ENV_KEYS if k in env]  # written in ENV_KEYS order
 

@@ -130,7 +130,7 @@ def test_two_gateways_two_hosts(pytester: pytest.Pytester, tmp_path: Path, slow_
     res.stdout.fnmatch_lines([f"*= kvm selftests on {', '.join(sorted(by_host))} =*"])
     # each host's own facts, from its own worker: the controller only probed the live host
     res.stdout.fnmatch_lines(["lab-arm64: arch aarch64, kernel 6.12.0-test, page_size 4K, kvm arm64, ttrem 2, "
-                              "arm64_mode ?, ipa_size 48 bits, s2_granules 4k,16k,64k, *"])
+                              "arm64_mode ?, ipa_size 48 bits, parange * bits, s2_granules 4k,16k,64k, *"])
     res.stdout.fnmatch_lines([f"{live}: arch x86_64, *"])
     assert all(r["host_facts"]["arch"] == ("aarch64" if r["host"] == "lab-arm64" else "x86_64") for r in recs)
     res.stdout.fnmatch_lines(["*lab-arm64: *test_kvm_page_table*"])
