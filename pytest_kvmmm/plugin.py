@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from . import allure_report, cases, options
+from . import allure_report, cases, options, testids
 from .baseline.plugin import BaselinePlugin
 from .baseline.plugin import add_options as add_baseline_options
 from .coordination import HostCoordinator
@@ -107,6 +107,7 @@ class KvmmmPlugin:
         self.is_worker = hasattr(config, "workerinput")
         self._label: str | None = None
         self.records: list[dict[str, Any]] = []
+        self._collections: dict[str, list[str]] = {}
         self._host: HostFacts | None = None
         self._allure_env: dict[str, str] | None = None
         self.engine = SelftestEngine(
@@ -165,6 +166,17 @@ class KvmmmPlugin:
         spec = node.gateway.spec
         if spec.popen and not spec.via and SNAPSHOT_ENV not in (spec.env or {}):
             node.workerinput[WORKERINPUT_HOST] = {"source": self.settings.host_source, "facts": self.host().to_json()}
+
+    @pytest.hookimpl(optionalhook=True)  # xdist's hook, on the controller
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """``--dist each`` runs whatever each worker collected without comparing: stop the run
+        (after what was already sent) when a host collected other tests than the rest."""
+        spec = str(getattr(node.gateway.spec, "_spec", node.gateway.spec)).replace("execmodel=main_thread_only//", "")
+        self._collections[f"{node.gateway.id} ({spec})"] = list(ids)
+        problem = testids.collection_problem(self._collections)
+        dsession = self.config.pluginmanager.getplugin("dsession")
+        if problem and dsession is not None and not getattr(dsession, "shouldstop", True):
+            dsession.shouldstop = problem
 
     def _coordinator(self) -> HostCoordinator | None:
         """Under xdist, the run's shared state on this host (hugetlb ledger, perf lock)."""
@@ -269,7 +281,7 @@ class KvmmmPlugin:
         deciding = report.when == "call" or (report.when == "setup" and not report.passed)
         if results and deciding:
             record = {
-                "nodeid": item.nodeid,
+                "nodeid": testids.stable_nodeid(item.path, item.nodeid),
                 "host": self.host_label,
                 "outcome": report.outcome,
                 **results[-1].record(),
