@@ -7,14 +7,17 @@ that whatever the binary printed until then is kept, even on a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import functools
 import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,14 +142,33 @@ def _load_prctl() -> Any:
 _PRCTL = _load_prctl()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the process that started it dies.
+def _die_with_parent(mask: set[int | signal.Signals] | None = None) -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies, and give it
+    back the signal mask the parent had (``run`` blocks SIGINT around the start).
 
     The selftest runs in its own session, so a SIGKILLed pytest (or xdist worker) would
     otherwise leave it running as an orphan, holding guest memory and hugetlb pages.
     """
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[set[int | signal.Signals] | None]:
+    """Hold a Ctrl-C back while the child is being started: raised inside ``Popen``, it would
+    leave a started selftest without a ``proc`` to kill. Yields the mask to restore (None off
+    the main thread, where Python never raises KeyboardInterrupt); the caller restores it once
+    it can kill the child, and the pending SIGINT is raised there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield old
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def pid_alive(pid: int) -> bool:
@@ -190,25 +212,33 @@ def run(
     argv = tuple(str(a) for a in argv)
     started_at = time.time()
     t0 = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=None if env is None else dict(env),
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if exc.errno == errno.ENOEXEC:
-            reason = "not an executable this machine can run (wrong architecture or a broken file)"
-        return ProcessResult(
-            argv, None, "", "", time.monotonic() - t0, start_error=f"cannot start {argv[0]}: {reason}",
-            started_at=started_at,
-        )
+    with _sigint_deferred() as mask:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=None if env is None else dict(env),
+                start_new_session=True,
+                preexec_fn=functools.partial(_die_with_parent, mask),
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.ENOEXEC:
+                reason = "not an executable this machine can run (wrong architecture or a broken file)"
+            return ProcessResult(
+                argv, None, "", "", time.monotonic() - t0, start_error=f"cannot start {argv[0]}: {reason}",
+                started_at=started_at,
+            )
+        try:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C held back is raised here
+        except BaseException:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
 
     assert proc.stdout is not None and proc.stderr is not None
     out, err = _Capture(output_limit), _Capture(output_limit)

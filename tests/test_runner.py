@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from fakes import make_fake
 from pytest_kvmmm import runner
@@ -103,3 +107,27 @@ def test_closed_stdio_does_not_end_the_wait_early(tmp_path: Path) -> None:
     script.chmod(0o755)
     res = runner.run([str(script)], timeout=10)
     assert res.returncode == 3 and not res.timed_out
+
+
+def test_the_selftest_gets_a_clean_signal_mask(tmp_path: Path) -> None:
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    res = runner.run(["grep", "SigBlk", "/proc/self/status"], timeout=10)
+    assert res.returncode == 0 and res.stdout.split() == ["SigBlk:", "0000000000000000"]
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
+
+
+def test_ctrl_c_while_the_selftest_starts_kills_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_ctrl_c(*args: Any, **kw: Any) -> subprocess.Popen[bytes]:
+        proc = real_popen(*args, **kw)
+        started.append(proc)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before run() holds the process
+        return proc
+
+    monkeypatch.setattr(runner.subprocess, "Popen", popen_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(["sleep", "600"], timeout=30)
+    assert started and started[0].returncode is not None, "the started selftest must be killed and reaped"
+    assert started[0].returncode == -signal.SIGKILL
