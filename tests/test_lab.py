@@ -466,6 +466,25 @@ class TestWrapper:
         assert lab.main(["ci"]) == 0
         assert "SKIPPED: the arm64 lab cannot be built here: qemu-system-aarch64 missing" in capsys.readouterr().err
 
+    def test_a_machine_too_small_for_the_hosts(self) -> None:
+        gib = 1 << 30
+        assert lab.memory_shortfall(2, "3G", 24 * gib) is None
+        assert lab.memory_shortfall(2, "3G", None) is None  # cannot tell: try
+        assert lab.memory_shortfall(2, "3G", 5 * gib) == (
+            "2 lab hosts of 3G need 7.0 GiB of free memory, this machine has 5.0 GiB available "
+            "(fewer hosts: --flavours 4k; smaller: --mem 2G)")
+
+    def test_ci_stage_is_skipped_when_the_hosts_cannot_run(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        def too_small(args: object) -> None:
+            raise image.LabUnavailable("2 lab hosts of 3G need 7.0 GiB of free memory")
+
+        monkeypatch.setattr(lab, "cmd_build", lambda args: 0)
+        monkeypatch.setattr(lab, "run_lab", too_small)
+        assert lab.main(["ci"]) == 0
+        assert "SKIPPED: the arm64 lab cannot run here: 2 lab hosts of 3G need" in capsys.readouterr().err
+
     def test_a_failed_download_means_no_lab(self) -> None:
         with pytest.raises(image.LabUnavailable, match="pip download failed"):
             image.checked([sys.executable, "-c", "raise SystemExit('no network')"], "pip download", image.LabUnavailable)
