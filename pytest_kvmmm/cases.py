@@ -16,7 +16,7 @@ import pytest
 from .backing import BACKING_SOURCES
 from .catalogue import Entry, Run, Variant, backing_needs
 from .discovery import Found
-from .guest_modes import DEFAULT_MODE, resolve_mode
+from .guest_modes import DEFAULT_MODE, arch_mismatch, resolve_mode
 from .host.model import HostFacts
 from .scale import Scale, fit
 
@@ -93,6 +93,9 @@ def run_case(case: Case, runner: object, host: HostFacts, scale: Scale) -> None:
         runner.skip(entry.name, sizing.unfit)
     mode_args: tuple[str, ...] = ()
     if case.mode != DEFAULT_MODE:
+        wrong_arch = arch_mismatch(case.mode, host.machine)
+        if wrong_arch:
+            runner.skip(entry.name, wrong_arch)
         found = runner.resolve(entry.name)
         if isinstance(found, Found):
             resolution = resolve_mode(found.path, case.mode)

@@ -256,6 +256,19 @@ def _label(name: str) -> str:
     return f"{name} ({mode.description})" if mode else name
 
 
+def arch_mismatch(name: str, machine: str | None) -> str | None:
+    """Why ``name`` cannot run on a ``machine`` host (another architecture's mode), or None.
+    Clearer than what the build's ``-h`` says (every build lists every arch's modes), and
+    decided without running it."""
+    mode = BY_NAME.get(name)
+    if mode is None or not machine:
+        return None
+    arch = normalize_arch(machine)
+    if arch in mode.arches:
+        return None
+    return f"guest mode {_label(name)} is for {' or '.join(mode.arches)} hosts, this host is {arch}"
+
+
 def resolve_mode(binary: Path, name: str, timeout: float = HELP_TIMEOUT_S) -> ModeResolution:
     """Map ``name`` to this build's id and support flag. ``default`` never runs ``-h``."""
     if name == DEFAULT_MODE:

@@ -23,6 +23,7 @@ from pytest_kvmmm.guest_modes import (
     DEFAULT_MODE,
     GUEST_MODES,
     ModeUnavailable,
+    arch_mismatch,
     mode_args,
     modes_for_arch,
     parse_mode_help,
@@ -307,3 +308,12 @@ def test_selection_errors_list_valid_names(value: str, message: str) -> None:
         parse_mode_selection(value)
     if "arch" not in message:
         assert "p40v48_4k, p40v48_16k" in str(info.value) and "arch:<x86_64|aarch64" in str(info.value)
+
+
+def test_another_archs_mode_is_named_as_such() -> None:
+    assert arch_mismatch("p52v48_4k", "x86_64") == (
+        "guest mode p52v48_4k (PA-bits:52, VA-bits:48, 4K pages) is for aarch64 or riscv64 hosts, this host is x86_64")
+    assert arch_mismatch("pxxv48_4k", "arm64") == (
+        "guest mode pxxv48_4k (PA-bits:ANY, VA-bits:48, 4K pages) is for x86_64 hosts, this host is aarch64")
+    assert arch_mismatch("p52v48_4k", "aarch64") is None
+    assert arch_mismatch("p52v48_4k", None) is None  # unknown host arch: the build's -h decides

@@ -384,14 +384,25 @@ def test_guest_modes_resolve_through_the_binarys_own_help(pytester: pytest.Pytes
         f"os.execv({str(d / 'real_pt')!r}, [{str(d / 'real_pt')!r}, *sys.argv[1:]])\n"
     )
     script.chmod(0o755)
+    x86 = make_host_root(tmp_path / "x86")
     res = pytester.runpytest(
         *PAGE_TABLE, "--kvm-selftests", str(d), "--kvm-guest-modes", "pxxv48_4k,p52v48_4k",
-        "--kvm-backing-srcs", "anonymous", "--kvm-results", "r.jsonl",
+        "--kvm-backing-srcs", "anonymous", "--kvm-results", "r.jsonl", f"--kvm-host-snapshot={x86}",
     )
     res.assert_outcomes(passed=1, skipped=1)
     recs = records(pytester.path / "r.jsonl")
     assert recs["test_kvm_page_table[anonymous-pxxv48_4k]"]["argv"][-2:] == ["-m", "9"]
     skip = recs["test_kvm_page_table[anonymous-p52v48_4k]"]
+    # another arch's mode skips without asking the binary
+    assert skip["status"] == "skipped" and skip["reason"] == (
+        "guest mode p52v48_4k (PA-bits:52, VA-bits:48, 4K pages) is for aarch64 or riscv64 hosts, this host is x86_64")
+    # on an arm64 host the same build's -h decides: the x86 table marks p52v48_4k unsupported
+    arm = make_host_root(tmp_path / "arm", machine="aarch64", kvm="arm64_ttrem2", kvm_modules={})
+    res = pytester.runpytest(
+        *PAGE_TABLE, "--kvm-selftests", str(d), "--kvm-guest-modes", "p52v48_4k",
+        "--kvm-backing-srcs", "anonymous", "--kvm-results", "r2.jsonl", f"--kvm-host-snapshot={arm}",
+    )
+    skip = records(pytester.path / "r2.jsonl")["test_kvm_page_table[anonymous-p52v48_4k]"]
     assert skip["status"] == "skipped" and "guest mode p52v48_4k" in skip["reason"]
     assert "without '(supported)'" in skip["reason"]
 
