@@ -56,7 +56,8 @@ def collection_problem(collections: Mapping[str, Sequence[str]]) -> str | None:
             return (
                 f"gateway {empty} collected no tests, {full} collected {n}: a remote gateway runs in its "
                 "own directory (~/pyexecnetcache), where this rootdir's testpaths do not apply. Name the "
-                "suite for every host: `--pyargs pytest_kvmmm.suite` (or a path each host has)"
+                "suite for every host: `--pyargs pytest_kvmmm.suite` (or a path each host has). Or its "
+                "collection failed: see the errors above"
             )
         missing, extra = sorted(want - got), sorted(got - want)
         detail = "; ".join(
