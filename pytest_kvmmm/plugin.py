@@ -109,7 +109,7 @@ class KvmmmPlugin:
         self.records: list[dict[str, Any]] = []
         self._collections: dict[str, list[str]] = {}
         self._host: HostFacts | None = None
-        self._allure_env: dict[str, str] | None = None
+        self._host_facts: dict[str, str] | None = None
         self.engine = SelftestEngine(
             roots=lambda: search_roots(
                 settings.explicit_root, default_cache_root(), platform.release(), platform.machine()
@@ -288,7 +288,7 @@ class KvmmmPlugin:
             }
             # The facts of the host that ran it: the controller describes hosts it never probed
             # (xdist workers on lab hosts) in the terminal, --kvm-results and Allure.
-            record[allure_report.RECORD_FACTS] = self.allure_environment()
+            record[allure_report.RECORD_FACTS] = self.host_facts()
             if allure_report.enabled(self.config):
                 # annotate while allure-pytest still holds the result open
                 allure_report.annotate_test(item, results, scale=self.settings.scale, host=self.host_label)
@@ -324,12 +324,13 @@ class KvmmmPlugin:
         if self.writer is not None:
             terminalreporter.write_line(f"results: {os.fspath(self.writer.path)}")
 
-    def allure_environment(self) -> dict[str, str]:
-        """This host's facts for Allure's environment.properties, computed once per process."""
-        if self._allure_env is None:
+    def host_facts(self) -> dict[str, str]:
+        """This host's facts as strings, computed once per process: in every record, the terminal's
+        per-host lines and Allure's environment.properties."""
+        if self._host_facts is None:
             build = allure_report.selftests_build(self.engine.search_roots())
-            self._allure_env = allure_report.host_environment(self.host(), build)
-        return self._allure_env
+            self._host_facts = allure_report.host_environment(self.host(), build)
+        return self._host_facts
 
     @pytest.hookimpl(tryfirst=True)  # tryfirst: the host is restored before anything else can fail
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -343,7 +344,7 @@ class KvmmmPlugin:
         target = allure_report.alluredir(self.config)
         if self.is_worker or target is None or self.config.option.collectonly:
             return
-        hosts = allure_report.hosts_from_records(self.records) or {self.host_label: self.allure_environment()}
+        hosts = allure_report.hosts_from_records(self.records) or {self.host_label: self.host_facts()}
         allure_report.write_session_files(target, hosts)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
