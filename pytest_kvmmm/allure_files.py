@@ -26,6 +26,7 @@ from typing import Any
 from .backing import format_size
 from .discovery import SearchRoot
 from .host.model import HostFacts
+from .host.report import memory_text, pools_text, yes_no
 
 #: Record field (``report.user_properties`` "kvm_selftest") with ``host_environment()``, so the
 #: controller can describe hosts it never probed (xdist workers on lab hosts).
@@ -132,16 +133,8 @@ ENV_KEYS = (
 )
 
 
-def _yn(value: bool | None) -> str:
-    return "?" if value is None else "yes" if value else "no"
-
-
 def _granules(names: Sequence[str] | None) -> str:
     return "?" if names is None else ",".join(names) or "none"
-
-
-def _pools(host: HostFacts) -> str:
-    return " ".join(f"{format_size(p.size_kb * 1024)}:{p.free}/{p.nr}" for p in host.hugetlb) or "none"
 
 
 def selftests_build(roots: Sequence[SearchRoot]) -> str | None:
@@ -163,20 +156,20 @@ def host_environment(host: HostFacts, selftests: str | None) -> dict[str, str]:
         "arch": host.machine or "?",
         "page_size": format_size(host.page_size) if host.page_size else "?",
         "cpus": str(host.cpus_online or "?"),
-        "memory": f"{(host.mem_total or 0) // 2**20} MiB total, {(host.mem_available or 0) // 2**20} MiB available",
+        "memory": memory_text(host),
         "kvm": kvm,
         "thp": host.thp.enabled or "?",
-        "page_idle": _yn(host.page_idle),
-        "mglru": _yn(host.mglru.usable_for_aging),
-        "hugetlb_free_nr": _pools(host),
+        "page_idle": yes_no(host.page_idle),
+        "mglru": yes_no(host.mglru.usable_for_aging),
+        "hugetlb_free_nr": pools_text(host.hugetlb),
         "hugetlb_default": format_size(host.hugetlb_default_kb * 1024) if host.hugetlb_default_kb else "?",
         "facts_from": host.source,
     }
     if k.x86 is not None or host.machine == "x86_64":
-        env["tdp"] = _yn(k.tdp)
-        env["tdp_mmu"] = _yn(k.tdp_mmu)
+        env["tdp"] = yes_no(k.tdp)
+        env["tdp_mmu"] = yes_no(k.tdp_mmu)
         if k.x86 is not None:
-            env["guest_1g_pages"] = _yn(k.x86.gbpages)
+            env["guest_1g_pages"] = yes_no(k.x86.gbpages)
             env["maxphyaddr"] = str(k.x86.maxphyaddr or "?")
     if k.arm64 is not None or host.machine == "aarch64":
         env["ttrem"] = "?" if k.ttrem is None else str(k.ttrem)
@@ -187,9 +180,9 @@ def host_environment(host: HostFacts, selftests: str | None) -> dict[str, str]:
         env["parange"] = "?" if a.parange_bits is None else f"{a.parange_bits} bits"
         env["s2_granules"] = _granules(a.s2_granules)
         env["guest_granules"] = _granules(a.granules)
-        env["fwb"] = _yn(a.fwb)
+        env["fwb"] = yes_no(a.fwb)
         env["hafdbs"] = "?" if a.hafdbs is None else str(a.hafdbs)
-        env["idc_dic"] = f"{_yn(a.idc)}/{_yn(a.dic)}"
+        env["idc_dic"] = f"{yes_no(a.idc)}/{yes_no(a.dic)}"
     if selftests:
         env["selftests"] = selftests
     return {key: env[key] for key in ENV_KEYS if key in env}

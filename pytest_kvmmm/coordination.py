@@ -44,24 +44,29 @@ class HostCoordinator:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self._ledger = run_dir / "hugetlb.json"
+        self._budget_file = run_dir / "hugetlb-budget.json"
         self._holding = False
         self._lock = FileLock(str(run_dir / "hugetlb.lock"))
         with self._lock:
-            budget_file = run_dir / "hugetlb-budget.json"
-            if not budget_file.exists():  # the first worker of the run fixes the budget
-                budget_file.write_text(json.dumps({str(k): v for k, v in budget.items()}))
-            self.budget = {int(k): int(v) for k, v in json.loads(budget_file.read_text()).items()}
+            if not self._budget_file.exists():  # the first worker of the run fixes the budget
+                self._write_budget(budget)
+            self.budget = self._read_budget()
 
     def _read_budget(self) -> dict[int, int]:
-        data = json.loads((self.run_dir / "hugetlb-budget.json").read_text())
+        """The run's budget (size kB -> usable pages); call it under ``self._lock``."""
+        data = json.loads(self._budget_file.read_text())
         return {int(k): int(v) for k, v in data.items()}
+
+    def _write_budget(self, budget: Mapping[int, int]) -> None:
+        """Replace the run's budget; call it under ``self._lock``."""
+        self._budget_file.write_text(json.dumps({str(k): v for k, v in budget.items()}))
 
     def add_budget(self, size_kb: int, pages: int) -> None:
         """The pool grew by ``pages`` (--kvm-allow-host-changes): every worker may use them."""
         with self._lock:
             budget = self._read_budget()
             budget[size_kb] = budget.get(size_kb, 0) + pages
-            (self.run_dir / "hugetlb-budget.json").write_text(json.dumps({str(k): v for k, v in budget.items()}))
+            self._write_budget(budget)
             self.budget = budget
 
     def _grants(self) -> list[dict[str, Any]]:

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
+from .host.mm import THP
+from .host.sysfs import rooted, selected_word
 from .runner import pid_alive
 
-THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+THP_ENABLED = f"{THP}/enabled"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class HostChanges:
         self.changes: list[Change] = []
 
     def _file(self, path: str) -> Path:
-        return self.root / path.lstrip("/")
+        return rooted(self.root, path)
 
     def _write_journal(self, changes: list[Change], journal: Path | None = None) -> None:
         journal = journal or self.journal
@@ -86,8 +87,7 @@ class HostChanges:
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
             text = self._file(THP_ENABLED).read_text()
-            m = re.search(r"\[(\w+)\]", text)
-            old = m.group(1) if m else ""
+            old = selected_word(text) or ""
             if old == value:
                 return None
             change = Change("thp", THP_ENABLED, old=old, new=value)

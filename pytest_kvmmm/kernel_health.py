@@ -1,9 +1,10 @@
 """Kernel health around each selftest: the kernel log lines written during the run, and new taints.
 
 A selftest can pass while the kernel complains (a WARN in the MMU, an RCU stall, a KVM
-internal error); those complaints are the bugs a KVM developer is hunting. For each run
-the watch reads ``/dev/kmsg`` without blocking from where it stood before the run (by
-sequence number), and ``/proc/sys/kernel/tainted`` before and after.
+internal error); those complaints are the bugs a KVM developer is hunting. The watch keeps
+``/dev/kmsg`` open: before each run it reads, without blocking, and drops whatever the
+kernel logged so far, after the run it reads the records written since; and it reads
+``/proc/sys/kernel/tainted`` before and after.
 
 ``classify_lines`` is pure: lines in, complaints out. ``KernelWatch`` does the I/O and turns
 itself off, with one reason, when the log cannot be read (non-root with dmesg_restrict).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,24 @@ def parse_kmsg_record(record: str) -> KernelLine | None:
     return KernelLine(seq, prio & 7, text)
 
 
+def read_kmsg_records(fd: int) -> Iterator[str]:
+    """The records of ``/dev/kmsg`` from ``fd``'s position on, one per read, without blocking
+    (``fd`` is opened ``O_NONBLOCK``). Stops when no record is left (EAGAIN), at EOF and on
+    any other error; skips records the kernel overwrote before they were read (EPIPE)."""
+    while True:
+        try:
+            data = os.read(fd, 8192)
+        except BlockingIOError:
+            return
+        except BrokenPipeError:  # EPIPE: records were overwritten before we read them
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        yield data.decode("utf-8", "replace")
+
+
 def classify_lines(lines: Sequence[KernelLine], noise: Sequence[re.Pattern[str]] = ()) -> Health:
     complaints = []
     ignored = []
@@ -127,22 +146,9 @@ class KernelWatch:
             return 0
 
     def _drain(self) -> list[KernelLine]:
-        lines: list[KernelLine] = []
         assert self._fd is not None
-        while True:
-            try:
-                data = os.read(self._fd, 8192)
-            except BlockingIOError:
-                return lines
-            except BrokenPipeError:  # EPIPE: records were overwritten before we read them
-                continue
-            except OSError:
-                return lines
-            if not data:
-                return lines
-            line = parse_kmsg_record(data.decode("utf-8", "replace"))
-            if line is not None:
-                lines.append(line)
+        parsed = (parse_kmsg_record(record) for record in read_kmsg_records(self._fd))
+        return [line for line in parsed if line is not None]
 
     def start(self) -> int:
         """Before a run: skip what the kernel logged so far; return the taint mask."""

@@ -52,7 +52,6 @@ def unavailable(setting: ParamSetting, params: dict[str, object]) -> str | None:
     if param is None:
         return f"this host has no KVM parameter {setting.name} (module not loaded, or another KVM flavour)"
     if not getattr(param, "writable", False):
-        module, _, short = setting.name.partition(".")
         return (
             f"{setting.name} is read-only here ({setting.path} has no write permission): "
             f"cases under {setting.id} need a writable parameter, or a boot with {setting.name}={setting.value}"

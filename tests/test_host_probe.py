@@ -12,6 +12,7 @@ import pytest
 from fakes import make_host_root
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.host.cpu import parse_cpuinfo
+from pytest_kvmmm.host.probe import with_fresh_pools
 from pytest_kvmmm.host.report import summary_line, text_report
 from pytest_kvmmm.host.snapshot import capture, open_snapshot
 
@@ -143,6 +144,25 @@ def test_missing_and_malformed_files_become_unknown_with_reasons(tmp_path: Path)
     assert not h.kvm.available and "has no kvmmm-snapshot.json" in (h.kvm.unavailable_reason or "")
 
 
+@pytest.mark.parametrize("text", ["garbage", "0-x", "3-1", "0-1-2"])
+def test_malformed_cpu_and_node_lists_become_unknown(tmp_path: Path, text: str) -> None:
+    root = make_host_root(tmp_path)
+    (root / "sys/devices/system/cpu/online").write_text(text + "\n")
+    (root / "sys/devices/system/node/online").write_text(text + "\n")
+    h = probe_host(root)  # must not raise
+    assert h.cpus_online is None and repr(text) in h.unknown["cpus_online"]
+    assert h.numa_nodes == () and h.hugetlb_nodes == () and repr(text) in h.unknown["numa_nodes"]
+    assert h.hugetlb_pool(2048) is not None  # the rest of the facts are still read
+    assert text_report(h)
+
+
+def test_cpu_and_node_lists_are_parsed(tmp_path: Path) -> None:
+    root = make_host_root(tmp_path, cpus="0-3,8,10-11")
+    (root / "sys/devices/system/node/online").write_text("0,2-3\n")
+    h = probe_host(root)
+    assert h.cpus_online == 7 and h.numa_nodes == (0, 2, 3) and "cpus_online" not in h.unknown
+
+
 def test_empty_root_never_raises(tmp_path: Path) -> None:
     h = probe_host(tmp_path)
     assert h.machine is None and h.hugetlb == () and h.thp.enabled is None and not h.kvm.available
@@ -221,3 +241,20 @@ def test_snapshot_cli_unwritable_target_is_one_clear_line(capsys: pytest.Capture
     assert main(["/proc/kvmmm-cannot-write-here"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("kvmmm-snapshot: cannot write /proc/kvmmm-cannot-write-here:") and "Traceback" not in err
+
+
+def test_fresh_pools_reread_only_the_pools(tmp_path: Path) -> None:
+    root = make_host_root(tmp_path, pools={2048: {"nr": 64, "free": 64}})
+    before = probe_host(root)
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("10\n")
+    (root / "proc/sys/kernel/hostname").write_text("renamed\n")  # not a pool: not read again
+    after = with_fresh_pools(before, root)
+    pool = after.hugetlb_pool(2048)
+    assert pool is not None and pool.free == 10 and pool.nr == 64
+    assert after.hostname == before.hostname and after.kvm is before.kvm
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("lots\n")
+    broken = with_fresh_pools(after, root)
+    assert broken.hugetlb_pool(2048) is None and "found 'lots'" in broken.unknown["hugetlb.hugepages-2048kB"]
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("12\n")
+    mended = with_fresh_pools(broken, root)  # a reason from an earlier read does not linger
+    assert "hugetlb.hugepages-2048kB" not in mended.unknown and mended.hugetlb_pool(2048).free == 12  # type: ignore[union-attr]

@@ -14,6 +14,7 @@ from pytest_kvmmm.kernel_health import (
     KernelWatch,
     classify_lines,
     parse_kmsg_record,
+    read_kmsg_records,
     taint_flags,
 )
 
@@ -57,6 +58,29 @@ def test_plain_lines_and_known_noise_do_not_complain() -> None:
         noise=[re.compile(r"INTERNAL_ERROR in batch emul: rip=0xfff0")],
     )
     assert not health.bad and health.noise == (PVM_LINE,)
+
+
+def test_kmsg_reader_skips_overwritten_records_and_stops_on_eagain_eof_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    def reads(*results: bytes | OSError) -> list[str]:
+        pending = list(results)
+
+        def read(fd: int, n: int) -> bytes:
+            assert pending, "read past the end: the reader did not stop"
+            result = pending.pop(0)
+            if isinstance(result, OSError):
+                raise result
+            return result
+
+        monkeypatch.setattr(os, "read", read)
+        got = list(read_kmsg_records(99))
+        assert not pending, "the reader stopped too early"
+        return got
+
+    rec = f"4,7,100,-;{PVM_LINE}\n".encode()
+    assert reads(rec, BrokenPipeError(), rec, BlockingIOError()) == [rec.decode(), rec.decode()]
+    assert reads(rec, b"") == [rec.decode()]
+    assert reads(rec, OSError(5, "Input/output error")) == [rec.decode()]
+    assert reads(b"\xff;x", BlockingIOError()) == ["\ufffd;x"]
 
 
 def test_new_taint_is_reported_with_its_letters(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..kernel_health import read_kmsg_records
 from .kvmapi import KvmAnswers
 from .kvmdecode import Arm64KvmCpu, X86KvmCpu, decode_arm64_regs, decode_x86_cpuid
 from .sysfs import FactReader
@@ -109,23 +110,15 @@ def kernel_log(r: FactReader) -> str:
     """The kernel log: /dev/kmsg read without blocking (live), or the captured text (snapshot)."""
     if not r.live:
         return r.get("kernel_log", lambda: r.text("/dev/kmsg")) or ""
-    chunks = []
     try:
         fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         r.unknown["kernel_log"] = f"cannot read /dev/kmsg: {exc.strerror or exc}"
         return ""
     try:
-        while True:
-            try:
-                chunks.append(os.read(fd, 8192).decode("utf-8", "replace"))
-            except BlockingIOError:
-                break
-            except OSError:  # EPIPE: a record was overwritten while reading; go on
-                continue
+        return "".join(read_kmsg_records(fd))
     finally:
         os.close(fd)
-    return "".join(chunks)
 
 
 def arm64_mode(r: FactReader) -> str | None:
@@ -141,7 +134,7 @@ def arm64_mode(r: FactReader) -> str | None:
     return None
 
 
-def _flavour(machine: str | None, params: Mapping[str, ModuleParam], r: FactReader, available: bool) -> tuple[str | None, str | None]:
+def _flavour(machine: str | None, r: FactReader, available: bool) -> tuple[str | None, str | None]:
     mode = None
     if machine in ("aarch64", "arm64"):
         mode = arm64_mode(r)
@@ -163,7 +156,7 @@ def kvm_facts(r: FactReader, machine: str | None, answers: KvmAnswers) -> KvmFac
         r.unknown["kvm"] = answers.open_error or "unknown"
     for step, why in answers.errors.items():
         r.unknown[f"kvm.{step}"] = why
-    flavour, mode = _flavour(machine, params, r, available)
+    flavour, mode = _flavour(machine, r, available)
     return KvmFacts(
         available=available,
         unavailable_reason=answers.open_error,

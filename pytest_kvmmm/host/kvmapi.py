@@ -9,7 +9,7 @@ same route as ``aarch64_get_supported_page_sizes()`` in the selftests.
 The answers are kept raw (numbers, registers) in a JSON-serialisable :class:`KvmAnswers`, so a
 lab host's snapshot replays offline; :mod:`.kvmdecode` turns them into features. Request
 numbers and struct layouts: ``include/uapi/linux/kvm.h`` and
-``arch/arm64/include/uapi/asm/kvm.h`` (6.12), cross-checked against a C build (facts file §4).
+``arch/arm64/include/uapi/asm/kvm.h`` (6.12), cross-checked against a C build.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .sysfs import FactReader, Unreadable
+from .sysfs import FactReader, Unreadable, rw_open_error
 
 HUGEPAGES = "/sys/kernel/mm/hugepages"
 NODES = "/sys/devices/system/node"
@@ -15,6 +15,15 @@ THP = "/sys/kernel/mm/transparent_hugepage"
 PAGE_IDLE = "/sys/kernel/mm/page_idle/bitmap"
 LRU_GEN = "/sys/kernel/mm/lru_gen/enabled"
 _POOL_DIR = re.compile(r"hugepages-(\d+)kB")
+
+
+def _pools_dir(node: int | None) -> str:
+    """The directory of the hugetlb pools: the global ones (``node`` None) or one NUMA node's."""
+    return HUGEPAGES if node is None else f"{NODES}/node{node}/hugepages"
+
+
+def _pool_dir(size_kb: int, node: int | None) -> str:
+    return f"{_pools_dir(node)}/hugepages-{size_kb}kB"
 
 
 @dataclass(frozen=True)
@@ -32,18 +41,18 @@ class HugetlbPool:
     node: int | None = None
 
     @property
-    def size_bytes(self) -> int:
-        return self.size_kb * 1024
-
-    @property
     def usable(self) -> int:
         """Pages a new mapping can get: free minus reserved, plus what overcommit still allows."""
         return max(self.free - self.resv, 0) + max(self.overcommit - self.surplus, 0)
 
     @property
+    def dir(self) -> str:
+        """The pool's sysfs directory, as on the host (``/sys/kernel/mm/hugepages/hugepages-2048kB``)."""
+        return _pool_dir(self.size_kb, self.node)
+
+    @property
     def nr_path(self) -> str:
-        base = HUGEPAGES if self.node is None else f"{NODES}/node{self.node}/hugepages"
-        return f"{base}/hugepages-{self.size_kb}kB/nr_hugepages"
+        return f"{self.dir}/nr_hugepages"
 
 
 @dataclass(frozen=True)
@@ -73,13 +82,14 @@ class MglruFacts:
         return self.enabled_mask is not None and self.enabled_mask & 0x3 == 0x3
 
 
-def _pool(r: FactReader, base: str, name: str, node: int | None) -> HugetlbPool:
-    d = f"{base}/{name}"
+def _pool(r: FactReader, name: str, node: int | None) -> HugetlbPool:
     m = _POOL_DIR.fullmatch(name)
     assert m is not None
+    size_kb = int(m.group(1))
+    d = _pool_dir(size_kb, node)
     per_node = node is not None  # per-node pools have no resv/overcommit files
     return HugetlbPool(
-        size_kb=int(m.group(1)),
+        size_kb=size_kb,
         nr=r.int(f"{d}/nr_hugepages"),
         free=r.int(f"{d}/free_hugepages"),
         resv=0 if per_node else r.int(f"{d}/resv_hugepages"),
@@ -90,7 +100,8 @@ def _pool(r: FactReader, base: str, name: str, node: int | None) -> HugetlbPool:
     )
 
 
-def _pools_in(r: FactReader, base: str, node: int | None) -> list[HugetlbPool]:
+def _pools_in(r: FactReader, node: int | None) -> list[HugetlbPool]:
+    base = _pools_dir(node)
     try:
         names = [p.name for p in r.path(base).iterdir() if _POOL_DIR.fullmatch(p.name)]
     except OSError as exc:
@@ -101,18 +112,18 @@ def _pools_in(r: FactReader, base: str, node: int | None) -> list[HugetlbPool]:
     pools = []
     for name in names:
         fact = f"hugetlb.{name}" if node is None else f"hugetlb.node{node}.{name}"
-        pool = r.get(fact, lambda name=name: _pool(r, base, name, node))  # type: ignore[misc]
+        pool = r.get(fact, lambda name=name: _pool(r, name, node))  # type: ignore[misc]
         if pool is not None:
             pools.append(pool)
     return sorted(pools, key=lambda p: p.size_kb)
 
 
 def hugetlb_pools(r: FactReader) -> tuple[HugetlbPool, ...]:
-    return tuple(_pools_in(r, HUGEPAGES, None))
+    return tuple(_pools_in(r, None))
 
 
 def node_hugetlb_pools(r: FactReader, nodes: tuple[int, ...]) -> tuple[HugetlbPool, ...]:
-    return tuple(p for node in nodes for p in _pools_in(r, f"{NODES}/node{node}/hugepages", node))
+    return tuple(p for node in nodes for p in _pools_in(r, node))
 
 
 #: THP's PMD size -> the base page size: a PMD table holds page_size / 8 entries, each mapping
@@ -150,10 +161,9 @@ def page_idle(r: FactReader) -> bool:
         r.unknown["page_idle"] = f"{PAGE_IDLE} does not exist (kernel built without CONFIG_IDLE_PAGE_TRACKING)"
         return False
     if r.live:
-        try:
-            os.close(os.open(path, os.O_RDWR))
-        except OSError as exc:
-            r.unknown["page_idle"] = f"cannot open {PAGE_IDLE} read-write: {exc.strerror or exc}"
+        why = rw_open_error(path)
+        if why is not None:
+            r.unknown["page_idle"] = f"cannot open {PAGE_IDLE} read-write: {why}"
             return False
         return True
     if not r.writable(PAGE_IDLE):

@@ -61,10 +61,9 @@ class HostFacts:
         data: dict[str, Any] = plain(self)
         data["format"] = HOST_JSON_FORMAT
         data["kvm"].update(tdp_mmu=self.kvm.tdp_mmu, tdp=self.kvm.tdp, ttrem=self.kvm.ttrem, ipa_size=self.kvm.ipa_size)
-        data["page_idle"] = self.page_idle
         data["mglru"]["usable_for_aging"] = self.mglru.usable_for_aging
-        for pool in data["hugetlb"] + data["hugetlb_nodes"]:
-            pool["usable"] = max(pool["free"] - pool["resv"], 0) + max(pool["overcommit"] - pool["surplus"], 0)
+        for pool, out in zip((*self.hugetlb, *self.hugetlb_nodes), data["hugetlb"] + data["hugetlb_nodes"]):
+            out["usable"] = pool.usable
         return data
 
     @classmethod

@@ -18,12 +18,13 @@ import socket
 import tarfile
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .kvm import kernel_log
 from .kvmapi import KvmAnswers, probe_kvm
-from .sysfs import FactReader
+from .sysfs import FactReader, rw_open_error
 
 SNAPSHOT_META = "kvmmm-snapshot.json"
 SNAPSHOT_FORMAT = 1
@@ -69,7 +70,7 @@ def capture(dest: Path, source: Path = Path("/"), kvm: KvmAnswers | None = None)
             target = dest / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
-            usable = live.live and _opens_rw(live.path(path))
+            usable = live.live and rw_open_error(live.path(path)) is None
             target.chmod(0o644 if usable else 0o444)
     machine = (dest / "proc/sys/kernel/arch").read_text().strip() if (dest / "proc/sys/kernel/arch").exists() else None
     if machine in ("aarch64", "arm64") and live.live:
@@ -89,14 +90,6 @@ def capture(dest: Path, source: Path = Path("/"), kvm: KvmAnswers | None = None)
     return dest
 
 
-def _opens_rw(path: Path) -> bool:
-    try:
-        os.close(os.open(path, os.O_RDWR))
-        return True
-    except OSError:
-        return False
-
-
 def read_meta(root: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((root / SNAPSHOT_META).read_text())
@@ -105,9 +98,9 @@ def read_meta(root: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def load_kvm_answers(root: Path) -> KvmAnswers:
-    """The KVM answers stored in a snapshot; a snapshot without them reads as a host without KVM."""
-    meta = read_meta(root)
+def load_kvm_answers(root: Path, meta: Mapping[str, Any] | None) -> KvmAnswers:
+    """The KVM answers stored in the snapshot ``root``, from its already read ``meta``
+    (``read_meta(root)``); a snapshot without them reads as a host without KVM."""
     if meta is None or "kvm" not in meta:
         return KvmAnswers.from_json({"open_error": f"the snapshot {root} has no {SNAPSHOT_META} with KVM answers"})
     try:

@@ -36,13 +36,31 @@ def read_int(root: Path, path: str) -> int:
         raise Unreadable(f"{path}: expected a number, found {text[:40]!r}") from None
 
 
+def selected_word(text: str) -> str | None:
+    """The ``[selected]`` word of a THP-style setting's text, e.g. ``always [madvise] never`` -> madvise; None if none is."""
+    m = _BRACKETED.search(text)
+    return m.group(1) if m else None
+
+
 def read_selected(root: Path, path: str) -> str:
     """The ``[selected]`` word of a THP-style setting, e.g. ``always [madvise] never`` -> madvise."""
     text = read_text(root, path)
-    m = _BRACKETED.search(text)
-    if not m:
+    word = selected_word(text)
+    if word is None:
         raise Unreadable(f"{path}: no [selected] value in {text.strip()[:60]!r}")
-    return m.group(1)
+    return word
+
+
+def rw_open_error(path: Path) -> str | None:
+    """Why this process cannot open ``path`` read-write (the error's text), or None when it can.
+
+    Meaningful on the live host only: a snapshot keeps the answer in the owner-write bit.
+    """
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -58,15 +76,26 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-def parse_cpu_list(text: str) -> int:
-    """Number of CPUs in a list such as ``0-3,8,10-11``."""
-    count = 0
+def parse_id_list(text: str) -> tuple[int, ...]:
+    """The ids in a kernel list such as ``0-3,8,10-11`` (CPUs, NUMA nodes); Unreadable if malformed."""
+    ids: list[int] = []
     for part in text.strip().split(","):
         if not part:
             continue
         lo, _, hi = part.partition("-")
-        count += int(hi or lo) - int(lo) + 1
-    return count
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise Unreadable(f"expected a list such as 0-3,8, found {text.strip()[:40]!r}") from None
+        if last < first:
+            raise Unreadable(f"expected a list such as 0-3,8, found {text.strip()[:40]!r}")
+        ids.extend(range(first, last + 1))
+    return tuple(ids)
+
+
+def parse_cpu_list(text: str) -> int:
+    """Number of CPUs in a list such as ``0-3,8,10-11``; Unreadable if malformed."""
+    return len(parse_id_list(text))
 
 
 T = TypeVar("T")
