@@ -16,7 +16,8 @@ import pytest
 from .backing import BACKING_SOURCES
 from .catalogue import Entry, Run, Variant, backing_needs
 from .discovery import Found
-from .guest_modes import DEFAULT_MODE, arch_mismatch, resolve_mode
+from .fixtures import SelftestRunner
+from .guest_modes import DEFAULT_MODE, ModeUnavailable, arch_mismatch, mode_args
 from .host.model import HostFacts
 from .scale import Scale, fit
 
@@ -78,11 +79,8 @@ def params(entry: Entry, modes: Sequence[str], backings: Sequence[str] | None) -
     ]
 
 
-def run_case(case: Case, runner: object, host: HostFacts, scale: Scale) -> None:
+def run_case(case: Case, runner: SelftestRunner, host: HostFacts, scale: Scale) -> None:
     """Run one case through the ``kvm_selftests`` fixture; skips and failures end the test."""
-    from .fixtures import SelftestRunner
-
-    assert isinstance(runner, SelftestRunner)
     entry = case.entry
     src = BACKING_SOURCES.get(case.backing or "")
     # hugetlb memory comes from its pool, not from MemAvailable: the pool check covers it.
@@ -91,18 +89,18 @@ def run_case(case: Case, runner: object, host: HostFacts, scale: Scale) -> None:
     )
     if sizing.unfit:
         runner.skip(entry.name, sizing.unfit)
-    mode_args: tuple[str, ...] = ()
+    selected: tuple[str, ...] = ()
     if case.mode != DEFAULT_MODE:
         wrong_arch = arch_mismatch(case.mode, host.machine)
         if wrong_arch:
             runner.skip(entry.name, wrong_arch)
         found = runner.resolve(entry.name)
-        if isinstance(found, Found):
-            resolution = resolve_mode(found.path, case.mode)
-            if resolution.reason is not None or resolution.mode_id is None:
-                runner.skip(entry.name, resolution.reason or f"guest mode {case.mode} cannot be resolved")
-            mode_args = ("-m", str(resolution.mode_id))
-    run = Run(sizing, case.backing, mode_args, host)
+        if isinstance(found, Found):  # else the run below reports the missing binary
+            try:
+                selected = mode_args(found.path, case.mode)
+            except ModeUnavailable as exc:
+                runner.skip(entry.name, str(exc))
+    run = Run(sizing, case.backing, selected, host)
     requires = (
         *entry.requires,
         *case.variant.requires,
@@ -124,7 +122,7 @@ def run_case(case: Case, runner: object, host: HostFacts, scale: Scale) -> None:
 def case_test(entry: Entry) -> Callable[..., None]:
     """The test function of one catalogue entry; ``pytest_generate_tests`` gives it its cases."""
 
-    def test(kvm_case: Case, kvm_selftests: object, kvm_host: HostFacts, kvm_scale: Scale) -> None:
+    def test(kvm_case: Case, kvm_selftests: SelftestRunner, kvm_host: HostFacts, kvm_scale: Scale) -> None:
         run_case(kvm_case, kvm_selftests, kvm_host, kvm_scale)
 
     test.__name__ = test.__qualname__ = entry.test_name

@@ -73,9 +73,6 @@ class NotFound:
     searched: tuple[SearchRoot, ...]
     #: A file that exists under the name but cannot be executed, if any.
     not_executable: Path | None = None
-    #: Set when a searched ``kvmmm-build`` build never had the program: its kernel's Makefile
-    #: does not build it for this architecture, so building again cannot help.
-    not_in_build: str | None = None
 
     def reason(self) -> str:
         if self.not_executable is not None:
@@ -83,8 +80,11 @@ class NotFound:
                 f"{self.name}: {self.not_executable} exists but is not executable "
                 f"(chmod +x it, or rebuild with `kvmmm-build --force`)"
             )
-        if self.not_in_build is not None:
-            return self.not_in_build
+        # A kvmmm-build build that never had the program: its kernel's Makefile does not build
+        # it for this architecture, so building again cannot help. Read only when reported.
+        not_in_build = _not_in_build((self.name, *ALIASES.get(self.name, ())), self.searched)
+        if not_in_build is not None:
+            return not_in_build
         if not self.searched:
             return f"{self.name}: no KVM selftests found anywhere; {BUILD_HINT}"
         where = ", ".join(f"{r.path} ({r.origin})" for r in self.searched)
@@ -142,7 +142,7 @@ def find_binary(
                     if os.access(path, os.X_OK):
                         return Found(path, root, candidate_name)
                     not_executable = not_executable or path
-    return NotFound(name, tuple(roots), not_executable, None if not_executable else _not_in_build(names, roots))
+    return NotFound(name, tuple(roots), not_executable)
 
 
 def _not_in_build(names: Sequence[str], roots: Sequence[SearchRoot]) -> str | None:

@@ -24,6 +24,8 @@ SCALE_KEY = pytest.StashKey[str]()
 CHANGES_KEY = pytest.StashKey[HostChanges]()
 #: The selftest runs of one test item, in order; the last one is the test's record.
 RESULTS_KEY = pytest.StashKey[list[SelftestResult]]()
+#: The name of a test's selftest record in ``report.user_properties`` (see ``plugin.py``).
+RECORD_PROPERTY = "kvm_selftest"
 
 
 def failure_text(result: SelftestResult) -> str:
@@ -78,10 +80,10 @@ class SelftestRunner:
         """Where ``name`` would be run from (to read its ``-h``, say)."""
         return self._engine.resolve(name)
 
-    def skip(self, name: str, reason: str) -> NoReturn:
+    def skip(self, name: str, reason: str, args: Sequence[str] = ()) -> NoReturn:
         """Skip the test without running ``name``, keeping a record of why for the results."""
         self._item.stash.setdefault(RESULTS_KEY, []).append(
-            SelftestResult(name, (name,), Status.SKIPPED, reason)
+            SelftestResult(name, (name, *args), Status.SKIPPED, reason)
         )
         pytest.skip(reason)
 
@@ -112,7 +114,7 @@ def kvm_ttrem(kvm_host: HostFacts) -> int | None:
 
 @pytest.fixture(scope="session")
 def kvm_scale(request: pytest.FixtureRequest) -> Scale:
-    """The ``--kvm-scale`` in force (smoke or default): the sizes the shipped suite asks for."""
+    """The ``--kvm-scale`` in force (smoke, lab, default or stress): the sizes the shipped suite asks for."""
     return SCALES[request.config.stash[SCALE_KEY]]
 
 

@@ -22,8 +22,8 @@ from .host.snapshot import open_snapshot
 from .params import ParamSetting, parse_option
 from .scale import SCALES
 
-DEFAULT_TIMEOUT_S = 120.0
-SNAPSHOT_ENV = "KVMMM_HOST_SNAPSHOT"  # tools/testing/selftests/kvm/settings: timeout=120
+DEFAULT_TIMEOUT_S = 120.0  # tools/testing/selftests/kvm/settings: timeout=120
+SNAPSHOT_ENV = "KVMMM_HOST_SNAPSHOT"
 
 HELP_SELFTESTS = (
     f"directory of built KVM selftests (build or `make install` layout); also ${ENV_VAR} "
@@ -46,7 +46,8 @@ HELP_BACKINGS = (
 )
 HELP_REPEAT = (
     "run each timing (perf) test N times and keep every sample; metrics become medians "
-    "(default 1; comparisons use the spread)"
+    "(default 1; with --kvm-save or --kvm-compare 20 at the smoke scale, 3 at stress, 5 otherwise: "
+    "comparisons use the spread)"
 )
 HELP_KERNEL_LOG = (
     "watch the kernel log and taint around each selftest: 'fail' (default) fails a test during "

@@ -23,8 +23,6 @@ from .runner import ProcessResult
 
 KSFT_PASS = 0
 KSFT_SKIP = 4
-#: ``lib/assert.c`` exits with 254 after printing the assertion block.
-KVM_ASSERT_EXIT = 254
 
 ASSERT_BANNER = "==== Test Assertion Failure ===="
 

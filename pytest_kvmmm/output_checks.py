@@ -88,7 +88,10 @@ def check_output(binary: str, stdout: str, stderr: str) -> OutputVerdict | None:
 
 def output_notes(binary: str, stdout: str, stderr: str) -> tuple[str, ...]:
     """Partial skips and warnings of a run ``check_output`` has no verdict for, once each."""
+    return () if check_output(binary, stdout, stderr) is not None else notes_without_verdict(binary, stdout, stderr)
+
+
+def notes_without_verdict(binary: str, stdout: str, stderr: str) -> tuple[str, ...]:
+    """``output_notes`` for a caller that already knows ``check_output`` has no verdict."""
     pattern = _NOTES.get(_name(binary))
-    if pattern is None or check_output(binary, stdout, stderr) is not None:
-        return ()
-    return _unique(pattern.findall(stdout + "\n" + stderr))
+    return () if pattern is None else _unique(pattern.findall(stdout + "\n" + stderr))

@@ -26,8 +26,10 @@ from .discovery import search_roots
 from .fixtures import (
     CHANGES_KEY,
     ENGINE_KEY,
+    RECORD_PROPERTY,
     RESULTS_KEY,
     SCALE_KEY,
+    SelftestRunner,
     kvm_host,
     kvm_hugetlb_pools,
     kvm_info,
@@ -36,10 +38,9 @@ from .fixtures import (
     kvm_scale,
     kvm_selftests,
     kvm_ttrem,
-    raise_for,
 )
 from .host import HostFacts, probe_host
-from .host.probe import timed_probe
+from .host.probe import timed_probe, with_fresh_pools
 from .host.report import summary_line, text_report
 from .host_changes import HostChanges
 from .kernel_health import KernelWatch
@@ -51,17 +52,15 @@ from .markers import (
     parse_selftest_marker,
 )
 from .options import SNAPSHOT_ENV
-from .outcome import Status
 from .params import PARAM_SIGNATURE, ParamSetting, full_name
 from .provision.cache import default_cache_root, journal_dir
 from .requirements import Requirement, first_unmet
 from .results import ResultsWriter
-from .selftest import SelftestEngine, SelftestResult
+from .selftest import SelftestEngine
 from .summary import summary_lines
 
 __all__ = ["kvm_host", "kvm_hugetlb_pools", "kvm_info", "kvm_params", "kvm_result", "kvm_scale", "kvm_selftests", "kvm_ttrem"]
 
-RECORD_PROPERTY = "kvm_selftest"
 CALL_KEY = pytest.StashKey[SelftestCall]()
 WORKERINPUT_HOST = "kvmmm_host"
 REQUIRES_KEY = pytest.StashKey[tuple[Requirement, ...]]()
@@ -92,12 +91,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SCALE_KEY] = settings.scale
     if getattr(config.option, "maxschedchunk", "") is None:
         # Selftests take seconds each: xdist's initial chunks would pile long tests on one
-        # worker. One test at a time balances them (0.54 vs 0.62 of the -n 0 time here).
+        # worker. One test at a time balances them (ci/bench_xdist.py; the README has the numbers).
         config.option.maxschedchunk = 1
     plugin = KvmmmPlugin(config, settings)
     config.stash[ENGINE_KEY] = plugin.engine
     config.pluginmanager.register(plugin, "kvmmm-session")
-    config.pluginmanager.register(BaselinePlugin(config, plugin.engine, plugin.host), "kvmmm-baseline")
+    config.pluginmanager.register(BaselinePlugin(config, plugin.engine, plugin.host, plugin.records, lambda: plugin.host_label), "kvmmm-baseline")
 
 
 class KvmmmPlugin:
@@ -123,6 +122,7 @@ class KvmmmPlugin:
         self.host_changes = HostChanges(settings.host_root, journal_dir(settings.host_root))
         self.restored = self.host_changes.restore_stale()
         self.engine.host_changed = self.refresh_host
+        self.engine.pools_changed = self.refresh_pools
         config.stash[CHANGES_KEY] = self.host_changes
         if config.getoption("kvm_allow_host_changes"):
             self.engine.host_changes = self.host_changes
@@ -158,6 +158,10 @@ class KvmmmPlugin:
     def refresh_host(self) -> None:
         """Probe again after the plugin changed the host (--kvm-allow-host-changes)."""
         self._host = probe_host(self.settings.host_root)
+
+    def refresh_pools(self) -> None:
+        """Read the hugetlb pools again (before a hugetlb case: others change them)."""
+        self._host = with_fresh_pools(self.host(), self.settings.host_root)
 
     @pytest.hookimpl(optionalhook=True)  # xdist's hook: only called when xdist runs the session
     def pytest_configure_node(self, node: Any) -> None:
@@ -249,9 +253,7 @@ class KvmmmPlugin:
         if reason:
             call = item.stash.get(CALL_KEY, None)
             if call is not None:  # a selftest test: keep a record of the skip for the results
-                item.stash.setdefault(RESULTS_KEY, []).append(
-                    SelftestResult(call.name, (call.name, *call.args), Status.SKIPPED, reason)
-                )
+                SelftestRunner(item, self.engine).skip(call.name, reason, call.args)
             pytest.skip(reason)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)  # tryfirst: the binary runs before the test body
@@ -260,13 +262,7 @@ class KvmmmPlugin:
         if call is not None:
             # checked at setup already; passed on so its hugetlb pages are granted under xdist
             requires: tuple[Requirement, ...] = item.stash.get(REQUIRES_KEY, ())
-            perf = item.get_closest_marker("perf") is not None
-            result = self.engine.run(
-                call.name, call.args, timeout=call.timeout, requires=requires,
-                exclusive=perf, who=item.nodeid, repeat=self.engine.perf_repeat if perf else 1,
-            )
-            item.stash.setdefault(RESULTS_KEY, []).append(result)
-            raise_for(result)
+            result = SelftestRunner(item, self.engine).run(call.name, *call.args, timeout=call.timeout, requires=requires)
             funcargs = getattr(item, "funcargs", {})
             if "kvm_result" in funcargs:
                 funcargs["kvm_result"] = result

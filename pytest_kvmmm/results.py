@@ -26,9 +26,7 @@ class ResultsWriter:
         self._file = self.path.open("w", encoding="utf-8")
 
     def write(self, record: Mapping[str, object]) -> None:
-        if self._file is None:
-            self.open()
-        assert self._file is not None
+        assert self._file is not None, "open() the writer first"
         self._file.write(json.dumps({"format": RESULTS_FORMAT, **record}, sort_keys=True) + "\n")
         self._file.flush()
 

@@ -23,7 +23,7 @@ SCALES: dict[str, Scale] = {
     s.name: s
     for s in (
         Scale("smoke", "tiny and fast, for CI"),
-        Scale("lab", "one vCPU and 16M where smoke takes 64M: for emulated lab hosts (QEMU TCG, ci/lab)"),
+        Scale("lab", "smoke sizes cut to one vCPU and 16M where a test allows it: for emulated lab hosts (QEMU TCG, ci/lab)"),
         Scale("default", "meaningful sizes capped to the host"),
         Scale("stress", "the sizes of KVM MMU cover letters (e.g. 40 vCPUs over 20G), when the host has them"),
     )
@@ -85,7 +85,7 @@ def fit(
             what = "per vCPU " if per_vcpu else ""
             notes.append(
                 f"memory {what}capped from {format_size(want.memory)} to {format_size(memory)} "
-                f"(half of {mem_available // MIB} MiB available)"
+                f"({MEMORY_SHARE:.0%} of {mem_available // MIB} MiB available)"
             )
     unfit = None
     if want.memory and memory < MIN_BYTES:

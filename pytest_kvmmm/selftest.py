@@ -24,7 +24,7 @@ from .host_changes import HostChanges
 from .kernel_health import Health, KernelWatch
 from .metrics import Metrics, parse_metrics
 from .outcome import Outcome, Status, classify
-from .output_checks import check_output, output_notes
+from .output_checks import check_output, notes_without_verdict
 from .requirements import HugetlbPages, Requirement, ThpMadvise, first_unmet, specialise, wrong_arch
 
 
@@ -57,8 +57,9 @@ class SelftestResult:
         return self.status is Status.PASSED
 
     @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
+    def all_samples(self) -> Mapping[str, tuple[float, ...]]:
+        """``samples``, or for a result without repeats each metric as its one sample."""
+        return self.samples or {k: (v,) for k, v in self.metrics.items()}
 
     def record(self) -> dict[str, object]:
         """The ``--kvm-results`` fields of this run (JSON-ready)."""
@@ -72,7 +73,7 @@ class SelftestResult:
             "duration_s": round(self.duration_s, 6),
             "reason": self.reason,
             "metrics": dict(self.metrics),
-            "samples": {k: list(v) for k, v in (self.samples or {k: (v,) for k, v in self.metrics.items()}).items()},
+            "samples": {k: list(v) for k, v in self.all_samples.items()},
             "started_at": self.started_at,
             "ended_at": ended,
             "notes": list(self.notes),
@@ -82,17 +83,20 @@ class SelftestResult:
 
 @dataclass
 class SelftestEngine:
-    """Runs selftests for one pytest process. Host facts and search roots are computed once."""
+    """Runs selftests for one pytest process. Host facts and search roots are computed once;
+    the hugetlb pools are read again before each hugetlb case (``pools_changed``)."""
 
     roots: Callable[[], Sequence[SearchRoot]]
     host: Callable[[], HostFacts]
     default_timeout: float
     machine: str | None = None
     env: Mapping[str, str] | None = None
-    #: Set with --kvm-allow-host-changes: grows pools / sets THP, journalled; ``host_changed``
-    #: re-probes the host afterwards.
+    #: Set with --kvm-allow-host-changes: grows pools / sets THP, journalled.
     host_changes: HostChanges | None = None
+    #: Re-probes the host after the plugin changed it.
     host_changed: Callable[[], None] | None = None
+    #: Re-reads only the hugetlb pools, which others change during a session.
+    pools_changed: Callable[[], None] | None = None
     #: The kernel-log watch, when it can watch; ``kernel_mode`` "fail" or "report".
     kernel: KernelWatch | None = None
     kernel_mode: str = "fail"
@@ -109,21 +113,19 @@ class SelftestEngine:
         for req in requires:
             if req.unmet(host) is None:
                 continue
-            if isinstance(req, HugetlbPages) and req.size_kb and host.hugetlb_pool(req.size_kb):
-                pool = host.hugetlb_pool(req.size_kb)
-                assert pool is not None
-                base = pool.nr_path.rsplit("/", 1)[0]
+            pool = host.hugetlb_pool(req.size_kb) if isinstance(req, HugetlbPages) and req.size_kb else None
+            if isinstance(req, HugetlbPages) and pool is not None:
                 added, why = self.host_changes.grow_hugetlb(
-                    pool.nr_path, f"{base}/free_hugepages", f"{base}/resv_hugepages", req.pages
+                    pool.nr_path, f"{pool.dir}/free_hugepages", f"{pool.dir}/resv_hugepages", req.pages
                 )
                 if added and self.coordinator is not None:
-                    self.coordinator.add_budget(req.size_kb, added)
-                if why:
-                    return f"{req.unmet(host)}; --kvm-allow-host-changes tried: {why}"
+                    self.coordinator.add_budget(pool.size_kb, added)
             elif isinstance(req, ThpMadvise):
                 why = self.host_changes.set_thp("madvise")
-                if why:
-                    return f"{req.unmet(host)}; --kvm-allow-host-changes tried: {why}"
+            else:
+                continue  # nothing the plugin may change: no need to look at the host again
+            if why:
+                return f"{req.unmet(host)}; --kvm-allow-host-changes tried: {why}"
             if self.host_changed is not None:
                 self.host_changed()
                 host = self.host()
@@ -212,13 +214,13 @@ class SelftestEngine:
         unsafe = self.unsafe(found.path)
         if unsafe:
             return SelftestResult(short, argv, Status.ERROR, unsafe, binary=str(found.path), notes=tuple(notes))
-        if self.coordinator is None and self.host_changed is not None and any(
+        if self.coordinator is None and self.pools_changed is not None and any(
             isinstance(r, HugetlbPages) for r in requires
         ):
             # Pools change under us (other users, other runs): check the pool as it is now, so a
             # pool that shrank since the session started gives a skip, not an ENOMEM failure.
             # Under xdist the ledger decides instead (the live pool includes our own workers).
-            self.host_changed()
+            self.pools_changed()
         unmet = first_unmet(list(requires), self.host()) if requires else None
         if unmet and self.host_changes is not None:
             unmet = self.prepare_host(requires)
@@ -238,14 +240,13 @@ class SelftestEngine:
         if waited >= 0.5:
             notes = (*notes, f"waited {waited:.1f}s for the host ({'alone' if exclusive else 'shared'}) and hugetlb pages")
         outcome: Outcome = classify(proc, limit)
-        extra_notes = output_notes(found.name, proc.stdout, proc.stderr)
-        if outcome.status is Status.PASSED:
+        verdict = check_output(found.name, proc.stdout, proc.stderr)
+        extra_notes = () if verdict is not None else notes_without_verdict(found.name, proc.stdout, proc.stderr)
+        if outcome.status is Status.PASSED and verdict is not None:
             # Some binaries exit 0 after a logical failure or a skip (memslot_perf_test's
             # "Memslot count too high", dirty_log_test's unsupported log mode).
-            verdict = check_output(found.name, proc.stdout, proc.stderr)
-            if verdict is not None:
-                outcome = Outcome(Status(verdict.status), f"{short} exit 0 but: {verdict.reason}"
-                                  if verdict.status == "failed" else verdict.reason)
+            outcome = Outcome(Status(verdict.status), f"{short} exit 0 but: {verdict.reason}"
+                              if verdict.status == "failed" else verdict.reason)
         if health.bad and self.kernel_mode == "fail":
             if outcome.status is Status.PASSED:
                 outcome = Outcome(Status.FAILED, f"{short} passed, but {health.summary()}", health.report())

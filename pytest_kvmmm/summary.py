@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .metrics import metric_unit
+
 MAX_WIDTH = 120
 
 
 def format_metric(name: str, value: float) -> str:
-    if "_per_s" in name or "pgs" in name:
+    unit = metric_unit(name)
+    if unit == "pgs_per_s":
         return f"{value:,.0f}"
-    if name.endswith(("_bits_checked", "_pages", "_count", "_iterations")):
+    if unit != "s":  # counts: pages, bits checked, iterations, writes
         return f"{value:.0f}"
     return f"{value:.4f}s" if value < 1000 else f"{value:.0f}s"
 
