@@ -92,10 +92,6 @@ def param(result: dict[str, Any], name: str) -> str | None:
     return next((p["value"] for p in result.get("parameters", []) if p["name"] == name), None)
 
 
-def label(result: dict[str, Any], name: str) -> list[str]:
-    return [lb["value"] for lb in result.get("labels", []) if lb["name"] == name]
-
-
 def key(result: dict[str, Any]) -> str:
     """A test, whichever host ran it: the function and its case."""
     return f"{result['fullName']}[{param(result, 'kvm_case')}]"

@@ -4,12 +4,14 @@
 # report itself in headless Chromium. Artifacts and screenshots: ci/artifacts/allure/.
 #
 # Tools, installed when missing: Java, Node/npm and Chromium (apt, as root); allure-commandline
-# (Allure 2) and playwright-core (npm, into $KVMMM_CACHE_DIR or ~/.cache/pytest-kvmmm/tools/allure,
-# never into the repository). Extra arguments go to ci/allure_check.py (e.g. --reuse).
+# (Allure 2) and playwright-core (npm, into $KVMMM_ALLURE_TOOLS, by default <cache root>/tools/allure
+# with the cache root $KVMMM_CACHE_DIR, else $XDG_CACHE_HOME/pytest-kvmmm, else ~/.cache/pytest-kvmmm;
+# never into the repository).
+# Extra arguments go to ci/allure_check.py (e.g. --reuse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-say() { printf '[allure] %s\n' "$*" >&2; }
+SAY_PREFIX=allure
+. ci/lib.sh
 
 if [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
@@ -24,16 +26,7 @@ need=()
 command -v java >/dev/null || need+=(default-jre-headless)
 command -v npm >/dev/null || need+=(npm)
 command -v chromium >/dev/null || need+=(chromium)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    say "missing: ${need[*]} -- run as root: apt-get install -y ${need[*]}"; exit 1
-  fi
-  say "apt-get install ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || {
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  }
-fi
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 TOOLS=${KVMMM_ALLURE_TOOLS:-$("$PY" -c 'from pytest_kvmmm.provision.cache import default_cache_root; print(default_cache_root() / "tools" / "allure")')}
 if [ ! -x "$TOOLS/node_modules/.bin/allure" ] || [ ! -d "$TOOLS/node_modules/playwright-core" ]; then

@@ -13,13 +13,14 @@ overhead. Interleaving the two in each round keeps host noise from favouring eit
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pytest_kvmmm.results import read_results
 
 
 def run_suite(scale: str, results: Path) -> float:
@@ -49,7 +50,7 @@ def main() -> int:
         suite, loop = [], []
         for _ in range(args.rounds):
             suite.append(run_suite(args.scale, results))
-            recs = [json.loads(line) for line in results.read_text().splitlines()]
+            recs = read_results(results)
             commands = [r["argv"] for r in recs if r["returncode"] is not None]
             loop.append(run_loop(commands))
     s, lp = statistics.median(suite), statistics.median(loop)

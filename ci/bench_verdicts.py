@@ -40,8 +40,8 @@ from pytest_kvmmm.baseline.compare import Comparison, compare
 from pytest_kvmmm.baseline.plugin import DEFAULT_REPEAT
 from pytest_kvmmm.baseline.stats import Verdict
 from pytest_kvmmm.baseline.table import terminal_lines
+from pytest_kvmmm.results import read_results
 
-#: Registers the baseline plugin until pytest_kvmmm/plugin.py does; then this becomes ().
 SUITE = ("--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", "-p", "no:cacheprovider", "-q")
 PAGE_TABLE = "kvm_page_table and (anonymous or shmem) and not hugetlb"
 HUGETLB = "kvm_page_table and anonymous_hugetlb_2mb"
@@ -59,12 +59,12 @@ def pytest_run(directory: Path, select: str, *args: str, repeat: int | None) -> 
     t0 = time.monotonic()
     subprocess.run(argv, cwd=directory, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.monotonic() - t0
-    records = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    records = read_results(results) if results.exists() else []
     return wall, records
 
 
 def saved(directory: Path, name: str) -> store.Baseline:
-    return store.load(directory / f"{name}.json")
+    return store.load(store.find(name, directory))
 
 
 def verdicts(comparison: Comparison) -> dict[str, list[str]]:

@@ -16,7 +16,6 @@ start and end from --kvm-results. It prints:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -24,8 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-PERF_TESTS = {"test_kvm_page_table", "test_dirty_log_perf", "test_access_tracking_perf", "test_demand_paging",
-              "test_memslot_perf"}
+from pytest_kvmmm.catalogue import CATALOGUE
+from pytest_kvmmm.results import read_results
+
+PERF_TESTS = {e.test_name for e in CATALOGUE if "perf" in e.markers}
 
 
 def run(n: int, marker: str, results: Path, dist: str) -> tuple[float, list[dict[str, object]]]:
@@ -37,7 +38,7 @@ def run(n: int, marker: str, results: Path, dist: str) -> tuple[float, list[dict
         check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
     )
     wall = time.monotonic() - t0
-    return wall, [json.loads(line) for line in results.read_text().splitlines()]
+    return wall, read_results(results)
 
 
 def is_perf(rec: dict[str, object]) -> bool:

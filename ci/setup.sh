@@ -6,19 +6,8 @@
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-say() { printf '[setup] %s\n' "$*" >&2; }
-
-apt_install() {
-  if [ "$(id -u)" != 0 ]; then
-    say "missing: $* -- run as root: apt-get install -y $*"; exit 1
-  fi
-  say "apt-get install $*"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-  fi
-}
+SAY_PREFIX=setup
+. ci/lib.sh
 
 need=()
 command -v make >/dev/null || need+=(make)

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fakes import make_host_root
+from fakes import make_host_root, records
 from pytest_kvmmm.baseline.plugin import DEFAULT_REPEAT
-
-#: Registers the baseline plugin until pytest_kvmmm/plugin.py does; then this becomes ().
 
 #: Prints the three page-table stages: FAKE_TIMES ("create,update,adjust" seconds) times
 #: 1.00 .. 1.04 (run number modulo 5, from a counter file): a spread a repeat can see.
@@ -119,7 +117,7 @@ def test_a_regression_fails_the_test_with_the_numbers(
     ], consecutive=False)
     res.stdout.fnmatch_lines(["failed by --kvm-fail-regression (1): *::test_timed (KVM_CREATE_MAPPINGS)"])
     res.stdout.fnmatch_lines(["FAILED *::test_timed - reg*"])
-    recs = {json.loads(line)["nodeid"].split("::")[1]: json.loads(line) for line in Path("r.jsonl").read_text().splitlines()}
+    recs = records(pytester.path / "r.jsonl")
     assert recs["test_timed"]["outcome"] == "failed" and recs["test_lenient"]["outcome"] == "passed"
 
 

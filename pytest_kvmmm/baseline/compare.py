@@ -12,7 +12,7 @@ decides whether its verdicts count.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .fingerprint import Difference, compared_differences, machine_differences
 from .stats import MetricChange, Verdict, compare_samples, is_headline, seed_for
@@ -95,9 +95,7 @@ def metric_changes(
         change = compare_samples(metric, before.samples[metric], samples, seed=seed_for(host, nodeid, metric))
         if change is not None:
             if refused:
-                change = MetricChange(
-                    change.metric, change.before, change.after, change.sign, change.change, change.interval, Verdict.REFUSED
-                )
+                change = replace(change, verdict=Verdict.REFUSED)
             out.append(change)
     return out
 

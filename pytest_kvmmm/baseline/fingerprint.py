@@ -17,11 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..backing import GIB
 from ..discovery import SearchRoot
 from ..host.model import HostFacts
 from ..provision.cache import read_manifest
 
-GIB = 2**30
 #: MemTotal moves by a few MiB between kernel versions (reserved memory): a match allows this much.
 MEMORY_TOLERANCE = 0.03
 

@@ -7,14 +7,13 @@ configure time, in every process) holds the state:
   fails, in ``pytest_runtest_makereport``, a passed test whose metric regressed beyond its
   threshold against it;
 * the process that owns the session (the xdist controller, or the only process) collects
-  the records and host fingerprints from the reports, prints the before/after table and
-  saves the run.
+  the host fingerprints from the reports and, with the records the session plugin collects,
+  prints the before/after table and saves the run.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from ..fixtures import RESULTS_KEY, SCALE_KEY
+from ..fixtures import RECORD_PROPERTY, RESULTS_KEY, SCALE_KEY
 from ..host.model import HostFacts
 from ..selftest import SelftestEngine, SelftestResult
 from . import store
@@ -31,8 +30,6 @@ from .fingerprint import Fingerprint, fingerprint, machine_differences, selftest
 from .stats import MIN_EFFECT_PCT, MetricChange
 from .table import regression_message, terminal_lines
 
-#: The session plugin's per-test record in ``report.user_properties`` (see ``plugin.py``).
-RECORD_PROPERTY = "kvm_selftest"
 #: This plugin's: the fingerprint of the host a test ran on, and the metrics that failed it.
 HOST_PROPERTY = "kvm_baseline_host"
 FAILED_PROPERTY = "kvm_baseline_regressed"
@@ -128,7 +125,6 @@ def _entry_thresholds(item: pytest.Item) -> Mapping[str, float]:
 
 @dataclass(frozen=True)
 class BaselineSettings:
-    directory: Path
     save_name: str | None = None
     save_to: Path | None = None
     #: The run to compare with (loaded by every process: xdist workers fail regressions too).
@@ -143,11 +139,10 @@ class BaselineSettings:
         return self.save_to is not None or self.before is not None
 
 
-def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> BaselineSettings:
+def resolve(config: pytest.Config) -> BaselineSettings:
     """The options: command line > environment > ini > default; a bad value is a UsageError saying why."""
-    env = os.environ if env is None else env
     opt = config.getoption
-    directory = store.baselines_dir(opt("kvm_baselines") or env.get(store.BASELINES_ENV)
+    directory = store.baselines_dir(opt("kvm_baselines") or os.environ.get(store.BASELINES_ENV)
                                     or config.getini("kvm_baselines") or None)
     save_name = opt("kvm_save") or None
     save_to = None
@@ -172,26 +167,34 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Base
     repeat = None
     if (save_to or before) and opt("kvm_repeat") is None and not config.getini("kvm_repeat"):
         repeat = DEFAULT_REPEAT.get(config.stash.get(SCALE_KEY, "default"), DEFAULT_REPEAT["default"])
-    return BaselineSettings(directory, save_name, save_to, before, fail_pct, bool(opt("kvm_compare_force")), repeat)
+    return BaselineSettings(save_name, save_to, before, fail_pct, bool(opt("kvm_compare_force")), repeat)
 
 
 class BaselinePlugin:
-    def __init__(self, config: pytest.Config, engine: SelftestEngine, host: Callable[[], HostFacts]) -> None:
+    def __init__(
+        self,
+        config: pytest.Config,
+        engine: SelftestEngine,
+        host: Callable[[], HostFacts],
+        records: list[dict[str, Any]],
+        label: Callable[[], str],
+    ) -> None:
+        """``host``, ``records`` and ``label`` are the session plugin's: this host's facts, the
+        records it collects from the reports (in the process that owns the session), and the
+        name it gives this host's results."""
         config.addinivalue_line("markers", REGRESSION_MARKER)
         self.config = config
         self.engine = engine
         self.host = host
+        self.records = records
+        self.label = label
         self.is_worker = hasattr(config, "workerinput")
         self.settings = settings = resolve(config)
-        self.before = settings.before
-        self.fail_pct = settings.fail_pct
-        self.active = settings.active
         if settings.repeat is not None:
             engine.perf_repeat = settings.repeat
         self._fingerprint: Fingerprint | None = None
         self._this_run: store.Baseline | None = None
         #: Collected by the process that owns the session, from the reports.
-        self.records: list[dict[str, Any]] = []
         self.fingerprints: dict[str, Fingerprint] = {}
         self.failed: list[tuple[str, list[str]]] = []
         self.saved: str | None = None
@@ -203,17 +206,17 @@ class BaselinePlugin:
         return self._fingerprint
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        if not self.active:
+        if not self.settings.active:
             return []
         lines = []
-        if self.before is not None:
-            b = self.before
+        if self.settings.before is not None:
+            b, fail_pct = self.settings.before, self.settings.fail_pct
             lines.append(
                 f"kvmmm: comparing with baseline {b.name!r} ({b.path}), saved {b.created_at} on "
                 f"{', '.join(b.hosts) or 'no host'}, repeat {b.repeat or '?'}"
-                + (f"; failing regressions of {self.fail_pct:g}% or more" if self.fail_pct is not None else "")
+                + (f"; failing regressions of {fail_pct:g}% or more" if fail_pct is not None else "")
             )
-            pairs = pair_hosts(list(b.hosts), [self._label()])
+            pairs = pair_hosts(list(b.hosts), [self.label()])
             if pairs:
                 diffs = machine_differences(b.hosts[pairs[0][0]].fingerprint, self.fingerprint())
                 if diffs:
@@ -229,10 +232,6 @@ class BaselinePlugin:
         lines.append(f"kvmmm: perf tests run {repeat} time{'s' if repeat != 1 else ''}{why}")
         return lines
 
-    def _label(self) -> str:
-        """The name results of this host carry (as the session plugin names it)."""
-        return self.host().hostname or socket.gethostname()
-
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """A malformed kvm_regression marker is a usage error before anything runs."""
         for item in items:
@@ -242,23 +241,24 @@ class BaselinePlugin:
 
     def thresholds(self, item: pytest.Item) -> tuple[float, dict[str, float]]:
         """(default, per metric) thresholds of a test: its marker, else its catalogue entry, else the option."""
-        assert self.fail_pct is not None
+        assert self.settings.fail_pct is not None
         mark = item.get_closest_marker("kvm_regression")
         return resolve_thresholds(
-            self.fail_pct, _entry_thresholds(item), parse_regression_marker(mark) if mark is not None else None
+            self.settings.fail_pct, _entry_thresholds(item), parse_regression_marker(mark) if mark is not None else None
         )
 
     def regressions(self, item: pytest.Item, host: str, result: SelftestResult) -> list[tuple[MetricChange, float]]:
         """The metrics of ``result`` that regressed beyond the test's thresholds, with the threshold."""
-        assert self.before is not None
-        pairs = pair_hosts(list(self.before.hosts), [host])
+        baseline = self.settings.before
+        assert baseline is not None
+        pairs = pair_hosts(list(baseline.hosts), [host])
         if not pairs:
             return []
-        run = self.before.hosts[pairs[0][0]]
+        run = baseline.hosts[pairs[0][0]]
         if machine_differences(run.fingerprint, self.fingerprint()) and not self.settings.force:
             return []  # refused: the controller says why, loudly
         found = find_test(run.tests, item.nodeid)
-        samples = result.samples or {k: (v,) for k, v in result.metrics.items()}
+        samples = result.all_samples
         if found is None or not samples:
             return []
         before = run.tests[found]
@@ -270,7 +270,7 @@ class BaselinePlugin:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
-        if not self.active:
+        if not self.settings.active:
             return report
         index, record = next(
             ((i, dict(value)) for i, (name, value) in enumerate(report.user_properties)
@@ -282,11 +282,12 @@ class BaselinePlugin:
         host = str(record.get("host"))
         extra: list[tuple[str, object]] = [(HOST_PROPERTY, {"host": host, "fingerprint": self.fingerprint().to_json()})]
         results = item.stash.get(RESULTS_KEY, None)
-        if report.when == "call" and report.passed and self.fail_pct is not None and results:
+        if report.when == "call" and report.passed and self.settings.fail_pct is not None and results:
             found = self.regressions(item, host, results[-1])
-            if found and self.before is not None:
+            if found:
+                assert self.settings.before is not None  # a --kvm-fail-regression threshold needs one
                 report.outcome = "failed"
-                report.longrepr = regression_message(self.before.name, found)
+                report.longrepr = regression_message(self.settings.before.name, found)
                 record["outcome"] = "failed"
                 extra.append((FAILED_PROPERTY, {"nodeid": item.nodeid, "metrics": [c.metric for c, _ in found]}))
         properties = list(report.user_properties)
@@ -295,12 +296,10 @@ class BaselinePlugin:
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.is_worker or not self.active:
+        if self.is_worker or not self.settings.active:
             return
         for name, value in report.user_properties:
-            if name == RECORD_PROPERTY and isinstance(value, dict):
-                self.records.append(value)
-            elif name == HOST_PROPERTY and isinstance(value, dict):
+            if name == HOST_PROPERTY and isinstance(value, dict):
                 self.fingerprints[str(value["host"])] = Fingerprint.from_json(value["fingerprint"])
             elif name == FAILED_PROPERTY and isinstance(value, dict):
                 self.failed.append((str(value["nodeid"]), list(value["metrics"])))
@@ -338,11 +337,12 @@ class BaselinePlugin:
 
     @pytest.hookimpl(trylast=True)  # trylast: after the session plugin's "kvm selftests" section
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.is_worker or not self.active or self.config.option.collectonly:
+        if self.is_worker or not self.settings.active or self.config.option.collectonly:
             return
-        if self.before is not None:
-            comparison = compare(self.before, self.this_run(), force=self.settings.force)
-            terminalreporter.write_sep("=", f"kvm before/after: {self.before.name} -> {comparison.after.name}")
+        before = self.settings.before
+        if before is not None:
+            comparison = compare(before, self.this_run(), force=self.settings.force)
+            terminalreporter.write_sep("=", f"kvm before/after: {before.name} -> {comparison.after.name}")
             for line in terminal_lines(comparison):
                 terminalreporter.write_line(line, red=line.startswith("WARNING"), bold=line.startswith("WARNING"))
             if comparison.mismatched and not self.settings.force:

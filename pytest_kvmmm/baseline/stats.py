@@ -144,7 +144,6 @@ def compare_samples(
     after: Sequence[float],
     *,
     seed: int = 0,
-    min_effect: float = MIN_EFFECT_PCT,
 ) -> MetricChange | None:
     """The change of one metric; None for a metric without a better side or without samples."""
     sign = direction(metric)
@@ -156,7 +155,7 @@ def compare_samples(
         return MetricChange(metric, b, a, sign, change, None, Verdict.TOO_FEW)
     lo, hi = bootstrap_interval(before, after, sign, random.Random(seed))
     apart = a.median > b.high and b.median < a.low or a.median < b.low and b.median > a.high
-    if not apart or abs(change) < min_effect or lo <= 0 <= hi:
+    if not apart or abs(change) < MIN_EFFECT_PCT or lo <= 0 <= hi:
         verdict = Verdict.NO_CHANGE
     else:
         verdict = Verdict.IMPROVED if change > 0 else Verdict.REGRESSED

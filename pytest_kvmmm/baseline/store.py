@@ -25,7 +25,7 @@ import re
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,16 @@ class TestRun:
     status: str
     samples: Mapping[str, tuple[float, ...]]
     argv: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TestRun:
+        """A test's object in a saved run (a ``kvm_selftest`` record has the same keys)."""
+        return cls(
+            binary=str(data.get("binary") or ""),
+            status=str(data.get("status") or ""),
+            samples={str(m): tuple(float(x) for x in v) for m, v in (data.get("samples") or {}).items()},
+            argv=tuple(str(a) for a in data.get("argv") or ()),
+        )
 
 
 @dataclass(frozen=True)
@@ -122,12 +132,7 @@ def from_records(
     for rec in records:
         host = str(rec.get("host") or "")
         samples = rec.get("samples") or {k: [v] for k, v in (rec.get("metrics") or {}).items()}
-        tests.setdefault(host, {})[str(rec.get("nodeid"))] = TestRun(
-            binary=str(rec.get("binary") or ""),
-            status=str(rec.get("status") or ""),
-            samples={str(m): tuple(float(x) for x in v) for m, v in samples.items()},
-            argv=tuple(str(a) for a in rec.get("argv") or ()),
-        )
+        tests.setdefault(host, {})[str(rec.get("nodeid"))] = TestRun.from_json({**rec, "samples": samples})
     hosts = {h: HostRun(fingerprints.get(h, Fingerprint()), t) for h, t in tests.items()}
     return Baseline(name, created_at or now_utc(), hosts, scale, repeat, tuple(command))
 
@@ -147,15 +152,7 @@ def from_json(data: Any, origin: str) -> Baseline:
         hosts = {
             str(host): HostRun(
                 Fingerprint.from_json(run.get("fingerprint") or {}),
-                {
-                    str(nodeid): TestRun(
-                        binary=str(t.get("binary") or ""),
-                        status=str(t.get("status") or ""),
-                        samples={str(m): tuple(float(x) for x in v) for m, v in (t.get("samples") or {}).items()},
-                        argv=tuple(str(a) for a in t.get("argv") or ()),
-                    )
-                    for nodeid, t in (run.get("tests") or {}).items()
-                },
+                {str(nodeid): TestRun.from_json(t) for nodeid, t in (run.get("tests") or {}).items()},
             )
             for host, run in (data.get("hosts") or {}).items()
         }
@@ -232,10 +229,7 @@ def load(path: Path) -> Baseline:
         data = json.loads(text)
     except ValueError as exc:
         raise BaselineError(f"{path} is not a pytest-kvmmm baseline (not JSON: {exc})") from None
-    baseline = from_json(data, str(path))
-    return Baseline(
-        baseline.name, baseline.created_at, baseline.hosts, baseline.scale, baseline.repeat, baseline.command, path
-    )
+    return replace(from_json(data, str(path)), path=path)
 
 
 def save(baseline: Baseline, path: Path) -> None:
