@@ -157,6 +157,15 @@ def make_host_root(
     return root
 
 
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended: no longer in /proc, or a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"
+
+
 def records(path: Path) -> dict[str, dict[str, object]]:
     """A --kvm-results file by test name (the part of the node id after ``::``)."""
     from pytest_kvmmm.results import read_results

@@ -6,6 +6,7 @@ subprocesses and signals.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,10 +14,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fakes import make_fake, make_host_root, records
+from fakes import make_fake, make_host_root, process_gone, records
 from pytest_kvmmm.host_changes import HostChanges
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the refusal applies when running as root")
@@ -34,15 +36,6 @@ def wait_for(path: Path, timeout: float = 20) -> None:
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert path.exists(), f"{path} never appeared"
-
-
-def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == "Z"
-
 
 
 @ROOT_ONLY
@@ -186,9 +179,9 @@ def test_ctrl_c_in_the_middle_of_a_case(pytester: pytest.Pytester, tmp_path: Pat
     assert "KeyboardInterrupt" in out and "INTERNALERROR" not in out
     child = int((bins / "child.pid").read_text())
     deadline = time.monotonic() + 3
-    while not gone(child) and time.monotonic() < deadline:
+    while not process_gone(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert gone(child), "the interrupted selftest's process group must be killed"
+    assert process_gone(child), "the interrupted selftest's process group must be killed"
     recs = records(pytester.path / "r.jsonl")
     assert recs["test_1_quick"]["status"] == "passed", "results of finished tests are kept"
 
@@ -212,7 +205,7 @@ def test_a_killed_xdist_worker_does_not_stop_the_run(pytester: pytest.Pytester, 
     # The selftest dies with its worker (PR_SET_PDEATHSIG); a child the fake itself forked is
     # beyond that (real selftests use threads), so the test removes it.
     os.kill(int((bins / "child.pid").read_text()), signal.SIGKILL)
-    hanging = [p for p in Path("/proc").glob("[0-9]*") if str(bins / "hangs") in _cmdline(p) and not gone(int(p.name))]
+    hanging = [p for p in Path("/proc").glob("[0-9]*") if str(bins / "hangs") in _cmdline(p) and not process_gone(int(p.name))]
     assert not hanging, "the killed worker's selftest must not live on as an orphan"
     recs = records(pytester.path / "r.jsonl")
     assert recs["test_1_quick"]["status"] == "passed" and recs["test_3_quick"]["status"] == "passed"
@@ -253,7 +246,7 @@ def test_a_killed_session_holding_host_changes_is_restored_by_the_next(
     deadline = time.monotonic() + 3
     while hanging and time.monotonic() < deadline:
         time.sleep(0.05)
-        hanging = [p for p in hanging if p.exists() and not gone(int(p.name))]
+        hanging = [p for p in hanging if p.exists() and not process_gone(int(p.name))]
     assert not hanging, "the killed session's selftest must die with it"
     assert nr.read_text().strip() == "37", "SIGKILL: nothing could restore yet"
     nr.write_text("40\n")  # someone else reserved 3 more pages meanwhile: they must stay
@@ -263,18 +256,60 @@ def test_a_killed_session_holding_host_changes_is_restored_by_the_next(
     res.stdout.fnmatch_lines(["*kvmmm: restored *nr_hugepages: 40 -> 8 (removed the 32 pages pytest-kvmmm added) ?left by killed process *"])
 
 
-def test_journal_is_written_before_the_change(tmp_path: Path) -> None:
+HUGETLB_2M = "/sys/kernel/mm/hugepages/hugepages-2048kB"
+#: The journal entry of growing the empty 2 MiB pool by 32 pages.
+GROW_32 = {"kind": "hugetlb", "path": f"{HUGETLB_2M}/nr_hugepages", "added": 32, "old": "", "new": ""}
+
+
+def watch_pool_writes(
+    monkeypatch: pytest.MonkeyPatch, nr: Path, journal: Path, fail: bool = False
+) -> list[tuple[object, str]]:
+    """Patch every write of ``nr``: record (the journal's records, ``nr``'s text) at that moment,
+    then write, or fail with EACCES when ``fail``. Returns the records, one per write."""
+    seen: list[tuple[object, str]] = []
+    real_write_text = Path.write_text
+
+    def write_text(self: Path, data: str, *args: Any, **kwargs: Any) -> int:
+        if self == nr:
+            seen.append((json.loads(journal.read_text()) if journal.exists() else None, nr.read_text()))
+            if fail:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_write_text(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    return seen
+
+
+def grow_2m_pool(changes: HostChanges, pages: int) -> tuple[int, str | None]:
+    return changes.grow_hugetlb(f"{HUGETLB_2M}/nr_hugepages", f"{HUGETLB_2M}/free_hugepages",
+                                f"{HUGETLB_2M}/resv_hugepages", pages)  # fmt: skip
+
+
+def test_the_journal_holds_a_pool_change_before_the_pool_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = make_host_root(tmp_path / "root", pools={2048: {"nr": 0, "free": 0}})
+    nr = root / HUGETLB_2M.lstrip("/") / "nr_hugepages"
     changes = HostChanges(root, tmp_path / "journal")
-    base = "/sys/kernel/mm/hugepages/hugepages-2048kB"
-    (root / base.lstrip("/") / "nr_hugepages").chmod(0o444)  # the write will fail
-    os.chmod(root / base.lstrip("/") / "nr_hugepages", 0o444)
-    added, why = changes.grow_hugetlb(f"{base}/nr_hugepages", f"{base}/free_hugepages", f"{base}/resv_hugepages", 32)
-    if os.geteuid() == 0:  # root writes 0444 files anyway: the fake root cannot refuse
-        assert added == 32 and why is None
-        assert changes.restore() and (root / base.lstrip("/") / "nr_hugepages").read_text().strip() == "0"
-    else:
-        assert added == 0 and why and "cannot write" in why
+    seen = watch_pool_writes(monkeypatch, nr, changes.journal)
+    assert grow_2m_pool(changes, 32) == (32, None)
+    assert seen == [([GROW_32], "0\n")], "when the pool is written, the journal must already name the change"
+    assert nr.read_text() == "32\n" and json.loads(changes.journal.read_text()) == [GROW_32]
+    assert changes.restore() == [f"{HUGETLB_2M}/nr_hugepages: 32 -> 0 (removed the 32 pages pytest-kvmmm added)"]
+    assert nr.read_text().strip() == "0"
+    assert not list((tmp_path / "journal").glob("*.json")), "no journal left after a restore"
+
+
+def test_a_pool_write_that_fails_is_dropped_from_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The write fails as /sys refuses it to a non-root user (EACCES). Injected: a file of the fake
+    # root cannot refuse root, whose CAP_DAC_OVERRIDE writes even a 0444 file.
+    root = make_host_root(tmp_path / "root", pools={2048: {"nr": 0, "free": 0}})
+    nr = root / HUGETLB_2M.lstrip("/") / "nr_hugepages"
+    changes = HostChanges(root, tmp_path / "journal")
+    seen = watch_pool_writes(monkeypatch, nr, changes.journal, fail=True)
+    assert grow_2m_pool(changes, 32) == (0, f"cannot write {HUGETLB_2M}/nr_hugepages: Permission denied")
+    assert seen == [([GROW_32], "0\n")], "the journal named the change before the write was tried"
+    assert nr.read_text() == "0\n"
+    assert json.loads(changes.journal.read_text()) == [], "the change that was not made is not journalled"
+    assert changes.restore() == [] and nr.read_text() == "0\n"
     assert not list((tmp_path / "journal").glob("*.json")), "no journal left after a restore"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import make_fake
+from fakes import golden, make_fake, make_golden_fake
 from pytest_kvmmm import guest_modes as gm
 from pytest_kvmmm.guest_modes import (
     BY_NAME,
@@ -45,19 +45,6 @@ ORDER_612 = (
     "p40v48_4k", "p40v48_16k", "p40v48_64k", "pxxv48_4k", "p47v64_4k", "p44v64_4k",
     "p36v48_4k", "p36v48_16k", "p36v48_64k", "p36v47_16k",
 )  # fmt: skip
-
-
-def text(name: str) -> str:
-    return (HELP / name).read_text()
-
-
-def real_fake(directory: Path, binary: str) -> Path:
-    """A fake replaying the real capture of ``binary -h`` (stdout, stderr, exit code)."""
-    stem = f"{binary}.{REAL}"
-    return make_fake(
-        directory, binary, stdout=text(f"{stem}.stdout"), stderr=text(f"{stem}.stderr"),
-        exit=int(text(f"{stem}.rc")),
-    )  # fmt: skip
 
 
 def counting_fake(directory: Path, name: str, stdout: str, exit: int = 0) -> tuple[Path, Path]:
@@ -92,7 +79,7 @@ def fresh_cache() -> Iterator[None]:
 
 @pytest.mark.parametrize("binary", WITH_TABLE)
 def test_real_612_tables(binary: str) -> None:
-    modes = parse_mode_help(text(f"{binary}.{REAL}.stdout"))
+    modes = parse_mode_help(golden(f"help/{binary}.{REAL}.stdout"))
     assert tuple(modes) == ORDER_612
     assert [e.mode_id for e in modes.values()] == list(range(16))
     assert [e.name for e in modes.values() if e.supported] == ["pxxv48_4k"]
@@ -102,18 +89,18 @@ def test_real_612_tables(binary: str) -> None:
 @pytest.mark.parametrize("binary", WITHOUT_TABLE)
 def test_real_help_without_table(binary: str) -> None:
     stem = f"{binary}.{REAL}"
-    assert parse_mode_help(text(f"{stem}.stdout") + text(f"{stem}.stderr")) == {}
+    assert parse_mode_help(golden(f"help/{stem}.stdout") + golden(f"help/{stem}.stderr")) == {}
 
 
 def test_real_exit_codes_vary() -> None:
     """Why the resolver reads text and never the exit code."""
-    rcs = {b: int(text(f"{b}.{REAL}.rc")) for b in (*WITH_TABLE, *WITHOUT_TABLE)}
+    rcs = {b: int(golden(f"help/{b}.{REAL}.rc")) for b in (*WITH_TABLE, *WITHOUT_TABLE)}
     assert {rcs[b] for b in WITH_TABLE} == {0}
     assert (rcs["max_guest_memory_test"], rcs["memslot_perf_test"], rcs["dirty_log_page_splitting_test"]) == (1, 255, 4)
 
 
 def test_synthetic_61_has_15_modes_and_default_8() -> None:
-    modes = parse_mode_help(text("kvm_page_table_test.synthetic-6.1-x86_64.stdout"))
+    modes = parse_mode_help(golden("help/kvm_page_table_test.synthetic-6.1-x86_64.stdout"))
     assert len(modes) == 15 and "p52v48_16k" not in modes
     assert modes["pxxv48_4k"].mode_id == 8 and modes["pxxv48_4k"].supported
     assert modes["p36v47_16k"].mode_id == 14
@@ -121,7 +108,7 @@ def test_synthetic_61_has_15_modes_and_default_8() -> None:
 
 def test_synthetic_arm64_supported_set_matches_kvmdecode() -> None:
     """An IPA-48 host with 4K and 64K granules, as supported_guest_modes_arm64 computes it."""
-    modes = parse_mode_help(text("kvm_page_table_test.synthetic-6.12-aarch64-ipa48-4k64k.stdout"))
+    modes = parse_mode_help(golden("help/kvm_page_table_test.synthetic-6.12-aarch64-ipa48-4k64k.stdout"))
     cpu = Arm64KvmCpu(
         ttrem=0, fwb=False, parange_bits=48, s2_granules=("4k", "64k"), s2_52bit=(), hafdbs=0,
         idc=False, dic=False, granules=("4k", "64k"), granules_52bit=(),
@@ -133,14 +120,14 @@ def test_synthetic_arm64_supported_set_matches_kvmdecode() -> None:
 
 
 def test_synthetic_616_inserts_p47v47_16k_before_p36v47_16k() -> None:
-    modes = parse_mode_help(text("kvm_page_table_test.synthetic-6.16-loongarch64.stdout"))
+    modes = parse_mode_help(golden("help/kvm_page_table_test.synthetic-6.16-loongarch64.stdout"))
     assert len(modes) == 17
     assert (modes["p47v47_16k"].mode_id, modes["p36v47_16k"].mode_id) == (15, 16)
     assert [e.name for e in modes.values() if e.supported] == ["p47v47_16k"]
 
 
 def test_synthetic_619_renames_pxxv48_4k() -> None:
-    modes = parse_mode_help(text("kvm_page_table_test.synthetic-6.19-x86_64.stdout"))
+    modes = parse_mode_help(golden("help/kvm_page_table_test.synthetic-6.19-x86_64.stdout"))
     assert "pxxv48_4k" not in modes
     assert modes["pxxvyy_4k"].mode_id == 9 and modes["pxxvyy_4k"].supported
     assert modes["pxxvyy_4k"].text == "PA-bits:ANY, VA-bits:48 or 57, 4K pages"
@@ -166,14 +153,14 @@ def test_parse_tolerates_crlf_tabs_and_mixed_output() -> None:
 
 
 def test_pxxv48_4k_id_differs_between_61_and_612(tmp_path: Path) -> None:
-    old = make_fake(tmp_path / "61", "kvm_page_table_test", stdout=text("kvm_page_table_test.synthetic-6.1-x86_64.stdout"))
-    new = real_fake(tmp_path / "612", "kvm_page_table_test")
+    old = make_fake(tmp_path / "61", "kvm_page_table_test", stdout=golden("help/kvm_page_table_test.synthetic-6.1-x86_64.stdout"))
+    new = make_golden_fake(tmp_path / "612", "kvm_page_table_test", f"help/kvm_page_table_test.{REAL}")
     assert mode_args(old, "pxxv48_4k") == ("-m", "8")
     assert mode_args(new, "pxxv48_4k") == ("-m", "9")
 
 
 def test_unsupported_mode_names_itself(tmp_path: Path) -> None:
-    binary = real_fake(tmp_path, "kvm_page_table_test")
+    binary = make_golden_fake(tmp_path, "kvm_page_table_test", f"help/kvm_page_table_test.{REAL}")
     res = resolve_mode(binary, "p52v48_4k")
     assert (res.mode_id, res.supported, res.runnable) == (0, False, False)
     assert res.reason is not None
@@ -192,7 +179,7 @@ def test_unsupported_mode_names_itself(tmp_path: Path) -> None:
      ("kvm_page_table_test.synthetic-6.1-x86_64.stdout", "p52v48_16k", "15 modes; p52v48_16k: added in 6.8")],
 )  # fmt: skip
 def test_unknown_mode_says_so(tmp_path: Path, help_file: str, name: str, hint: str) -> None:
-    binary = make_fake(tmp_path, "kvm_page_table_test", stdout=text(help_file))
+    binary = make_fake(tmp_path, "kvm_page_table_test", stdout=golden(f"help/{help_file}"))
     res = resolve_mode(binary, name)
     assert res.mode_id is None and not res.supported
     assert res.reason is not None
@@ -201,14 +188,14 @@ def test_unknown_mode_says_so(tmp_path: Path, help_file: str, name: str, hint: s
 
 
 def test_default_needs_no_help(tmp_path: Path) -> None:
-    binary, log = counting_fake(tmp_path, "kvm_page_table_test", text(f"kvm_page_table_test.{REAL}.stdout"))
+    binary, log = counting_fake(tmp_path, "kvm_page_table_test", golden(f"help/kvm_page_table_test.{REAL}.stdout"))
     assert mode_args(binary, DEFAULT_MODE) == ()
     assert resolve_mode(binary, DEFAULT_MODE).runnable
     assert calls(log) == []
 
 
 def test_help_runs_once_per_binary(tmp_path: Path) -> None:
-    table = text(f"kvm_page_table_test.{REAL}.stdout")
+    table = golden(f"help/kvm_page_table_test.{REAL}.stdout")
     a, log_a = counting_fake(tmp_path / "a", "kvm_page_table_test", table)
     b, log_b = counting_fake(tmp_path / "b", "dirty_log_perf_test", table, exit=255)
     for name in ("pxxv48_4k", "p52v48_4k", "p47v47_16k", "pxxv48_4k"):
@@ -222,7 +209,7 @@ def test_help_runs_once_per_binary(tmp_path: Path) -> None:
 
 
 def test_rebuilt_binary_is_read_again(tmp_path: Path) -> None:
-    binary, log = counting_fake(tmp_path, "kvm_page_table_test", text(f"kvm_page_table_test.{REAL}.stdout"))
+    binary, log = counting_fake(tmp_path, "kvm_page_table_test", golden(f"help/kvm_page_table_test.{REAL}.stdout"))
     assert mode_args(binary, "pxxv48_4k") == ("-m", "9")
     st = binary.stat()
     os.utime(binary, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
@@ -249,7 +236,7 @@ def test_garbage_help(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("binary", WITHOUT_TABLE)
 def test_binaries_without_table_say_why(tmp_path: Path, binary: str) -> None:
-    res = resolve_mode(real_fake(tmp_path, binary), "pxxv48_4k")
+    res = resolve_mode(make_golden_fake(tmp_path, binary, f"help/{binary}.{REAL}"), "pxxv48_4k")
     assert res.reason is not None and "prints no guest-mode table" in res.reason
     if binary == "dirty_log_page_splitting_test":  # requirements are checked before -h
         assert "skipped before printing help: '1..0 # SKIP - Requirement not met" in res.reason

@@ -391,16 +391,13 @@ class TestWrapper:
                             *lab.default_pytest_args(), "--kvm-results=/r/lab/lab.jsonl",
                             "--alluredir=/r/lab/allure"]  # fmt: skip
 
-    def test_default_selection_follows_the_plugins_scales(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from pytest_kvmmm import scale
+    def test_default_selection_is_the_lab_scale(self) -> None:
+        from pytest_kvmmm.scale import SCALES
 
-        monkeypatch.setitem(scale.SCALES, "lab", scale.Scale("lab", "test"))
         args = lab.default_pytest_args()
         assert args[:4] == ["-m", "pagetable", "--kvm-scale", "lab"] and args[-2:] == ["-k", lab.LAB_K]
         assert "arch:aarch64,pxxv48_4k" in args
-        monkeypatch.delitem(scale.SCALES, "lab")
-        assert lab.default_pytest_args()[2:4] == ["--kvm-scale", "smoke"]
-        assert lab.default_pytest_args()[-2:] == ["-k", "test_kvm_page_table"]
+        assert "lab" in SCALES, "the plugin this checkout's lab.py runs defines the lab scale"
 
     def test_the_users_paths_win(self) -> None:
         argv = lab.pytest_argv([], ["-k", "x", "--alluredir=/elsewhere"], Path("/r/lab"))
@@ -450,6 +447,14 @@ class TestWrapper:
         nothing = self.lab_records({"vm": ("pxxv48_4k",), "lab-a": (), "lab-b": ("p48v48_4k",)})
         assert {"lab-a: no test passed", "lab-a: no arm64 guest mode passed"} <= set(lab.lab_checks(nothing, states))
 
+    def test_read_results_gives_no_records_for_a_missing_or_broken_file(self, tmp_path: Path) -> None:
+        good = tmp_path / "lab.jsonl"
+        good.write_text('{"host": "a", "outcome": "passed"}\n\n{"host": "b", "outcome": "failed"}\n')
+        assert lab.read_results(good) == [{"host": "a", "outcome": "passed"}, {"host": "b", "outcome": "failed"}]
+        assert lab.read_results(tmp_path / "missing.jsonl") == []
+        (tmp_path / "broken.jsonl").write_text('{"host": "a"}\n{"host": \n')
+        assert lab.read_results(tmp_path / "broken.jsonl") == []
+
     def test_outcome_counts(self) -> None:
         counts = lab.outcome_counts([{"host": "a", "outcome": "passed"}, {"host": "a", "outcome": "passed"},
                                      {"host": "b", "outcome": "failed"}])  # fmt: skip
@@ -465,6 +470,18 @@ class TestWrapper:
         monkeypatch.setattr(lab, "run_lab", pytest.fail)
         assert lab.main(["ci"]) == 0
         assert "SKIPPED: the arm64 lab cannot be built here: qemu-system-aarch64 missing" in capsys.readouterr().err
+
+    def test_ci_stage_without_a_share_fails_without_reading_results(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        states = [host_state("lab-a", 1)]
+        monkeypatch.setattr(lab, "cmd_build", lambda args: 0)
+        monkeypatch.setattr(lab, "run_lab", lambda args: (0, 1.0, states))
+        monkeypatch.setattr(lab, "read_results", pytest.fail)  # no <cwd>/lab.jsonl either
+        assert lab.main(["ci", "--share", ""]) == 1
+        err = capsys.readouterr().err
+        assert "[lab] FAILED: lab.py ci needs --share: it checks the results file\n" in err
+        assert err.count("FAILED") == 1
 
     def test_a_machine_too_small_for_the_hosts(self) -> None:
         gib = 1 << 30

@@ -8,7 +8,6 @@ this host runs it in its own; each skips the other's mode.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ sys.path.insert(0, str(REPO / "ci" / "lab"))
 from kvmmm_lab import image  # noqa: E402
 
 from pytest_kvmmm.provision.cache import default_cache_root  # noqa: E402
+from pytest_kvmmm.results import read_results  # noqa: E402
 
 #: The real cache root, read at import: pytester fixtures move HOME.
 CACHE = Path(os.path.abspath(default_cache_root()))
@@ -50,11 +50,11 @@ def test_one_arm64_lab_host_and_this_host(tmp_path: Path) -> None:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=900, env={**os.environ, "KVMMM_CACHE_DIR": str(CACHE)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "lab-arm64-4k: aarch64" in proc.stderr and "TTRem 2" in proc.stderr and "KVM arm64-vhe" in proc.stderr
-    records = [json.loads(line) for line in (share / "lab.jsonl").read_text().splitlines()]
+    records = read_results(share / "lab.jsonl")
     hosts = {r["host"] for r in records}
     assert len(hosts) == 2 and "lab-arm64-4k" in hosts, hosts
     here = (hosts - {"lab-arm64-4k"}).pop()
-    got = {(r["host"], r["nodeid"].split("[")[1].rstrip("]")): r["outcome"] for r in records}
+    got = {(r["host"], str(r["nodeid"]).split("[")[1].rstrip("]")): r["outcome"] for r in records}
     assert got == {
         ("lab-arm64-4k", "anonymous-p40v48_4k"): "passed",  # arm64's default mode
         ("lab-arm64-4k", "anonymous-pxxv48_4k"): "skipped",  # x86's
@@ -62,7 +62,8 @@ def test_one_arm64_lab_host_and_this_host(tmp_path: Path) -> None:
         (here, "anonymous-p40v48_4k"): "skipped",
     }
     arm = next(r for r in records if r["host"] == "lab-arm64-4k" and r["outcome"] == "passed")
-    assert arm["host_facts"]["ttrem"] == "2" and arm["host_facts"]["arch"] == "aarch64"
-    assert arm["metrics"]["KVM_CREATE_MAPPINGS"] > 0
+    facts, metrics = arm["host_facts"], arm["metrics"]
+    assert isinstance(facts, dict) and facts["ttrem"] == "2" and facts["arch"] == "aarch64"
+    assert isinstance(metrics, dict) and metrics["KVM_CREATE_MAPPINGS"] > 0
     assert list((share / "allure").glob("*-result.json")), "the guest's Allure results reach the shared directory"
     assert "lab-arm64-4k: stopped (pid" in proc.stderr and not (tmp_path / "run/state.json").exists()

@@ -11,8 +11,6 @@ import pytest
 
 from fakes import golden, make_fake, make_golden_fake, make_host_root, records
 
-pytest_plugins = ()
-
 ASSERT_254 = """\
 ==== Test Assertion Failure ====
   lib/kvm_util.c:1000: region->mmap_start != MAP_FAILED

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from fakes import golden, make_fake, make_host_root
 from pytest_kvmmm.host import probe_host
+from pytest_kvmmm.results import read_results
 
 PT = ["--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", "-p", "no:cacheprovider"]
-
-
-def records(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def overlapping(a: dict[str, object], b: dict[str, object]) -> bool:
@@ -58,7 +54,7 @@ def test_hugetlb_cases_share_the_pool_without_overcommitting_it(
         "--kvm-selftests", str(tmp_path / "bins"), "--kvm-results", "r.jsonl",
     )
     res.assert_outcomes(passed=2)
-    a, b = records(pytester.path / "r.jsonl")
+    a, b = read_results(pytester.path / "r.jsonl")
     assert overlapping(a, b) is not serialized
 
 
@@ -70,7 +66,7 @@ def test_a_pool_for_one_hugetlb_case_serializes_the_suite(pytester: pytest.Pytes
         f"--kvm-host-snapshot={root}", "--kvm-selftests", str(slow_bins), "--kvm-results", "r.jsonl",
     )
     res.assert_outcomes(passed=2)
-    a, b = records(pytester.path / "r.jsonl")
+    a, b = read_results(pytester.path / "r.jsonl")
     assert not overlapping(a, b), "two cases that each need the whole pool ran at once"
 
 
@@ -85,8 +81,8 @@ def test_perf_tests_never_overlap_and_outcomes_match_n0(pytester: pytest.Pyteste
         return {k: v for k, v in res.parseoutcomes().items() if k in ("passed", "skipped", "failed", "error")}
 
     assert counts(serial) == counts(parallel) == {"passed": 7, "skipped": 1}
-    n0 = {r["nodeid"]: r["status"] for r in records(pytester.path / "n0.jsonl")}
-    recs = records(pytester.path / "n2.jsonl")
+    n0 = {r["nodeid"]: r["status"] for r in read_results(pytester.path / "n0.jsonl")}
+    recs = read_results(pytester.path / "n2.jsonl")
     assert {r["nodeid"]: r["status"] for r in recs} == n0, "same outcomes, one record per test"
     ran = [r for r in recs if r["started_at"]]
     perf = [r for r in ran if "test_kvm_page_table" in str(r["nodeid"])]
@@ -116,7 +112,7 @@ def test_two_gateways_two_hosts(pytester: pytest.Pytester, tmp_path: Path, slow_
     )
     out = res.stdout.str()
     assert "Different tests were collected" not in out
-    recs = records(pytester.path / "r.jsonl")
+    recs = read_results(pytester.path / "r.jsonl")
     by_host: dict[str, dict[str, str]] = {}
     for r in recs:
         by_host.setdefault(str(r["host"]), {})[str(r["nodeid"]).split("::")[-1]] = str(r["status"])

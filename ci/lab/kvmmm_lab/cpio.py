@@ -47,7 +47,6 @@ class CpioWriter:
         self.ino = ino_base
         self.mtime = mtime
         self.dirs: set[str] = set()
-        self.names: set[str] = set()
 
     def __enter__(self) -> CpioWriter:
         return self
@@ -59,7 +58,6 @@ class CpioWriter:
         self.out.write(header(name, mode, len(data), self.mtime if mtime is None else mtime, self.ino))
         self.out.write(data + _pad(len(data)))
         self.ino += 1
-        self.names.add(name)
 
     def _parents(self, name: str) -> None:
         parts = name.split("/")[:-1]
@@ -106,7 +104,6 @@ class CpioWriter:
                     self.out.write(chunk)
             self.out.write(_pad(st.st_size))
             self.ino += 1
-            self.names.add(name)
         # device nodes, fifos and sockets are skipped: devtmpfs provides /dev in the guest
 
     def add_tree(

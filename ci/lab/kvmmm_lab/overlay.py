@@ -1,7 +1,7 @@
 """The per-boot part of a lab host's initramfs: /init, the server, the host's settings, and
 a copy of the plugin at the same absolute path as on the controller.
 
-Built at every boot (about 0.1 s), so the cached image never goes stale when the plugin's
+Built at every boot (a few milliseconds), so the cached image never goes stale when the plugin's
 code changes, and the guest always runs the code the controller runs.
 """
 

@@ -50,7 +50,6 @@ class HostSpec:
     smp: int = 2
     cpu: str = "max"
     share: Path | None = None
-    append: str = ""
 
 
 def qemu_args(h: HostSpec, qemu: str = QEMU) -> list[str]:
@@ -62,7 +61,7 @@ def qemu_args(h: HostSpec, qemu: str = QEMU) -> list[str]:
         "-display", "none", "-monitor", "none", "-serial", f"file:{h.console}",
         "-no-reboot",
         "-kernel", str(h.kernel), "-initrd", str(h.initrd),
-        "-append", " ".join(filter(None, ("console=ttyAMA0 panic=-1 rdinit=/init log_buf_len=4M", h.append))),
+        "-append", "console=ttyAMA0 panic=-1 rdinit=/init log_buf_len=4M",
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{h.port}-:{GUEST_PORT}",
         "-device", "virtio-net-pci,netdev=net0,romfile=",
     ]  # fmt: skip
@@ -161,16 +160,6 @@ def is_ours(h: HostState, cmdline: Callable[[int], list[str] | None] = proc_cmdl
     if child is not None:
         return child.poll() is None
     return cmdline(h.pid) == h.argv
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stop(

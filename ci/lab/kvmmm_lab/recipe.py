@@ -131,13 +131,6 @@ def module_closure(wanted: Iterable[str], depends: Callable[[str], Sequence[str]
     return order
 
 
-def evaluate_marker(marker: str, env: Mapping[str, str]) -> bool:
-    """A dependency's environment marker, for the guest (``packaging`` comes with pytest)."""
-    from packaging.markers import Marker
-
-    return bool(Marker(marker).evaluate(dict(env)))
-
-
 def guest_marker_env(python: str = "3.11") -> dict[str, str]:
     """PEP 508 marker values of the guest: Debian bookworm's python3 on arm64 Linux."""
     return {
