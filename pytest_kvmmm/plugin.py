@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from . import allure_report, cases, options, testids
+from . import allure_report, cases, options, testids, timeout_guard
 from .baseline.plugin import BaselinePlugin
 from .baseline.plugin import add_options as add_baseline_options
 from .coordination import HostCoordinator
@@ -97,6 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[ENGINE_KEY] = plugin.engine
     config.pluginmanager.register(plugin, "kvmmm-session")
     config.pluginmanager.register(BaselinePlugin(config, plugin.engine, plugin.host, plugin.records, lambda: plugin.host_label), "kvmmm-baseline")
+    config.pluginmanager.register(timeout_guard, "kvmmm-timeout-guard")
 
 
 class KvmmmPlugin:

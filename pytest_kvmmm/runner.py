@@ -17,10 +17,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import proctree
 
 #: Output kept per stream. A binary that prints megabytes keeps its head and its tail:
 #: the assertion block and the metrics are at the end, the banner at the start.
@@ -44,6 +46,11 @@ class ProcessResult:
     start_error: str | None = None
     truncated: bool = False
     started_at: float = 0.0
+    #: Processes the binary left running when it exited (or outside its group on a timeout),
+    #: as ``"PID CMDLINE"``; all of them were killed.
+    left_behind: tuple[str, ...] = ()
+    #: Every process and thread id seen in the selftest's tree (the kernel log names threads).
+    pids: frozenset[int] = frozenset()
 
     @property
     def signal(self) -> signal.Signals | None:
@@ -97,6 +104,7 @@ def _pump(
     captures: dict[int, _Capture],
     deadline: float | None,
     until_exit: bool = True,
+    poll: Callable[[], None] | None = None,
 ) -> bool:
     """Read both pipes until EOF on both, or the deadline. Returns True when the deadline hit.
 
@@ -113,6 +121,8 @@ def _pump(
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return True
+            if poll is not None:
+                poll()
             if until_exit and _exited(proc.pid, now):
                 return False
             wait = _POLL_S if deadline is None else min(_POLL_S, deadline - now)
@@ -142,7 +152,9 @@ def _load_prctl() -> Any:
 _PRCTL = _load_prctl()
 
 
-def _die_with_parent(mask: set[int | signal.Signals] | None = None) -> None:
+def _die_with_parent(
+    mask: set[int | signal.Signals] | None = None, tree: proctree.ProcessTree | None = None
+) -> None:
     """In the child before exec: SIGKILL it when the process that started it dies, and give it
     back the signal mask the parent had (``run`` blocks SIGINT around the start).
 
@@ -151,6 +163,8 @@ def _die_with_parent(mask: set[int | signal.Signals] | None = None) -> None:
     """
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if tree is not None:
+        tree.join()
     if mask is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
@@ -195,6 +209,73 @@ def _exited(pid: int, deadline: float | None) -> bool:
         time.sleep(0.002)
 
 
+_cgroup_lock = threading.Lock()
+#: Where this process creates a cgroup per selftest (resolved on first use; None: subreaper).
+_cgroup_parent: Path | None | bool = False
+#: The trees of selftests running now, by thread: ``kill_running`` ends them from elsewhere.
+_running: dict[int, proctree.ProcessTree] = {}
+
+
+def _new_tree() -> proctree.ProcessTree:
+    global _cgroup_parent
+    with _cgroup_lock:
+        if _cgroup_parent is False:
+            _cgroup_parent = proctree.own_cgroup()
+            if _cgroup_parent is not None:
+                proctree.sweep_stale(_cgroup_parent)
+        parent = _cgroup_parent
+    return proctree.ProcessTree(parent if isinstance(parent, Path) else None)
+
+
+def _no_cgroup() -> None:
+    """The child could not join its cgroup: track by subreaper from now on."""
+    global _cgroup_parent
+    with _cgroup_lock:
+        _cgroup_parent = None
+
+
+def kill_running() -> None:
+    """Kill every selftest this process runs now, with all it started (pytest-timeout's thread
+    method ends the process with ``os._exit``: nothing would kill them after that)."""
+    for tree in list(_running.values()):
+        if tree.leader is not None:
+            _kill_group(tree.leader, signal.SIGKILL)
+        tree.kill_all()
+        if tree.leader is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(tree.leader, signal.SIGKILL)
+
+
+def _start(
+    argv: tuple[str, ...], cwd: Path | None, env: Mapping[str, str] | None,
+    mask: set[int | signal.Signals] | None,
+) -> tuple[subprocess.Popen[bytes], proctree.ProcessTree]:
+    """Start the binary in its own session and process tree (cgroup, else subreaper)."""
+    tree = _new_tree()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=tree.env(env),
+            start_new_session=True,
+            preexec_fn=functools.partial(_die_with_parent, mask, tree),
+        )
+    except subprocess.SubprocessError:  # the cgroup refused the child (delegation, nesting)
+        tree.close()
+        if tree.cgroup is None:
+            raise
+        _no_cgroup()
+        return _start(argv, cwd, env, mask)
+    except BaseException:
+        tree.close()
+        raise
+    tree.started(proc.pid)
+    return proc, tree
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -207,6 +288,8 @@ def run(
 
     On timeout the whole process group gets SIGTERM, then SIGKILL after a short grace,
     so threads and children of the selftest (vCPU threads, uffd handlers) die with it.
+    Whatever the binary started and left running (a ``setsid`` child, a daemon) is found
+    through its process tree, killed, and reported in ``left_behind``.
     A binary that cannot be started gives ``start_error`` instead of an exception.
     """
     argv = tuple(str(a) for a in argv)
@@ -214,16 +297,7 @@ def run(
     t0 = time.monotonic()
     with _sigint_deferred() as mask:
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=None if env is None else dict(env),
-                start_new_session=True,
-                preexec_fn=functools.partial(_die_with_parent, mask),
-            )
+            proc, tree = _start(argv, cwd, env, mask)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if exc.errno == errno.ENOEXEC:
@@ -232,38 +306,46 @@ def run(
                 argv, None, "", "", time.monotonic() - t0, start_error=f"cannot start {argv[0]}: {reason}",
                 started_at=started_at,
             )
+        _running[threading.get_ident()] = tree
         try:
             if mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C held back is raised here
         except BaseException:
-            _kill_group(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _end(proc, tree)
             raise
 
     assert proc.stdout is not None and proc.stderr is not None
     out, err = _Capture(output_limit), _Capture(output_limit)
     captures = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     deadline = None if timeout is None else t0 + timeout
+    left: list[tuple[int, str]] = []
     try:
-        timed_out = _pump(proc, captures, deadline)
+        timed_out = _pump(proc, captures, deadline, poll=tree.poll)
         if not timed_out:
             # Pipes may have closed early (the binary closed its stdio): wait for the exit.
             timed_out = not _exited(proc.pid, deadline)
         if timed_out:
             _kill_group(proc.pid, signal.SIGTERM)
             _exited(proc.pid, time.monotonic() + KILL_GRACE_S)
-        # The leader exited (and is not yet reaped, so its pgid cannot be reused): make sure
-        # no vCPU helper, uffd handler or child of the group outlives it, then take what the
-        # group still flushed. Briefly: a grandchild that left the group could hold the pipes.
+            _kill_group(proc.pid, signal.SIGKILL)
+            tree.group_killed = True
+            _exited(proc.pid, time.monotonic() + KILL_GRACE_S)
+        # The leader exited (and is not yet reaped, so its pgid cannot be reused). What is still
+        # running now was left behind (on a timeout: what escaped the group); then nothing of
+        # the tree may outlive it. Take what it still flushed, briefly: a grandchild that left
+        # the group could hold the pipes.
+        left = tree.leftovers()
         _kill_group(proc.pid, signal.SIGKILL)
+        tree.kill_all()
         _pump(proc, captures, time.monotonic() + 0.5, until_exit=False)
         proc.wait()
     except BaseException:
         # Ctrl-C or any error while waiting: never leave the selftest running behind us.
-        _kill_group(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _end(proc, tree)
         raise
     finally:
+        _running.pop(threading.get_ident(), None)
+        tree.close()
         proc.stdout.close()
         proc.stderr.close()
 
@@ -276,4 +358,15 @@ def run(
         timed_out=timed_out,
         truncated=bool(out.dropped or err.dropped),
         started_at=started_at,
+        left_behind=tuple(f"{pid} {cmd}" for pid, cmd in left),
+        pids=frozenset(tree.seen),
     )
+
+
+def _end(proc: subprocess.Popen[bytes], tree: proctree.ProcessTree) -> None:
+    """Kill the selftest, its group and its tree, and reap it (interrupt or error)."""
+    _kill_group(proc.pid, signal.SIGKILL)
+    tree.kill_all()
+    proc.wait()
+    _running.pop(threading.get_ident(), None)
+    tree.close()

@@ -247,6 +247,7 @@ class SelftestEngine:
             # "Memslot count too high", dirty_log_test's unsupported log mode).
             outcome = Outcome(Status(verdict.status), f"{short} exit 0 but: {verdict.reason}"
                               if verdict.status == "failed" else verdict.reason)
+        outcome = left_behind(outcome, short, proc.left_behind)
         if health.bad and self.kernel_mode == "fail":
             if outcome.status is Status.PASSED:
                 outcome = Outcome(Status.FAILED, f"{short} passed, but {health.summary()}", health.report())
@@ -276,6 +277,18 @@ class SelftestEngine:
             ),
             kernel_log=(*(line for _, line in health.complaints), *health.noise),
         )
+
+
+def left_behind(outcome: Outcome, short: str, left: Sequence[str]) -> Outcome:
+    """A selftest that leaves processes running fails (they were killed): a passing one with
+    ``left N processes behind: PID CMDLINE``, a failing one keeps its reason and says it too."""
+    if not left:
+        return outcome
+    shown = "; ".join(left[:5]) + (f"; and {len(left) - 5} more" if len(left) > 5 else "")
+    line = f"left {len(left)} processes behind: {shown}"
+    if outcome.status in (Status.PASSED, Status.SKIPPED):
+        return Outcome(Status.FAILED, f"{short} {line}", outcome.details)
+    return Outcome(outcome.status, f"{outcome.reason}; {line}", outcome.details)
 
 
 def combine(results: Sequence[SelftestResult]) -> SelftestResult:

@@ -35,6 +35,7 @@ def make_fake(
     raw_stdout: bytes = b"",
     argv_file: Path | None = None,
     sleep: float = 0.0,
+    daemon_pidfile: Path | None = None,
 ) -> Path:
     """Write an executable fake selftest ``directory/name`` and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -51,6 +52,18 @@ def make_fake(
         if pidfile:
             child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
             open(pidfile, "w").write(str(child.pid))
+        daemon = {str(daemon_pidfile) if daemon_pidfile else None!r}
+        if daemon:  # a double-forked daemon in a session of its own: out of the group's reach
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    open(daemon + ".tmp", "w").write(str(os.getpid()))
+                    os.rename(daemon + ".tmp", daemon)
+                    os.execv("/bin/sleep", ["sleep", "600"])
+                os._exit(0)
+            os.wait()
+            while not os.path.exists(daemon):
+                time.sleep(0.01)
         if {hang!r}:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # like a vCPU thread stuck in KVM_RUN
             time.sleep(600)
