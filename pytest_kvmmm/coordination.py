@@ -29,6 +29,7 @@ from typing import Any
 from filelock import FileLock
 
 from .runner import pid_alive
+from .safefs import private_dir
 
 POLL_S = 0.1
 
@@ -41,8 +42,7 @@ class HostCoordinator:
     """One run's shared state on this host. ``budget`` is the usable pages per hugetlb size (kB)."""
 
     def __init__(self, run_dir: Path, budget: Mapping[int, int]) -> None:
-        self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = private_dir(run_dir)  # 0700, ours, not a link: else UnsafePath stops the run
         self._ledger = run_dir / "hugetlb.json"
         self._budget_file = run_dir / "hugetlb-budget.json"
         self._holding = False

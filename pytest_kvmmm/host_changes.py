@@ -9,22 +9,31 @@ of a dead process and restores it first.
 Pools shrink back only by what this plugin added: pages another user reserved meanwhile
 stay. THP goes back only if it still has the value we set. All of it happens under one
 file lock, so xdist workers never fight over the same sysfs file.
+
+A journal read back is input, not instructions: it is read only from a directory and a file
+that are ours and writable by nobody else (``safefs``), and only entries that name a file
+this plugin changes, with values of the right kind, are replayed (``journal_check``); the
+rest is left as it is and reported in ``ignored``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from filelock import FileLock
 
+from . import journal_check
 from .host.mm import THP
 from .host.sysfs import rooted, selected_word
 from .runner import pid_alive
+from .safefs import UnsafePath, private_dir, private_problem, read_private, replace_file
 
 THP_ENABLED = f"{THP}/enabled"
+#: A journal holds a handful of entries; anything larger is not one of ours.
+JOURNAL_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -45,22 +54,29 @@ class HostChanges:
         self._lock = FileLock(str(self.dir / "host.lock"))
         self.journal = self.dir / f"{os.getpid()}.json"
         self.changes: list[Change] = []
+        #: Why journals or entries read back were not replayed (one line each, deduplicated).
+        self.ignored: list[str] = []
 
     def _file(self, path: str) -> Path:
         return rooted(self.root, path)
 
     def _write_journal(self, changes: list[Change], journal: Path | None = None) -> None:
-        journal = journal or self.journal
-        tmp = journal.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            json.dump([asdict(c) for c in changes], f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, journal)
+        """Replace the journal: an exclusive temp file in our private directory, fsync'ed, renamed."""
+        replace_file(journal or self.journal, json.dumps([asdict(c) for c in changes]), fsync=True, mode=0o600)
+
+    def _ensure_dir(self) -> str | None:
+        """Create the journal directory (0700), or say why it cannot be used (a link, someone else's)."""
+        try:
+            private_dir(self.dir)
+        except OSError as exc:
+            return str(exc) if isinstance(exc, UnsafePath) else f"cannot create {self.dir}: {exc.strerror or exc}"
+        return None
 
     def grow_hugetlb(self, nr_path: str, free_path: str, resv_path: str, pages: int) -> tuple[int, str | None]:
         """Grow the pool until ``pages`` are free; returns (pages added, why it fell short or None)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        unsafe = self._ensure_dir()
+        if unsafe:
+            return 0, unsafe
         with self._lock:
             nr = int(self._file(nr_path).read_text())
             usable = int(self._file(free_path).read_text()) - int(self._file(resv_path).read_text())
@@ -84,7 +100,9 @@ class HostChanges:
 
     def set_thp(self, value: str = "madvise") -> str | None:
         """Set THP ``enabled`` (journalled); returns why it failed, or None."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        unsafe = self._ensure_dir()
+        if unsafe:
+            return unsafe
         with self._lock:
             text = self._file(THP_ENABLED).read_text()
             old = selected_word(text) or ""
@@ -106,7 +124,9 @@ class HostChanges:
 
     def set_param(self, path: str, value: str) -> str | None:
         """Write a module parameter (journalled, restored like every change); returns why it failed."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        unsafe = self._ensure_dir()
+        if unsafe:
+            return unsafe
         with self._lock:
             old = self._file(path).read_text().strip()
             if old == value:
@@ -164,23 +184,79 @@ class HostChanges:
             self.journal.unlink(missing_ok=True)
             return done
 
+    def _stale(self) -> list[tuple[Path, int]]:
+        """Journals of processes that died without restoring (SIGKILL, a crashed worker), when
+        the journal directory can be trusted at all (else why not, in ``ignored``)."""
+        try:
+            st = os.lstat(self.dir)
+        except OSError:
+            return []
+        problem = private_problem(st, want_dir=True)
+        if problem:
+            self._ignore(f"{self.dir} {problem}")
+            return []
+        found = []
+        for journal in sorted(self.dir.glob("*.json")):
+            try:
+                pid = int(journal.stem)
+            except ValueError:
+                continue
+            if pid != os.getpid() and not pid_alive(pid):
+                found.append((journal, pid))
+        return found
+
+    def _ignore(self, reason: str) -> None:
+        if reason not in self.ignored:
+            self.ignored.append(reason)
+
+    def _read_stale(self, journal: Path) -> list[Change] | None:
+        """The replayable changes of a dead process's journal; None when the file is not to be
+        touched at all (not ours, a link, writable by others). Entries that may not be replayed
+        are reported; the journal then stays, renamed, for a person to look at."""
+        try:
+            entries = json.loads(read_private(journal, JOURNAL_LIMIT))
+        except UnsafePath as exc:
+            self._ignore(str(exc))
+            return None
+        except (OSError, ValueError, RecursionError) as exc:
+            self._ignore(f"{journal}: not a journal ({str(exc)[:80]})")
+            entries = []
+        if not isinstance(entries, list):
+            self._ignore(f"{journal}: not a list of changes")
+            entries = []
+        names = [f.name for f in fields(Change)]
+        changes, rejected = [], []
+        for entry in entries:
+            why = journal_check.problem(entry, names)
+            if why is None:
+                changes.append(Change(**entry))
+            else:
+                rejected.append(why)
+        if rejected:
+            for why in rejected:
+                self._ignore(f"{journal.name}: {why}")
+            os.replace(journal, journal.with_name(journal.name + ".rejected"))  # replayed once, kept for review
+        return changes
+
+    def pending_stale(self) -> bool:
+        """Whether a dead process left a journal here (cheap: a directory listing)."""
+        return bool(self._stale())
+
     def restore_stale(self) -> list[str]:
-        """Undo the changes of processes that died without restoring (SIGKILL, a crashed worker)."""
+        """Undo the replayable changes of processes that died without restoring (SIGKILL, a
+        crashed worker); what may not be replayed is left as is and named in ``ignored``."""
         done: list[str] = []
-        if not any(self.dir.glob("*.json")):
+        if not self._stale():
             return done
         with self._lock:
-            for journal in sorted(self.dir.glob("*.json")):
-                try:
-                    pid = int(journal.stem)
-                except ValueError:
+            for journal, pid in self._stale():
+                changes = self._read_stale(journal)
+                if changes is None:
                     continue
-                if pid == os.getpid() or pid_alive(pid):
-                    continue
-                try:
-                    changes = [Change(**c) for c in json.loads(journal.read_text())]
-                except (OSError, ValueError, TypeError):
-                    changes = []
                 done += [f"{line} [left by killed process {pid}]" for line in self._undo(changes)]
                 journal.unlink(missing_ok=True)
         return done
+
+    def ignored_line(self) -> str | None:
+        """The one report line on what was not replayed, or None."""
+        return journal_check.report_line(self.ignored) if self.ignored else None

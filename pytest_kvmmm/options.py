@@ -20,6 +20,7 @@ from .discovery import ENV_VAR, SearchRoot, explicit_root
 from .guest_modes import DEFAULT_MODE, parse_mode_selection
 from .host.snapshot import open_snapshot
 from .params import ParamSetting, parse_option
+from .safefs import target_problem
 from .scale import SCALES
 
 DEFAULT_TIMEOUT_S = 120.0  # tools/testing/selftests/kvm/settings: timeout=120
@@ -174,6 +175,10 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         raise pytest.UsageError(f"--kvm-param-values: {exc}") from None
 
     results = opt("kvm_results")
+    if results and not hasattr(config, "workerinput"):  # only the controller writes it
+        problem = target_problem(Path(results))
+        if problem:
+            raise pytest.UsageError(f"--kvm-results: {problem}")
     return Settings(
         explicit_root=explicit,
         timeout_s=timeout,

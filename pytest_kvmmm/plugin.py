@@ -11,14 +11,14 @@ import json
 import os
 import platform
 import socket
-import tempfile
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from . import allure_report, cases, options, testids, timeout_guard
+from .activation import is_selftest_item, named_option
 from .baseline.plugin import BaselinePlugin
 from .baseline.plugin import add_options as add_baseline_options
 from .coordination import HostCoordinator
@@ -56,7 +56,10 @@ from .params import PARAM_SIGNATURE, ParamSetting, full_name
 from .provision.cache import default_cache_root, journal_dir
 from .requirements import Requirement, first_unmet
 from .results import ResultsWriter
+from .rundir import remove_run_dirs, run_dir, shared_probe
+from .safefs import UnsafePath, private_dir
 from .selftest import SelftestEngine
+from .signals import SignalGuard
 from .summary import summary_lines
 
 __all__ = ["kvm_host", "kvm_hugetlb_pools", "kvm_info", "kvm_params", "kvm_result", "kvm_scale", "kvm_selftests", "kvm_ttrem"]
@@ -64,6 +67,8 @@ __all__ = ["kvm_host", "kvm_hugetlb_pools", "kvm_info", "kvm_params", "kvm_resul
 CALL_KEY = pytest.StashKey[SelftestCall]()
 WORKERINPUT_HOST = "kvmmm_host"
 REQUIRES_KEY = pytest.StashKey[tuple[Requirement, ...]]()
+#: Exit statuses of sessions that did not run: their --kvm-results file is left as it was.
+NOT_A_RUN = (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -117,11 +122,12 @@ class KvmmmPlugin:
             host=self.host,
             default_timeout=settings.timeout_s,
         )
-        self.engine.coordinator = self._coordinator() if self.is_worker else None
         self.engine.perf_repeat = settings.repeat
-        # Whatever an earlier, killed session changed on this host is undone first, flag or not.
         self.host_changes = HostChanges(settings.host_root, journal_dir(settings.host_root))
-        self.restored = self.host_changes.restore_stale()
+        #: Set once the run needs the host (``_activate``): nothing before touches it.
+        self.active = False
+        self.named = named_option(config)
+        self.restored: list[str] = []
         self.engine.host_changed = self.refresh_host
         self.engine.pools_changed = self.refresh_pools
         config.stash[CHANGES_KEY] = self.host_changes
@@ -129,14 +135,35 @@ class KvmmmPlugin:
             self.engine.host_changes = self.host_changes
         self.restored_at_end: list[str] = []
         self.kernel_watch: KernelWatch | None = None
-        if settings.kernel_log != "off" and settings.host_root == Path("/"):
-            kmsg = Path(os.environ.get("KVMMM_KMSG", "/dev/kmsg"))  # another log device, for tests
-            self.kernel_watch = KernelWatch(kmsg=kmsg, noise=settings.kernel_noise)
-            if self.kernel_watch.active:
-                self.engine.kernel, self.engine.kernel_mode = self.kernel_watch, settings.kernel_log
+        # Opened by the first record (or at the end): a usage error found later in configure
+        # (a typo in another --kvm-* option) must not empty the previous run's file.
         self.writer = ResultsWriter(settings.results) if settings.results and not self.is_worker else None
-        if self.writer is not None:
-            self.writer.open()
+        self.results_error: str | None = None
+        self._reported_ignored: str | None = None
+        self._testrunuid = ""
+        self.signals = SignalGuard()
+
+    def _activate(self) -> None:
+        """The run needs the host (its first selftest test, in this process): undo what an
+        earlier, killed session changed (flag or not), start watching the kernel log and, under
+        xdist, join the run's shared state. Before this, the plugin touches nothing."""
+        if self.active:
+            return
+        self.active = True
+        self.signals.install()
+        with self.signals.quiet():
+            self.restored += self.host_changes.restore_stale()
+        self._watch_kernel()
+        if self.is_worker:
+            self.engine.coordinator = self._coordinator()
+
+    def _watch_kernel(self) -> None:
+        if self.kernel_watch is not None or self.settings.kernel_log == "off" or self.settings.host_root != Path("/"):
+            return
+        kmsg = Path(os.environ.get("KVMMM_KMSG", "/dev/kmsg"))  # another log device, for tests
+        self.kernel_watch = KernelWatch(kmsg=kmsg, noise=self.settings.kernel_noise)
+        if self.kernel_watch.active:
+            self.engine.kernel, self.engine.kernel_mode = self.kernel_watch, self.settings.kernel_log
 
     @property
     def host_label(self) -> str:
@@ -146,14 +173,15 @@ class KvmmmPlugin:
         return self._label
 
     def host(self) -> HostFacts:
-        """Probed once per host per run: by the controller (or single process) on first use,
-        handed to local xdist workers through ``workerinput``; remote workers probe their own."""
+        """Probed once per host per run, when first needed: by the controller (or single process),
+        handed to local xdist workers through ``workerinput`` when it probed before they started;
+        else by the first worker on the machine that needs it, for the others (the run directory)."""
         if self._host is None:
             handed = getattr(self.config, "workerinput", {}).get(WORKERINPUT_HOST)
             if handed is not None and handed.get("source") == self.settings.host_source:
                 self._host = HostFacts.from_json(handed["facts"])
             else:
-                self._host = probe_host(self.settings.host_root)
+                self._host = shared_probe(self._run_dir(), lambda: probe_host(self.settings.host_root))
         return self._host
 
     def refresh_host(self) -> None:
@@ -169,6 +197,10 @@ class KvmmmPlugin:
         """Hand the probe to workers on this machine that look at the same host (no snapshot of
         their own in the gateway's environment); ssh/socket workers probe their own host."""
         spec = node.gateway.spec
+        self._testrunuid = str(node.workerinput.get("testrunuid") or "")
+        self.signals.install()  # SIGTERM to the controller ends the run as Ctrl-C does
+        if self._host is None:
+            return  # not probed (no --kvm-* option): the first worker that needs the host probes it
         if spec.popen and not spec.via and SNAPSHOT_ENV not in (spec.env or {}):
             node.workerinput[WORKERINPUT_HOST] = {"source": self.settings.host_source, "facts": self.host().to_json()}
 
@@ -183,16 +215,41 @@ class KvmmmPlugin:
         if problem and dsession is not None and not getattr(dsession, "shouldstop", True):
             dsession.shouldstop = problem
 
-    def _coordinator(self) -> HostCoordinator | None:
-        """Under xdist, the run's shared state on this host (hugetlb ledger, perf lock)."""
+    def _run_dir(self) -> Path | None:
+        """Under xdist, the run's private directory on this machine for this host (0700, ours);
+        a link or someone else's directory there stops the run."""
         uid = getattr(self.config, "workerinput", {}).get("testrunuid")
         if uid is None:
             return None
+        path = run_dir(str(uid), self.settings.host_source)
+        try:
+            return private_dir(path)
+        except OSError as exc:
+            pytest.exit(f"kvmmm: xdist run directory: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+    def _coordinator(self) -> HostCoordinator | None:
+        """Under xdist, the run's shared state on this host (hugetlb ledger, perf lock)."""
+        path = self._run_dir()
+        if path is None:
+            return None
         host = self.host()
-        run_dir = Path(tempfile.gettempdir()) / f"pytest-kvmmm-{uid}-{host.hostname or 'host'}"
-        return HostCoordinator(run_dir, {p.size_kb: p.usable for p in host.hugetlb})
+        return HostCoordinator(path, {p.size_kb: p.usable for p in host.hugetlb})
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        """With a --kvm-* option named, the host before collection; else nothing (see
+        ``pytest_report_collectionfinish``)."""
+        return self._header_lines() if self.named else []
+
+    def pytest_report_collectionfinish(self, config: pytest.Config, items: Sequence[pytest.Item]) -> list[str]:
+        """After collection: the header of a run that named no --kvm-* option but collected selftest
+        tests, and the host-change journal entries that were not replayed."""
+        lines = self._header_lines() if self.active and not self.named else []
+        ignored = self.host_changes.ignored_line()
+        self._reported_ignored = ignored
+        return [*lines, *([f"kvmmm: {ignored}"] if ignored else [])]
+
+    def _header_lines(self) -> list[str]:
+        self._watch_kernel()
         host = self.host()
         roots = self.engine.search_roots()
         source = f"{roots[0].path} ({roots[0].origin})" if roots else "none found (run kvmmm-build)"
@@ -245,10 +302,18 @@ class KvmmmPlugin:
                     f"@pytest.mark.{SELFTEST_SIGNATURE} marker on the test"
                 )
 
+    @pytest.hookimpl(tryfirst=True)  # tryfirst: before the terminal prints the collection's header lines
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """A run that will run a selftest test (after -k/-m deselection) needs the host."""
+        if any(is_selftest_item(item) for item in session.items):
+            self._activate()
+
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """kvm_requires: skip before any fixture or binary runs when the host lacks a fact."""
+        if is_selftest_item(item):
+            self._activate()
         requires = item.stash.get(REQUIRES_KEY, ())
-        reason = first_unmet(requires, self.host())
+        reason = first_unmet(requires, self.host()) if requires else None
         if reason and self.engine.host_changes is not None:
             reason = self.engine.prepare_host(requires)
         if reason:
@@ -306,19 +371,36 @@ class KvmmmPlugin:
         for name, value in report.user_properties:
             if name == RECORD_PROPERTY and isinstance(value, dict):
                 self.records.append(value)
-                if self.writer is not None:
-                    self.writer.write(value)
+                self._write_record(value)
+
+    def _write_record(self, record: dict[str, Any] | None) -> None:
+        """Append ``record`` to --kvm-results (None: only create the file); a file that cannot
+        be written is reported once, at the end, and the run goes on."""
+        if self.writer is None or self.results_error is not None:
+            return
+        try:
+            if record is None:
+                self.writer.open()
+            else:
+                self.writer.write(record)
+        except OSError as exc:
+            self.results_error = str(exc) if isinstance(exc, UnsafePath) else f"cannot write {self.writer.path}: {exc.strerror or exc}"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.results_error is not None:
+            terminalreporter.write_line(f"kvmmm: --kvm-results: {self.results_error}", red=True)
         for line in [*self.restored, *self.restored_at_end]:
             terminalreporter.write_line(f"kvmmm: restored {line}")
+        ignored = self.host_changes.ignored_line()
+        if ignored and ignored != self._reported_ignored:
+            terminalreporter.write_line(f"kvmmm: {ignored}", yellow=True)
         if not self.records:
             return
         hosts = sorted({str(r.get("host")) for r in self.records})
         terminalreporter.write_sep("=", f"kvm selftests on {', '.join(hosts)}")
         for line in summary_lines(self.records, verbose=self.config.option.verbose > 0, facts_key=allure_report.RECORD_FACTS):
             terminalreporter.write_line(line)
-        if self.writer is not None:
+        if self.writer is not None and self.results_error is None:
             terminalreporter.write_line(f"results: {os.fspath(self.writer.path)}")
 
     def host_facts(self) -> dict[str, str]:
@@ -333,8 +415,16 @@ class KvmmmPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Undo this process's host changes (also after failures and Ctrl-C); the controller also
         undoes those of workers that were killed. Then, Allure's session files."""
-        self.restored_at_end = self.host_changes.restore() + (self.host_changes.restore_stale() if not self.is_worker else [])
-        self._allure_session_files()
+        if self.writer is not None and not self.writer.opened and session.exitstatus not in NOT_A_RUN:
+            self._write_record(None)  # a run without records still replaces the previous file
+        with self.signals.quiet():  # a SIGTERM now must not cut a restoration in half
+            self.restored_at_end = self.host_changes.restore()
+            if not self.is_worker and (self.active or self.records):  # workers that died: the run ran selftests
+                self.restored_at_end += self.host_changes.restore_stale()
+        if self.active or self.records:
+            self._allure_session_files()
+        if self._testrunuid:
+            remove_run_dirs(self._testrunuid)
 
     def _allure_session_files(self) -> None:
         """Allure: categories.json and environment.properties, once, by the process that owns the session."""
@@ -349,4 +439,6 @@ class KvmmmPlugin:
             self.writer.close()
         if self.kernel_watch is not None:
             self.kernel_watch.close()
-        self.host_changes.restore()  # idempotent: a session that never finished still restores
+        with self.signals.quiet():
+            self.host_changes.restore()  # idempotent: a session that never finished still restores
+        self.signals.uninstall()

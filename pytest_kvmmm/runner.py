@@ -178,7 +178,7 @@ def _sigint_deferred() -> Iterator[set[int | signal.Signals] | None]:
     if threading.current_thread() is not threading.main_thread():
         yield None
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})  # signals.py
     try:
         yield old
     finally:

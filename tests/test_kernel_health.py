@@ -94,7 +94,7 @@ def test_new_taint_is_reported_with_its_letters(tmp_path: Path) -> None:
 def test_unreadable_log_turns_the_watch_off_with_one_note(
     pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytester.makepyfile("def test_x():\n    pass\n")
+    pytester.makepyfile("def test_x(kvm_host):\n    pass\n")  # a test of the host: the plugin watches
     monkeypatch.setenv("KVMMM_KMSG", str(tmp_path / "nope"))
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)

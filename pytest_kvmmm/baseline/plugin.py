@@ -23,6 +23,7 @@ import pytest
 
 from ..fixtures import RECORD_PROPERTY, RESULTS_KEY, SCALE_KEY
 from ..host.model import HostFacts
+from ..safefs import target_problem
 from ..selftest import SelftestEngine, SelftestResult
 from . import store
 from .compare import compare, failing, find_test, metric_changes, pair_hosts
@@ -151,6 +152,9 @@ def resolve(config: pytest.Config) -> BaselineSettings:
             save_to = store.save_path(save_name, directory)
         except store.BaselineError as exc:
             raise pytest.UsageError(f"--kvm-save: {exc}") from None
+        problem = target_problem(save_to) if not hasattr(config, "workerinput") else None
+        if problem:  # found now, not after the whole run
+            raise pytest.UsageError(f"--kvm-save: {problem}")
     before = None
     if opt("kvm_compare"):
         try:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..provision.cache import default_cache_root
+from ..safefs import UnsafePath, replace_file
 from .fingerprint import Fingerprint
 
 KIND = "pytest-kvmmm-baseline"
@@ -233,11 +234,11 @@ def load(path: Path) -> Baseline:
 
 
 def save(baseline: Baseline, path: Path) -> None:
-    """Write atomically (write, then rename), so a reader never sees half a baseline."""
+    """Write atomically (an exclusive temporary file, then a rename over a regular file only), so a
+    reader never sees half a baseline and no link or device is written through."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(baseline.to_json(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        replace_file(path, json.dumps(baseline.to_json(), indent=1) + "\n")
+    except UnsafePath as exc:
+        raise BaselineError(f"cannot save baseline: {exc}") from None
     except OSError as exc:
         raise BaselineError(f"cannot save baseline to {path}: {exc.strerror or exc}") from None

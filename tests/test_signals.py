@@ -1,0 +1,102 @@
+"""SIGTERM and SIGHUP (a CI timeout, a closed terminal) end a run as Ctrl-C does (issue 13, section 2):
+the selftest is killed, host changes are restored, finished results are kept, exit code 2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fakes import make_fake, make_host_root, process_gone, records
+
+SUITE = """
+    import pytest
+
+    @pytest.mark.kvm_requires(hugetlb={"2M": 32}, thp=True)
+    @pytest.mark.kvm_selftest("quick")
+    def test_1_needs_a_pool():
+        pass
+
+    @pytest.mark.kvm_selftest("hangs")
+    def test_2_hangs():
+        pass
+
+    @pytest.mark.kvm_selftest("quick")
+    def test_3_never_runs():
+        pass
+"""
+
+
+def wait_for(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_restores_the_host_and_keeps_finished_results(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    monkeypatch.setenv("KVMMM_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_host_root(tmp_path / "root", pools={2048: {"nr": 5, "free": 0}}, thp_enabled="never")
+    nr = root / "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+    thp = root / "sys/kernel/mm/transparent_hugepage/enabled"
+    bins = tmp_path / "b"
+    make_fake(bins, "hangs", hang=True, argv_file=bins / "started", child_pidfile=bins / "child.pid")
+    make_fake(bins, "quick")
+    pytester.makepyfile(SUITE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+         "--kvm-allow-host-changes", "--kvm-results", "r.jsonl", "-p", "no:cacheprovider", "-o", "faulthandler_timeout=30"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    wait_for(bins / "child.pid")
+    assert nr.read_text().strip() == "37" and thp.read_text().strip() == "madvise", "the run grew the pool"
+    proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"pytest did not stop within 30 s of {sig.name}; its output:\n{out}")
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert nr.read_text().strip() == "5" and thp.read_text().strip() == "never", out
+    assert f"{sig.name}: the run was interrupted" in out and "INTERNALERROR" not in out
+    assert "kvmmm: restored /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages: 37 -> 5" in out
+    child = int((bins / "child.pid").read_text())
+    deadline = time.monotonic() + 3
+    while not process_gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_gone(child), "the interrupted selftest's process group is killed"
+    recs = records(pytester.path / "r.jsonl")
+    # the fake pool's free count does not grow with nr_hugepages, so the finished test is a skip
+    assert recs["test_1_needs_a_pool"]["status"] == "skipped" and "test_3_never_runs" not in recs, "finished results kept"
+    assert not list((tmp_path / "cache").rglob("*.json")), "nothing left for the next session to replay"
+
+
+def test_an_ignored_sighup_stays_ignored(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """nohup: a SIGHUP the user chose to ignore does not end the run."""
+    bins = tmp_path / "b"
+    make_fake(bins, "slow", sleep=1.5, argv_file=bins / "started")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.kvm_selftest("slow")
+        def test_slow():
+            pass
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys, pytest; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+         "sys.exit(pytest.main(sys.argv[1:]))", "--kvm-selftests", str(bins), "-p", "no:cacheprovider"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    wait_for(bins / "started")
+    os.kill(proc.pid, signal.SIGHUP)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
