@@ -18,10 +18,12 @@ rest is left as it is and reported in ``ignored``.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -38,11 +40,28 @@ JOURNAL_LIMIT = 1 << 20
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # "hugetlb", "thp" or "param"
+    kind: str  # "hugetlb", "thp", "param" or "mount"
     path: str  # the sysfs file, as on the host
     added: int = 0  # hugetlb: pages this plugin added
     old: str = ""  # thp: the value before
     new: str = ""  # thp: the value we set
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def mount_fs(fstype: str, target: Path) -> str | None:
+    """``mount -t fstype nodev target`` (no shell, no binary); why it failed, or None."""
+    if _libc().mount(b"nodev", os.fsencode(target), fstype.encode(), ctypes.c_ulong(0), None) != 0:
+        return f"cannot mount {fstype} on {target}: {os.strerror(ctypes.get_errno())}"
+    return None
+
+
+def umount_fs(target: Path) -> str | None:
+    if _libc().umount2(os.fsencode(target), 0) != 0:
+        return os.strerror(ctypes.get_errno())
+    return None
 
 
 class HostChanges:
@@ -142,6 +161,21 @@ class HostChanges:
             self._write_journal(self.changes)
             return None
 
+    def mount(self, fstype: str, target: str) -> str | None:
+        """Mount a pseudo filesystem (tracefs for ``--kvm-counters``) at ``target`` (journalled,
+        unmounted at the end); returns why it failed, or None."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            change = Change("mount", target, new=fstype)
+            self._write_journal([*self.changes, change])
+            why = mount_fs(fstype, self._file(target))
+            if why:
+                self._write_journal(self.changes)
+                return why
+            self.changes.append(change)
+            self._write_journal(self.changes)
+            return None
+
     def undo_last(self, path: str) -> list[str]:
         """Undo this process's changes of one file (a parameter set for one test)."""
         with self._lock:
@@ -163,6 +197,9 @@ class HostChanges:
                 elif c.kind == "param":
                     self._file(c.path).write_text(c.old + "\n")
                     done.append(f"{c.path}: {c.new} -> {c.old}")
+                elif c.kind == "mount":
+                    why = umount_fs(self._file(c.path))
+                    done.append(f"{c.path}: could not unmount {c.new}: {why}" if why else f"{c.path}: unmounted {c.new}")
                 elif c.kind == "thp":
                     now_text = self._file(c.path).read_text()
                     if f"[{c.new}]" in now_text or self.root != Path("/"):

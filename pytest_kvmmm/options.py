@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from .backing import BACKING_SOURCES
+from .counters import SET_NAMES, parse_selection
 from .discovery import ENV_VAR, SearchRoot, explicit_root
 from .guest_modes import DEFAULT_MODE, parse_mode_selection
 from .host.snapshot import open_snapshot
@@ -64,6 +65,12 @@ HELP_PARAM_VALUES = (
     "run the suite's cases under each value of a KVM module parameter, e.g. kvm.eager_page_split=Y,N "
     "(repeatable); set per test and restored; a read-only parameter skips those cases"
 )
+HELP_COUNTERS = (
+    "count KVM events per selftest run and per stage with perf tracepoint counters: sets ("
+    + ", ".join(SET_NAMES) + ") and/or subsys:event names (kvmmmu:* globs), comma-separated; "
+    "alone: the default set of this architecture. Needs tracefs (mounted for the run with "
+    "--kvm-allow-host-changes) and root or a low kernel.perf_event_paranoid"
+)
 HELP_HOST_INFO = "print the host facts (text, or json) and exit"
 
 
@@ -80,6 +87,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kvm-guest-modes", metavar="MODES", help=HELP_MODES)
     group.addoption("--kvm-backing-srcs", metavar="SRCS", help=HELP_BACKINGS)
     group.addoption("--kvm-host-snapshot", metavar="DIR", help=HELP_SNAPSHOT)
+    group.addoption("--kvm-counters", nargs="?", const="default", metavar="SETS", help=HELP_COUNTERS)
     group.addoption(
         "--kvm-host-info", nargs="?", const="text", choices=("text", "json"), metavar="FORMAT", help=HELP_HOST_INFO
     )
@@ -91,6 +99,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("kvm_kernel_log_noise", HELP_KERNEL_NOISE, type="linelist")
     parser.addini("kvm_guest_modes", HELP_MODES)
     parser.addini("kvm_backing_srcs", HELP_BACKINGS)
+    parser.addini("kvm_counters", HELP_COUNTERS)
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,8 @@ class Settings:
     kernel_noise: tuple[re.Pattern[str], ...] = ()
     #: --kvm-param-values: one axis (list of settings) per parameter.
     param_axes: tuple[tuple[ParamSetting, ...], ...] = ()
+    #: --kvm-counters: set and event names to count (empty: no counting).
+    counters: tuple[str, ...] = ()
 
 
 def _timeout(value: str, origin: str) -> float:
@@ -174,6 +185,15 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
     except ValueError as exc:
         raise pytest.UsageError(f"--kvm-param-values: {exc}") from None
 
+    counters: tuple[str, ...] = ()
+    counters_value = opt("kvm_counters") or config.getini("kvm_counters")
+    if counters_value:
+        try:
+            counters = parse_selection(counters_value)
+        except ValueError as exc:
+            origin = "--kvm-counters" if opt("kvm_counters") else "ini kvm_counters"
+            raise pytest.UsageError(f"{origin}: {exc}") from None
+
     results = opt("kvm_results")
     if results and not hasattr(config, "workerinput"):  # only the controller writes it
         problem = target_problem(Path(results))
@@ -192,6 +212,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         kernel_log=kernel_log,
         kernel_noise=noise,
         param_axes=param_axes,
+        counters=counters,
     )
 
 

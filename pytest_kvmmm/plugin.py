@@ -22,6 +22,8 @@ from .activation import is_selftest_item, named_option
 from .baseline.plugin import BaselinePlugin
 from .baseline.plugin import add_options as add_baseline_options
 from .coordination import HostCoordinator
+from .counters.report import count_tables, counters_header
+from .counters.setup import counter_session
 from .discovery import search_roots
 from .fixtures import (
     CHANGES_KEY,
@@ -154,8 +156,17 @@ class KvmmmPlugin:
         with self.signals.quiet():
             self.restored += self.host_changes.restore_stale()
         self._watch_kernel()
+        self._start_counters()
         if self.is_worker:
             self.engine.coordinator = self._coordinator()
+
+    def _start_counters(self) -> None:
+        """--kvm-counters: resolve the counters against this host's tracefs, once (mounting it
+        only with --kvm-allow-host-changes)."""
+        if not self.settings.counters or self.engine.counters is not None:
+            return
+        allowed = self.host_changes if self.config.getoption("kvm_allow_host_changes") else None
+        self.engine.counters = counter_session(self.settings.counters, platform.machine(), allowed)
 
     def _watch_kernel(self) -> None:
         if self.kernel_watch is not None or self.settings.kernel_log == "off" or self.settings.host_root != Path("/"):
@@ -250,6 +261,7 @@ class KvmmmPlugin:
 
     def _header_lines(self) -> list[str]:
         self._watch_kernel()
+        self._start_counters()
         host = self.host()
         roots = self.engine.search_roots()
         source = f"{roots[0].path} ({roots[0].origin})" if roots else "none found (run kvmmm-build)"
@@ -260,6 +272,8 @@ class KvmmmPlugin:
         ]
         if self.kernel_watch is not None and not self.kernel_watch.active:
             lines.append(f"kvmmm: kernel log watch off: {self.kernel_watch.reason}")
+        if self.engine.counters is not None:
+            lines.append(counters_header(self.engine.counters))
         if self.engine.host_changes is not None:
             lines.append("kvmmm: host changes allowed: hugetlb pools and THP may be changed, and are restored after the run")
         return lines
@@ -400,6 +414,11 @@ class KvmmmPlugin:
         terminalreporter.write_sep("=", f"kvm selftests on {', '.join(hosts)}")
         for line in summary_lines(self.records, verbose=self.config.option.verbose > 0, facts_key=allure_report.RECORD_FACTS):
             terminalreporter.write_line(line)
+        for line in count_tables(self.records):
+            terminalreporter.write_line(line)
+        if self.engine.counters is not None and self.engine.counters.failures:
+            failures = self.engine.counters.failures
+            terminalreporter.write_line(f"kvmmm: counters: {len(failures)} run(s) not counted: {failures[0]}")
         if self.writer is not None and self.results_error is None:
             terminalreporter.write_line(f"results: {os.fspath(self.writer.path)}")
 

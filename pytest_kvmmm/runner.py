@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import proctree
 
@@ -31,6 +31,8 @@ DEFAULT_OUTPUT_LIMIT = 1 << 20
 KILL_GRACE_S = 1.0
 #: How often the pump looks whether the leader exited while its pipes stay open.
 _POLL_S = 0.05
+#: Longest line handed to an ``on_line`` hook.
+MAX_TAPPED_LINE = 4096
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,31 @@ class _Capture:
         if self.dropped:
             middle = f"\n[... pytest-kvmmm dropped {self.dropped} bytes of output ...]\n".encode()
         return (bytes(self.head) + middle + bytes(self.tail)).decode("utf-8", errors="replace")
+
+
+class _LineTap(_Capture):
+    """A capture that also hands each complete line to ``on_line`` as it arrives (counters read
+    at a stage's line). A line longer than ``MAX_TAPPED_LINE`` is cut; a callback that raises
+    is dropped, never the run."""
+
+    def __init__(self, limit: int, on_line: Callable[[str], None]) -> None:
+        super().__init__(limit)
+        self.on_line: Callable[[str], None] | None = on_line
+        self.partial = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        super().feed(data)
+        if self.on_line is None:
+            return
+        self.partial += data
+        *lines, rest = self.partial.split(b"\n")
+        self.partial = bytearray(rest[-MAX_TAPPED_LINE:])
+        for line in lines:
+            try:
+                self.on_line(line[:MAX_TAPPED_LINE].decode("utf-8", errors="replace"))
+            except Exception:  # a bug in a hook must not kill the selftest
+                self.on_line = None
+                return
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
@@ -283,6 +310,7 @@ def run(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    on_line: Callable[[str], None] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` (no shell) in a new session and wait at most ``timeout`` seconds.
 
@@ -291,6 +319,7 @@ def run(
     Whatever the binary started and left running (a ``setsid`` child, a daemon) is found
     through its process tree, killed, and reported in ``left_behind``.
     A binary that cannot be started gives ``start_error`` instead of an exception.
+    ``on_line`` gets each stdout line as it arrives (without its newline).
     """
     argv = tuple(str(a) for a in argv)
     started_at = time.time()
@@ -315,7 +344,8 @@ def run(
             raise
 
     assert proc.stdout is not None and proc.stderr is not None
-    out, err = _Capture(output_limit), _Capture(output_limit)
+    out = _Capture(output_limit) if on_line is None else _LineTap(output_limit, on_line)
+    err = _Capture(output_limit)
     captures = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     deadline = None if timeout is None else t0 + timeout
     left: list[tuple[int, str]] = []

@@ -18,6 +18,8 @@ from typing import Callable
 
 from . import runner
 from .coordination import HostCoordinator, NeverFits
+from .counters import Counters, CounterSession, guest_memory_bytes
+from .counters.model import combined
 from .discovery import Found, NotFound, SearchRoot, find_binary
 from .host.model import HostFacts
 from .host_changes import HostChanges
@@ -51,6 +53,8 @@ class SelftestResult:
     samples: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     #: Kernel complaints (and known-noise lines) logged during the run.
     kernel_log: tuple[str, ...] = ()
+    #: ``--kvm-counters``: event counts per run and stage (None when not counted).
+    counters: Counters | None = None
 
     @property
     def passed(self) -> bool:
@@ -78,6 +82,8 @@ class SelftestResult:
             "ended_at": ended,
             "notes": list(self.notes),
             "kernel_log": list(self.kernel_log),
+            **({} if self.counters is None else {"counters": self.counters.to_json(
+                self.metrics, guest_memory_bytes(self.name, self.argv[1:]))}),
         }
 
 
@@ -104,6 +110,8 @@ class SelftestEngine:
     perf_repeat: int = 1
     #: Set under xdist: shares hugetlb pools and the host between the run's workers.
     coordinator: HostCoordinator | None = None
+    #: ``--kvm-counters``: counts each run's tracepoints (None: not asked for).
+    counters: CounterSession | None = None
     _roots_cache: Sequence[SearchRoot] | None = field(default=None, init=False, repr=False)
 
     def prepare_host(self, requires: Sequence[Requirement]) -> str | None:
@@ -233,10 +241,12 @@ class SelftestEngine:
         try:
             with self._slot(pages, exclusive, who) as waited:
                 taint = self.kernel.start() if self.kernel else 0
-                proc = runner.run(argv, timeout=limit, cwd=found.path.parent, env=self.env)
+                proc, counts, counting_note = self._run_counted(found.name, argv, limit, found.path.parent)
                 health = self.kernel.finish(taint) if self.kernel else Health()
         except NeverFits as exc:
             return SelftestResult(short, argv, Status.SKIPPED, str(exc), binary=str(found.path), notes=tuple(notes))
+        if counting_note:
+            notes = (*notes, counting_note)
         if waited >= 0.5:
             notes = (*notes, f"waited {waited:.1f}s for the host ({'alone' if exclusive else 'shared'}) and hugetlb pages")
         outcome: Outcome = classify(proc, limit)
@@ -276,7 +286,27 @@ class SelftestEngine:
                 *(("output truncated to its head and tail",) if proc.truncated else ()),
             ),
             kernel_log=(*(line for _, line in health.complaints), *health.noise),
+            counters=counts,
         )
+
+    def _run_counted(
+        self, binary: str, argv: tuple[str, ...], limit: float, cwd: Path
+    ) -> tuple[runner.ProcessResult, Counters | None, str]:
+        """``runner.run``, with the counters (if any) opened just before the fork and read at
+        each stage's line; returns the counts and a note when counting this run failed."""
+        counting = self.counters.start(binary) if self.counters is not None else None
+        if counting is None:
+            proc = runner.run(argv, timeout=limit, cwd=cwd, env=self.env)
+            return proc, None, ""
+        try:
+            proc = runner.run(argv, timeout=limit, cwd=cwd, env=self.env, on_line=counting.on_line)
+            runs = counting.finish()
+        finally:
+            counting.close()
+        assert self.counters is not None
+        if runs is None or counting.error:
+            return proc, None, f"not counted: {counting.error}"
+        return proc, self.counters.counters(runs), ""
 
 
 def left_behind(outcome: Outcome, short: str, left: Sequence[str]) -> Outcome:
@@ -309,6 +339,7 @@ def combine(results: Sequence[SelftestResult]) -> SelftestResult:
         last,
         metrics={k: statistics.median(v) for k, v in samples.items()},
         samples=samples,
+        counters=combined([r.counters for r in passed]),
         started_at=results[0].started_at,
         duration_s=sum(r.duration_s for r in results),
         notes=(*last.notes, f"{len(results)} runs: metrics are medians, samples in the results"),

@@ -1,0 +1,145 @@
+"""``--kvm-counters`` for one pytest process: resolve once, count each selftest run.
+
+``CounterSession.create`` resolves the selection against this host's tracefs and opens
+every counter once, to find out up front whether counting works (permissions, filters):
+when it does not, ``note`` says why and how to enable it, the session counts nothing and
+no test fails for it. ``RunCounter`` counts one run: open just before the selftest is
+forked (so nothing the plugin does itself, such as the scratch-VM probe, is counted), a read
+at each stage's line, a last read after the exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .model import Counters, RunCounts
+from .perf import CounterSpec, CountingError, LinuxSyscalls, OpenCounters, Syscalls
+from .sets import FAULT_CLASSES, expand, resolve
+from .stages import StageTracker
+from .tracefs import find_tracefs, read_ids, split_class, subsystems
+
+_FORMAT_FIELD_BYTES = 1 << 16
+
+
+@dataclass
+class CounterSession:
+    specs: Mapping[str, CounterSpec]
+    syscalls: Syscalls | None
+    #: Why counting is off or partial, for the header (empty when all is well).
+    note: str = ""
+    #: A failure while counting a run (the first one), reported once at the end.
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.specs) and self.syscalls is not None
+
+    @classmethod
+    def create(
+        cls,
+        selection: Sequence[str],
+        arch: str,
+        root: Path = Path("/"),
+        syscalls: Callable[[], Syscalls] = LinuxSyscalls,
+    ) -> CounterSession:
+        tracefs = find_tracefs(root)
+        events = tracefs.events_dir()
+        if events is None:
+            return cls({}, None, f"counters off: {tracefs.problem}")
+        patterns = [p for group in expand(selection, arch) for p in group]
+        ids = read_ids(events, subsystems(patterns))
+        resolved = resolve(selection, arch, ids)
+        notes = [f"not on this host: {', '.join(resolved.missing)}"] if resolved.missing else []
+        specs: dict[str, CounterSpec] = {}
+        for name, event_id in resolved.counters.items():
+            base, cls_name = split_class(name)
+            if cls_name is None:
+                specs[name] = CounterSpec(event_id)
+                continue
+            esr = _esr_field(events, base)
+            if esr is None:
+                notes.append(f"{name}: {base} has no ESR field in its format")
+                continue
+            specs[name] = CounterSpec(event_id, FAULT_CLASSES[cls_name].format(f=esr))
+        if not specs:
+            return cls({}, None, "counters off: none of " + ", ".join(selection) + f" is offered by {tracefs.path}/events")
+        try:
+            sys = syscalls()
+            OpenCounters(specs, sys).close()  # can we? (permissions, filters) before any test
+        except CountingError as exc:
+            return cls({}, None, f"counters off: {exc}")
+        return cls(specs, sys, "; ".join(notes))
+
+    def start(self, binary: str) -> RunCounter | None:
+        """Counters for one run of ``binary``, open from now; None when counting is off or failed."""
+        if not self.active:
+            return None
+        assert self.syscalls is not None
+        try:
+            return RunCounter(OpenCounters(self.specs, self.syscalls), StageTracker(binary))
+        except CountingError as exc:
+            self.failures.append(str(exc))
+            return None
+
+    def counters(self, runs: RunCounts) -> Counters:
+        return Counters(tuple(self.specs), (runs,))
+
+
+def _esr_field(events: Path, event: str) -> str | None:
+    """The ESR's field name in ``kvm_guest_fault``'s format (``hsr`` in 6.x kernels)."""
+    subsys, name = event.split(":", 1)
+    try:
+        with (events / subsys / name / "format").open(errors="replace") as f:
+            text = f.read(_FORMAT_FIELD_BYTES)
+    except OSError:
+        return None
+    for candidate in ("esr", "hsr"):
+        if f" {candidate};" in text:
+            return candidate
+    return None
+
+
+class RunCounter:
+    """The counters of one run; ``on_line`` is the runner's hook, ``finish`` closes them."""
+
+    def __init__(self, counters: OpenCounters, stages: StageTracker) -> None:
+        self._counters = counters
+        self._stages = stages
+        self._last: dict[str, int] = {name: 0 for name in counters.fds}
+        self._marks: list[tuple[str | None, str, dict[str, int]]] = []
+        self.error: str | None = None
+
+    def on_line(self, line: str) -> None:
+        stage = self._stages.stage_of(line)
+        if stage is None or self.error:
+            return
+        try:
+            now = self._counters.read()
+        except CountingError as exc:
+            self.error = str(exc)
+            return
+        delta = {k: v - self._last.get(k, 0) for k, v in now.items()}
+        self._last = now
+        self._marks.append((*stage, delta))
+
+    def finish(self) -> RunCounts | None:
+        """The run's counts (children folded in: the selftest has exited); closes the counters."""
+        try:
+            total = self._counters.read()
+        except CountingError as exc:
+            self.error = self.error or str(exc)
+            return None
+        finally:
+            self._counters.close()
+        stages: dict[str, dict[str, int]] = {}
+        for mode, stage, delta in self._marks:
+            name = self._stages.name(mode, stage)
+            into = stages.setdefault(name, {})
+            for k, v in delta.items():
+                into[k] = into.get(k, 0) + v
+        return RunCounts(total, stages)
+
+    def close(self) -> None:
+        self._counters.close()
