@@ -13,10 +13,12 @@ With allure-pytest and ``--alluredir``, every selftest test gets:
   the identity: they follow from the case or from capping to the host, and a rerun on a
   host with less free memory must keep its history);
 * attachments: the exact command line, the binary's stdout and stderr (partial on a
-  timeout), its metrics as JSON, and the skip or failure reason;
+  timeout), its metrics as JSON, its event counts (``--kvm-counters``) as a table, and the
+  skip or failure reason;
 * steps: each binary run with its wall time and, for the stage-timed binaries
   (``kvm_page_table_test``, ``dirty_log_perf_test``), one sub-step per stage with the time
-  the binary printed. A page-table run that died shows the stage it never finished.
+  the binary printed, and the stage's event counts as the step's parameters. A page-table
+  run that died shows the stage it never finished.
 
 A suite case is also named after its module (``pytest_kvmmm.suite.test_mm#test_kvm_page_table``)
 rather than its rootdir-relative node id, so its history survives running from another
@@ -56,6 +58,7 @@ from .allure_files import (
 from .backing import BACKING_SOURCES, format_size, parse_size
 from .cases import Case
 from .catalogue import BY_NAME, Entry
+from .counters.report import attachment_text, short
 from .fixtures import RESULTS_KEY
 from .guest_modes import DEFAULT_MODE
 from .outcome import Status
@@ -242,6 +245,8 @@ def _attachments(result: SelftestResult, prefix: str = "") -> list[Attachment]:
         ]
     if result.metrics:
         out.append(Attachment(f"{prefix}metrics.json", json.dumps(result.metrics, indent=2) + "\n", "json"))
+    if result.counters is not None:
+        out.append(Attachment(f"{prefix}counts", attachment_text(result.counters_json())))
     if result.status in (Status.SKIPPED, Status.MISSING):
         out.append(Attachment(f"{prefix}skip reason", _reason_text(result)))
     elif result.status.is_failure:
@@ -283,12 +288,14 @@ def _stage_steps(result: SelftestResult, start_ms: int, stop_ms: int) -> tuple[S
     ends with the run (setup precedes the stages, teardown is short): the durations are
     the binary's own, the positions an estimate. A page-table run that failed also shows
     the first stage it did not finish."""
-    groups: dict[str, list[tuple[str, float]]] = {}
+    groups: dict[str, list[tuple[str, float, tuple[Parameter, ...]]]] = {}
+    stage_counts = result.counters.medians()[1] if result.counters is not None else {}
     for metric, value in result.metrics.items():
         m = _MODE_PREFIX.fullmatch(metric)
         mode, name = (m.group(1), m.group(2)) if m else ("", metric)
         if _is_stage(result.name, name):
-            groups.setdefault(mode, []).append((name, value))
+            counts = tuple(Parameter(short(e), f"{n:,.0f}") for e, n in stage_counts.get(metric, {}).items() if n)
+            groups.setdefault(mode, []).append((name, value, counts))
     died = result.name == "kvm_page_table_test" and result.status.is_failure
     if died and not groups:
         groups[""] = []  # it died before its first stage: show that
@@ -296,12 +303,12 @@ def _stage_steps(result: SelftestResult, start_ms: int, stop_ms: int) -> tuple[S
     for mode, stages in groups.items():
         steps: list[Step] = []
         end = stop_ms
-        for name, seconds in reversed(stages):
+        for name, seconds, counts in reversed(stages):
             begin = max(end - round(seconds * 1000), start_ms)
-            steps.insert(0, Step(f"{name}: {_seconds(seconds)}", begin, end, "passed"))
+            steps.insert(0, Step(f"{name}: {_seconds(seconds)}", begin, end, "passed", counts))
             end = begin
         if died:
-            done = {name for name, _ in stages}
+            done = {name for name, _, _ in stages}
             missing = [(n, what) for n, what in PAGE_TABLE_STAGES if n not in done]
             if missing:
                 name, what = missing[0]

@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from . import runner
 from .coordination import HostCoordinator, NeverFits
@@ -82,9 +82,14 @@ class SelftestResult:
             "ended_at": ended,
             "notes": list(self.notes),
             "kernel_log": list(self.kernel_log),
-            **({} if self.counters is None else {"counters": self.counters.to_json(
-                self.metrics, guest_memory_bytes(self.name, self.argv[1:]))}),
+            **({} if self.counters is None else {"counters": self.counters_json()}),
         }
+
+    def counters_json(self) -> dict[str, Any]:
+        """The ``counters`` of the record: per run and stage, medians, derived figures."""
+        if self.counters is None:
+            return {}
+        return self.counters.to_json(self.metrics, guest_memory_bytes(self.name, self.argv[1:]))
 
 
 @dataclass

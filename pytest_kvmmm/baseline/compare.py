@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from .counts import CountChange, count_changes
 from .fingerprint import Difference, compared_differences, machine_differences
 from .stats import MetricChange, Verdict, compare_samples, is_headline, seed_for
 from .store import Baseline, TestRun
@@ -42,6 +43,14 @@ class Row:
 
 
 @dataclass(frozen=True)
+class CountRow:
+    host: str
+    nodeid: str
+    binary: str
+    change: CountChange
+
+
+@dataclass(frozen=True)
 class Comparison:
     before: Baseline
     after: Baseline
@@ -51,6 +60,8 @@ class Comparison:
     #: (host, nodeid) of tests with samples on one side only.
     only_before: tuple[tuple[str, str], ...] = ()
     only_after: tuple[tuple[str, str], ...] = ()
+    #: Event counts (``--kvm-counters`` on both sides), with their own verdict rule.
+    count_rows: tuple[CountRow, ...] = ()
 
     @property
     def mismatched(self) -> tuple[HostPair, ...]:
@@ -103,6 +114,7 @@ def metric_changes(
 def compare(before: Baseline, after: Baseline, *, force: bool = False) -> Comparison:
     pairs = []
     rows: list[Row] = []
+    count_rows: list[CountRow] = []
     only_before: list[tuple[str, str]] = []
     only_after: list[tuple[str, str]] = []
     for b_host, a_host in pair_hosts(list(before.hosts), list(after.hosts)):
@@ -120,6 +132,9 @@ def compare(before: Baseline, after: Baseline, *, force: bool = False) -> Compar
             b_id = find_test(b_run.tests, nodeid)
             matched.add(b_id)
             b_test = None if b_id is None else b_run.tests[b_id]
+            if b_test is not None:
+                for count in count_changes(b_test.counts, a_test.counts, refused=refused):
+                    count_rows.append(CountRow(pair.label, nodeid, a_test.binary or b_test.binary, count))
             if b_test is None or not b_test.samples:
                 if a_test.samples:
                     only_after.append((a_host, nodeid))
@@ -130,7 +145,9 @@ def compare(before: Baseline, after: Baseline, *, force: bool = False) -> Compar
             for change in metric_changes(b_test, a_test.samples, host=a_host, nodeid=nodeid, refused=refused):
                 rows.append(Row(pair.label, nodeid, a_test.binary or b_test.binary, change))
         only_before += [(a_host, n) for n, t in b_run.tests.items() if t.samples and n not in matched]
-    return Comparison(before, after, tuple(pairs), tuple(rows), force, tuple(only_before), tuple(only_after))
+    return Comparison(
+        before, after, tuple(pairs), tuple(rows), force, tuple(only_before), tuple(only_after), tuple(count_rows)
+    )
 
 
 def failing(changes: Sequence[MetricChange], thresholds: Mapping[str, float], default: float) -> list[tuple[MetricChange, float]]:

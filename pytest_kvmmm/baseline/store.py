@@ -12,7 +12,12 @@ Format 1::
      "hosts": {"vm": {"fingerprint": {...},
                       "tests": {"<nodeid>": {"binary": "kvm_page_table_test", "status": "passed",
                                              "argv": [...], "metrics": {"KVM_CREATE_MAPPINGS": 0.25},
-                                             "samples": {"KVM_CREATE_MAPPINGS": [0.25, ...]}}}}}}
+                                             "samples": {"KVM_CREATE_MAPPINGS": [0.25, ...]},
+                                             "counts": {"kvm:kvm_exit": [1200, ...],
+                                                        "KVM_CREATE_MAPPINGS/kvm:kvm_exit": [800, ...]}}}}}}
+
+``counts`` (with ``--kvm-counters``) holds every run's count of each event, for the whole run
+(``event``) and per stage (``<stage>/<event>``), in run order like ``samples``.
 
 ``metrics`` (medians) is there for people reading the file; readers use ``samples``.
 """
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..counters.model import Counters
 from ..provision.cache import default_cache_root
 from ..safefs import UnsafePath, replace_file
 from .fingerprint import Fingerprint
@@ -52,15 +58,22 @@ class TestRun:
     status: str
     samples: Mapping[str, tuple[float, ...]]
     argv: tuple[str, ...] = ()
+    #: ``--kvm-counters``: every run's count per ``event`` and ``<stage>/<event>`` (run order).
+    counts: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TestRun:
-        """A test's object in a saved run (a ``kvm_selftest`` record has the same keys)."""
+        """A test's object in a saved run (a ``kvm_selftest`` record has the same keys, and its
+        counts under ``counters``)."""
+        counts = data.get("counts")
+        if counts is None and isinstance(data.get("counters"), Mapping):
+            counts = Counters.from_json(data["counters"]).series()
         return cls(
             binary=str(data.get("binary") or ""),
             status=str(data.get("status") or ""),
             samples={str(m): tuple(float(x) for x in v) for m, v in (data.get("samples") or {}).items()},
             argv=tuple(str(a) for a in data.get("argv") or ()),
+            counts={str(k): tuple(float(x) for x in v) for k, v in (counts or {}).items()},
         )
 
 
@@ -101,6 +114,7 @@ class Baseline:
                             # medians, for readers of the file; the samples are what counts
                             "metrics": {m: statistics.median(v) for m, v in t.samples.items() if v},
                             "samples": {m: list(v) for m, v in t.samples.items()},
+                            **({"counts": {k: list(v) for k, v in t.counts.items()}} if t.counts else {}),
                         }
                         for nodeid, t in run.tests.items()
                     },

@@ -10,13 +10,19 @@ import math
 from collections.abc import Sequence
 
 from ..metrics import metric_unit
-from .compare import Comparison, Row
+from .compare import Comparison, CountRow, Row
+from .counts import COUNT_MIN_ABS, COUNT_MIN_PCT, MIN_COUNT_SAMPLES, CountVerdict
 from .stats import CONFIDENCE, MIN_EFFECT_PCT, MetricChange, Spread, Verdict
 
 LEGEND = (
     "change: relative to before, positive = better (less time, more pages/s); medians of n runs, spread min..max",
     f"verdict: needs the {CONFIDENCE:.0%} bootstrap interval of the "
     f"change to exclude 0, each median outside the other run's min..max, and a change of {MIN_EFFECT_PCT:g}% or more",
+)
+COUNT_LEGEND = (
+    "counts (subsys:event, per stage as stage/subsys:event): change relative to before, + = more events; "
+    f"fewer/more needs {MIN_COUNT_SAMPLES}+ runs a side, every run beyond every run of the other side, "
+    f"and a change of {COUNT_MIN_PCT:g}% and {COUNT_MIN_ABS} events or more",
 )
 
 
@@ -49,7 +55,7 @@ def _spread(metric: str, s: Spread, dash: str) -> str:
     return f"{format_number(metric, s.low)}{dash}{format_number(metric, s.high)} n={s.n}"
 
 
-def row_label(row: Row, several_hosts: bool) -> str:
+def row_label(row: Row | CountRow, several_hosts: bool) -> str:
     """``kvm_page_table_test [anonymous]``; a test without parameters by its function name."""
     name = row.nodeid.rsplit("::", 1)[-1]
     case = f"[{name.split('[', 1)[1]}" if "[" in name else f"({name})"
@@ -57,11 +63,36 @@ def row_label(row: Row, several_hosts: bool) -> str:
     return f"{row.host}: {label}" if several_hosts else label
 
 
-def _grouped(comparison: Comparison) -> list[tuple[str, list[Row]]]:
-    groups: dict[str, list[Row]] = {}
-    for row in comparison.rows:
+def _grouped(comparison: Comparison) -> list[tuple[str, list[Row | CountRow]]]:
+    """Per test, its metrics, then its counts (beside them, in the same columns)."""
+    groups: dict[str, list[Row | CountRow]] = {}
+    every: list[Row | CountRow] = [*comparison.rows, *comparison.count_rows]
+    for row in every:
         groups.setdefault(row_label(row, comparison.several_hosts), []).append(row)
     return list(groups.items())
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _cells(row: Row | CountRow, dash: str) -> tuple[str, str, str, str, str, str]:
+    """name, before, before's spread, after, after's spread, verdict: a metric or a count."""
+    if isinstance(row, CountRow):
+        c = row.change
+        return (
+            c.name, _count(c.before.median), f"{_count(c.before.low)}{dash}{_count(c.before.high)} n={c.before.n}",
+            _count(c.after.median), f"{_count(c.after.low)}{dash}{_count(c.after.high)} n={c.after.n}", c.verdict.value,
+        )
+    m = row.change
+    return (
+        m.metric, format_value(m.metric, m.before.median), _spread(m.metric, m.before, dash),
+        format_value(m.metric, m.after.median), _spread(m.metric, m.after, dash), m.verdict.value,
+    )
+
+
+def _legend(comparison: Comparison) -> tuple[str, ...]:
+    return (*LEGEND, *(COUNT_LEGEND if comparison.count_rows else ()))
 
 
 def _when(created_at: str) -> str:
@@ -98,22 +129,14 @@ def header_lines(comparison: Comparison) -> list[str]:
 def terminal_lines(comparison: Comparison, *, legend: bool = True) -> list[str]:
     """The table for a terminal: a heading per test, a row per metric."""
     lines = header_lines(comparison)
-    if not comparison.rows:
+    if not comparison.rows and not comparison.count_rows:
         return [*lines, "no metric in common to compare"]
     table: list[tuple[str, ...]] = [("", "before", "", "after", "", "change", "verdict")]
     for label, rows in _grouped(comparison):
         table.append((label,))
         for row in rows:
-            c = row.change
-            table.append((
-                f"  {c.metric}",
-                format_value(c.metric, c.before.median),
-                _spread(c.metric, c.before, ".."),
-                format_value(c.metric, c.after.median),
-                _spread(c.metric, c.after, ".."),
-                format_change(c.change),
-                c.verdict.value,
-            ))
+            name, before, b_spread, after, a_spread, verdict = _cells(row, "..")
+            table.append((f"  {name}", before, b_spread, after, a_spread, format_change(row.change.change), verdict))
     cells = [r for r in table if len(r) > 1]
     widths = [max(len(r[i]) for r in cells) for i in range(7)]
     lines.append("")
@@ -126,7 +149,7 @@ def terminal_lines(comparison: Comparison, *, legend: bool = True) -> list[str]:
         lines.append(f"{left}  {middle}  {r[6]}".rstrip())
     lines += _unmatched(comparison)
     if legend:
-        lines += ["", *LEGEND]
+        lines += ["", *_legend(comparison)]
     return lines
 
 
@@ -145,16 +168,15 @@ def markdown(comparison: Comparison) -> str:
     out += ["", "| test | metric | before | after | change | verdict |", "|:--|:--|--:|--:|--:|:--|"]
     for label, rows in _grouped(comparison):
         for i, row in enumerate(rows):
-            c = row.change
-            verdict = f"**{c.verdict.value}**" if c.verdict in (Verdict.REGRESSED, Verdict.IMPROVED) else c.verdict.value
+            name, before, b_spread, after, a_spread, verdict = _cells(row, "–")
+            if row.change.verdict in (Verdict.REGRESSED, Verdict.IMPROVED, CountVerdict.FEWER, CountVerdict.MORE):
+                verdict = f"**{verdict}**"
             out.append(
-                f"| {label if i == 0 else ''} | {c.metric} "
-                f"| {format_value(c.metric, c.before.median)} ({_spread(c.metric, c.before, '–')}) "
-                f"| {format_value(c.metric, c.after.median)} ({_spread(c.metric, c.after, '–')}) "
-                f"| {format_change(c.change)} | {verdict} |"
+                f"| {label if i == 0 else ''} | {name} | {before} ({b_spread}) | {after} ({a_spread}) "
+                f"| {format_change(row.change.change)} | {verdict} |"
             )
     out += [f"- {line}" for line in _unmatched(comparison)]
-    out += ["", *(f"_{line}_  " for line in LEGEND)]
+    out += ["", *(f"_{line}_  " for line in _legend(comparison))]
     return "\n".join(out) + "\n"
 
 
