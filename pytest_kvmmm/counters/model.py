@@ -111,6 +111,8 @@ class Counters:
             "fault_event": self.fault_event,
             "total": total,
             "stages": stages,
+            #: ``--kvm-results`` sorts keys: the order the binary printed its stages in.
+            "stage_order": list(stages),
             "runs": [{"total": dict(r.total), "stages": {s: dict(c) for s, c in r.stages.items()}} for r in self.runs],
             "derived": self.derived(metrics or {}, memory_bytes),
             "guest_memory_bytes": memory_bytes,
@@ -119,10 +121,14 @@ class Counters:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Counters:
         """Back from a record's ``counters`` (``ValueError``/``TypeError`` on a damaged one)."""
+        order = {str(s): i for i, s in enumerate(data.get("stage_order") or ())}
         runs = tuple(
             RunCounts(
                 {str(k): int(v) for k, v in (r.get("total") or {}).items()},
-                {str(s): {str(k): int(v) for k, v in c.items()} for s, c in (r.get("stages") or {}).items()},
+                {
+                    str(s): {str(k): int(v) for k, v in c.items()}
+                    for s, c in sorted((r.get("stages") or {}).items(), key=lambda sc: order.get(str(sc[0]), len(order)))
+                },
             )
             for r in data.get("runs") or ()
         )

@@ -41,7 +41,9 @@ def _rows(rec: Mapping[str, Any], label: str) -> list[tuple[str, Mapping[str, fl
         return []
     derived = counts.get("derived") or {}
     rows: list[tuple[str, Mapping[str, float], float | None]] = [(f"{label} total", counts.get("total") or {}, None)]
-    for stage, values in (counts.get("stages") or {}).items():
+    stages = counts.get("stages") or {}
+    for stage in counts.get("stage_order") or stages:
+        values = stages.get(stage) or {}
         rows.append((f"{label} {stage}", values, derived.get(f"{stage}/ns_per_fault")))
     return rows
 
