@@ -21,7 +21,10 @@ PATHS: Mapping[str, tuple[re.Pattern[str], ...]] = {
     ),
     "thp": (re.compile(r"/sys/kernel/mm/transparent_hugepage/enabled"),),
     "param": (re.compile(r"/sys/module/kvm[A-Za-z0-9_]{0,32}/parameters/[A-Za-z0-9_]{1,64}"),),
+    "mount": (re.compile(r"/sys/kernel/tracing"),),  # --kvm-counters' tracefs
 }
+#: What a "mount" change may have mounted: unmounting anything else is not ours to do.
+MOUNT_TYPES = ("tracefs",)
 THP_VALUES = ("always", "madvise", "never")
 #: A module parameter value the plugin reads and writes back: one short token, no spaces.
 PARAM_VALUE = re.compile(r"[A-Za-z0-9_.,:+-]{1,64}")
@@ -69,6 +72,10 @@ def _values_problem(kind: str, entry: Mapping[str, Any]) -> str | None:
         return None
     if added:
         return f"{entry['path']}: a {kind} change that adds pages"
+    if kind == "mount":
+        if old or new not in MOUNT_TYPES:
+            return f"{entry['path']}: a mount of {new[:20]!r} is not one pytest-kvmmm makes"
+        return None
     if kind == "thp":
         if old not in THP_VALUES or new not in THP_VALUES:
             return f"{entry['path']}: THP values {old[:20]!r} -> {new[:20]!r} are not {'/'.join(THP_VALUES)}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from counter_fakes import X86_EVENTS, FakePerf, make_tracefs
 from fakes import make_fake, make_golden_fake, make_host_root
-from pytest_kvmmm import runner
+from pytest_kvmmm import journal_check, runner
 from pytest_kvmmm.allure_report import describe
 from pytest_kvmmm.baseline.compare import compare
 from pytest_kvmmm.baseline.counts import CountVerdict, count_changes, count_verdict
@@ -151,3 +151,12 @@ def test_a_mount_left_by_a_killed_session_is_undone(tmp_path: Path) -> None:
     # not a mount point here, so the unmount fails, and says so
     assert len(done) == 1 and "could not unmount tracefs" in done[0] and f"killed process {dead}" in done[0]
     assert not list(journal.glob("*.json"))
+
+
+def test_only_a_tracefs_mount_at_its_place_is_replayed_from_a_journal() -> None:
+    fields = ("kind", "path", "added", "old", "new")
+    assert journal_check.problem({"kind": "mount", "path": "/sys/kernel/tracing", "new": "tracefs"}, fields) is None
+    assert "not one pytest-kvmmm makes" in str(
+        journal_check.problem({"kind": "mount", "path": "/sys/kernel/tracing", "new": "ext4"}, fields))
+    assert "not a file pytest-kvmmm changes" in str(
+        journal_check.problem({"kind": "mount", "path": "/home", "new": "tracefs"}, fields))
