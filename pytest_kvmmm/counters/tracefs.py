@@ -55,7 +55,12 @@ def mounted_tracefs(root: Path) -> list[str]:
 
 
 def find_tracefs(root: Path) -> Tracefs:
-    """The first usable tracefs; the problem names what to do when there is none."""
+    """The first usable tracefs; the problem names what to do when there is none.
+
+    Looking at ``/sys/kernel/debug/tracing`` first makes the kernel automount tracefs there
+    (where debugfs is mounted), so it shows in the mount table."""
+    for path in TRACEFS_DIRS:
+        rooted(root, path).is_dir()
     mounts = set(mounted_tracefs(root))
     for path in TRACEFS_DIRS:
         if path in mounts:
