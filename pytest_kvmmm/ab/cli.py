@@ -12,6 +12,7 @@ failure, Ctrl-C, SIGTERM, or, after a crash, at the next ``kvmmm-ab``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import signal
@@ -33,6 +34,7 @@ from ..provision.kvm_modules import (
 from ..provision.source import ProvisionError
 from .modules import ModuleSwap, SwapError, build_files, loaded, restore_stale
 from .paired import REGRESSED, RoundRecords, paired_changes
+from .remote import RemoteError
 from .rounds import RoundError, Side, run_rounds
 from .table import AbReport, markdown, terminal, to_json
 
@@ -52,6 +54,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--allow-host-changes", action="store_true", help="allow swapping this host's KVM modules (journalled, restored)")
     ap.add_argument("--kbuild", type=Path, help="kbuild dir of the running kernel (default /lib/modules/RELEASE/build, "
                     "else Debian's linux-headers-RELEASE, downloaded)")  # fmt: skip
+    ap.add_argument("--release", help="build for this kernel release instead of the running one (e.g. a lab host's; "
+                    "implies --build-only)")  # fmt: skip
+    ap.add_argument("--on", metavar="GATEWAY", help="run the rounds on another host through an execnet gateway "
+                    "(socket=HOST:PORT of a lab host, ssh=HOST): modules are built here for its kernel and sent there")  # fmt: skip
     ap.add_argument("--param", action="append", default=[], metavar="MODULE.NAME=VALUE", help="module parameter for both sides (e.g. kvm.tdp_mmu=Y)")
     ap.add_argument("--workdir", type=Path, default=Path("kvmmm-ab"), help="rounds' results and logs (default ./kvmmm-ab)")
     ap.add_argument("--save", metavar="NAME", help="also save the runs as baselines NAME-before and NAME-after (for kvmmm-compare)")
@@ -61,6 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--fail-regressed", action="store_true", help="exit 1 when a metric regressed")
     args = ap.parse_args(argv)
     args.pytest_args = pytest_args
+    args.build_only = args.build_only or bool(args.release)
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     return args
@@ -98,9 +105,9 @@ def resolve(spec: str, patches: Sequence[Path], release: str, kbuild: Path | Non
     return build, build.path
 
 
-def describe(spec: str, build: ModuleBuild | None) -> str:
+def describe(spec: str, build: ModuleBuild | None, release: str) -> str:
     if spec == "stock":
-        return f"stock KVM modules of {platform.release()}"
+        return f"stock KVM modules of {release}"
     return f"{build.label} ({build.path})" if build else spec
 
 
@@ -141,14 +148,19 @@ def save_baselines(name: str, runs: Sequence[RoundRecords], pytest_args: Sequenc
 
 
 def run(args: argparse.Namespace) -> int:
-    release = platform.release()
+    remote = None
+    if args.on:
+        from .remote import remote_release
+
+        remote, _machine = remote_release(args.on)
+    release = args.release or remote or platform.release()
     journal_dir = default_cache_root() / "journal"
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and not args.on:
         for line in restore_stale(journal_dir):
             print(f"kvmmm-ab: {line} (left by a kvmmm-ab that died)", file=sys.stderr)
     (before, before_dir) = resolve(args.before, args.before_patch, release, args.kbuild)
     (after, after_dir) = resolve(args.after, args.after_patch, release, args.kbuild)
-    builds = {"before": describe(args.before, before), "after": describe(args.after, after)}
+    builds = {"before": describe(args.before, before, release), "after": describe(args.after, after, release)}
     if args.build_only:
         for side, what in builds.items():
             print(f"{side}: {what}")
@@ -156,30 +168,45 @@ def run(args: argparse.Namespace) -> int:
     if not args.pytest_args:
         raise RoundError("give the tests to run after --, e.g. -- --pyargs pytest_kvmmm.suite -m pagetable -k kvm_page_table")
     if not args.allow_host_changes:
-        raise SwapError("kvmmm-ab swaps this host's KVM modules between rounds: add --allow-host-changes (journalled, and the stock modules always go back)")
+        raise SwapError("kvmmm-ab swaps the KVM modules of the host it measures between rounds: add --allow-host-changes "
+                        "(journalled, and the stock modules always go back)")  # fmt: skip
     params = parse_params(args.param)
+    if args.on:
+        from .remote import pack, run_remote
+
+        sides_spec = {"before": (builds["before"], pack(before_dir)), "after": (builds["after"], pack(after_dir))}
+        runs = run_remote(args.on, sides_spec, args.rounds, args.pytest_args, str(args.workdir.absolute()), params, sys.stderr)
+    else:
+        runs = run_here(builds, before_dir, after_dir, params, args, journal_dir, release)
+    print("kvmmm-ab: the stock KVM modules are loaded again", file=sys.stderr)
+    report = report_for(runs, builds, args.rounds, args.pytest_args)
+    print(terminal(report), end="")
+    write_outputs(report, runs, args)
+    return 1 if args.fail_regressed and any(c.verdict == REGRESSED for c in report.changes) else 0
+
+
+def run_here(builds: dict[str, str], before_dir: Path | None, after_dir: Path | None, params: dict[str, dict[str, str]],
+             args: argparse.Namespace, journal_dir: Path, release: str) -> list[RoundRecords]:  # fmt: skip
+    """The rounds on this host, under a journalled swap that always ends with the stock modules."""
     state = loaded()
     if state is None:
-        raise SwapError("KVM is not loaded as modules here: nothing to swap")
+        raise SwapError("KVM is not loaded as modules here: nothing to swap (compare two kernels in the lab instead)")
     sides = {
         "before": Side("before", builds["before"], build_files(before_dir, state.vendor) if before_dir else None, params),
         "after": Side("after", builds["after"], build_files(after_dir, state.vendor) if after_dir else None, params),
     }
     with ModuleSwap(journal_dir, release) as swap:
-        runs = run_rounds(sides, args.rounds, args.pytest_args, args.workdir, swap, sys.stderr)
-    print("kvmmm-ab: the stock KVM modules are loaded again", file=sys.stderr)
-    report = report_for(runs, builds, args.rounds, args.pytest_args)
-    print(terminal(report), end="")
+        return run_rounds(sides, args.rounds, args.pytest_args, args.workdir, swap, sys.stderr)
+
+
+def write_outputs(report: AbReport, runs: Sequence[RoundRecords], args: argparse.Namespace) -> None:
     if args.markdown:
         args.markdown.write_text(markdown(report))
     if args.json:
-        import json
-
         args.json.write_text(json.dumps(to_json(report), indent=1) + "\n")
     if args.save:
         for path in save_baselines(args.save, runs, args.pytest_args):
             print(f"kvmmm-ab: saved {path}", file=sys.stderr)
-    return 1 if args.fail_regressed and any(c.verdict == REGRESSED for c in report.changes) else 0
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -192,8 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, _exit_on_signal)
     try:
         return run(parse_args(argv))
-    except (SwapError, ProvisionError, RoundError, store.BaselineError) as exc:
+    except (SwapError, ProvisionError, RoundError, RemoteError, store.BaselineError) as exc:
         print(f"kvmmm-ab: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"kvmmm-ab: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kvmmm-ab: interrupted; the stock KVM modules are loaded again", file=sys.stderr)

@@ -137,7 +137,7 @@ def stock_files(state: Loaded, release: str, modules_root: Path = Path("/lib/mod
     put back. Without them a swap could never be undone, so it is refused."""
     found: dict[str, str] = {}
     base = modules_root / release
-    candidates = list(base.glob("kernel/arch/x86/kvm/*.ko*")) + list(base.glob("updates/**/*.ko*"))
+    candidates = sorted(p for p in base.rglob("kvm*.ko*") if p.is_file() and not p.is_symlink())
     for module, build_id in state.build_ids.items():
         match = next((c for c in candidates if build_id and file_build_id(c) == build_id), None)
         if match is None:

@@ -17,10 +17,12 @@ Steps, each cached under ``<cache root>/kvm-modules/``:
 1. ``trees/<key>``: the source unpacked (a tarball) or copied, configured with the target's
    ``.config`` (``olddefconfig``) and ``modules_prepare``d for its release. Keyed by source
    identity and target, so every variant built for one kernel shares it (about 2 minutes).
+   KVM is built there once, unpatched, so its objects are ready for every variant.
 2. ``builds/<key>``: one variant: a hard-link copy of the prepared tree (``cp -al``: patch
-   replaces files, so the prepared tree stays clean), the patches applied, ``make M=arch/x86/kvm``,
-   the modules stripped of debug info and kept with a ``manifest.json``; the work tree is
-   deleted. Keyed by the tree and the patches' contents (a few minutes; cached, 0 s).
+   replaces files, so the prepared tree stays clean) with real copies of the KVM directories
+   (the compiler rewrites objects in place), the patches applied, ``make M=arch/x86/kvm``
+   (recompiling only what the patches touched), the modules stripped of debug info and kept with
+   a ``manifest.json``; the work tree is deleted. Keyed by the tree and the patches' contents.
 
 Subprocesses are argument lists, never a shell.
 """
@@ -43,6 +45,8 @@ from .source import ProvisionError, locate_source, run, tar_error, tree_version
 #: The KVM modules of x86, as files (``kvm-amd.ko``) and as loaded modules (``kvm_amd``).
 MODULE_FILES = ("kvm.ko", "kvm-amd.ko", "kvm-intel.ko")
 MANIFEST = "manifest.json"
+#: What a KVM build compiles and writes objects into (``make M=arch/x86/kvm`` builds both).
+KVM_DIRS = ("arch/x86/kvm", "virt/kvm")
 _DONE = ".kvmmm-prepared"
 
 
@@ -196,6 +200,9 @@ def prepared_tree(source_arg: Path, target: Target, cache_root: Path, progress: 
     _logged(["make", "-C", str(partial), "-s", f"LOCALVERSION={local}", "olddefconfig"], log)
     _logged(["make", "-C", str(partial), "-s", jobs, f"LOCALVERSION={local}", "modules_prepare"], log)
     shutil.copyfile(target.kbuild / "Module.symvers", partial / "Module.symvers")
+    # KVM built once, unpatched: a variant recompiles only what its patches touch.
+    _say(progress, "building the unpatched KVM modules once (a few minutes; variants reuse the objects)")
+    _logged(["make", "-C", str(partial), "-s", jobs, f"LOCALVERSION={local}", "M=arch/x86/kvm", "modules"], log)
     built_release = (partial / "include/config/kernel.release").read_text().strip()
     if built_release != target.release:
         raise ProvisionError(f"the prepared tree says {built_release}, not {target.release}")
@@ -250,10 +257,17 @@ def build_modules(
     work = out.with_name(out.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
     log = out.with_name(out.name + ".log")
-    log.write_text("")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+    except OSError as exc:
+        raise ProvisionError(f"cannot write to the cache {out.parent}: {exc.strerror}") from None
     _say(progress, f"building KVM modules for {target.release}" + (f" with {len(info)} patch(es)" if info else ""))
     try:
         _logged(["cp", "-al", str(tree), str(work)], log)
+        for kvm_dir in KVM_DIRS:  # real copies: the compiler rewrites objects in place, a hard link would too
+            shutil.rmtree(work / kvm_dir)
+            _logged(["cp", "-a", str(tree / kvm_dir), str(work / kvm_dir)], log)
         for p in info:
             _logged(["patch", "-p1", "--forward", "--batch", "-d", str(work), "-i", p["path"]], log)
         meta = json.loads((tree / _DONE).read_text())
