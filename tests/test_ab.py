@@ -75,17 +75,24 @@ def test_small_consistent_time_changes_are_below_the_effect_threshold() -> None:
     assert c.verdict == paired.NO_CHANGE
 
 
+def counts(total: int, stage: int | None = None) -> dict:
+    """A record's ``counters`` as ``--kvm-counters`` writes them (three runs of the binary)."""
+    stages = {} if stage is None else {"KVM_CREATE_MAPPINGS": {"kvm:kvm_page_fault": stage}}
+    run = {"total": {"kvm:kvm_page_fault": total}, "stages": stages}
+    return {"events": ["kvm:kvm_page_fault"], "fault_event": "kvm:kvm_page_fault", "runs": [run, run, run]}
+
+
 def test_counts_get_their_own_rule_more_or_fewer_events() -> None:
-    same = runs_of([1.0] * 4, [1.0] * 4, counters={"kvm:kvm_page_fault": 4096})
+    same = runs_of([1.0] * 4, [1.0] * 4, counters=counts(4096))
     by_kind = {c.kind: c for c in paired.paired_changes(same)}
     assert by_kind["count"].verdict == paired.NO_CHANGE and by_kind["count"].metric == "kvm:kvm_page_fault"
     runs = []
     for r, n in enumerate([4096, 4100, 4090], start=1):
-        runs += [RoundRecords(r, "before", [record(1.0, counters={"kvm:kvm_page_fault": n, "create": {"kvm:kvm_page_fault": n}})]),
-                 RoundRecords(r, "after", [record(1.0, counters={"kvm:kvm_page_fault": n // 2, "create": {"kvm:kvm_page_fault": n // 2}})])]  # fmt: skip
-    counts = {c.metric: c for c in paired.paired_changes(runs) if c.kind == "count"}
-    assert counts["kvm:kvm_page_fault"].verdict == paired.FEWER
-    assert counts["create/kvm:kvm_page_fault"].verdict == paired.FEWER
+        runs += [RoundRecords(r, "before", [record(1.0, counters=counts(n, n))]),
+                 RoundRecords(r, "after", [record(1.0, counters=counts(n // 2, n // 2))])]  # fmt: skip
+    got = {c.metric: c for c in paired.paired_changes(runs) if c.kind == "count"}
+    assert got["kvm:kvm_page_fault"].verdict == paired.FEWER
+    assert got["KVM_CREATE_MAPPINGS/kvm:kvm_page_fault"].verdict == paired.FEWER
 
 
 def test_failed_runs_contribute_nothing() -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..baseline.stats import MIN_EFFECT_PCT, Spread, change_pct, direction, is_headline
+from ..counters.model import Counters
 
 MIN_ROUNDS = 3
 #: Event counts barely move between runs of the same binaries: a 2 % change that holds in every
@@ -74,11 +75,8 @@ def _numbers(values: object) -> list[float]:
 
 
 def record_series(record: Mapping[str, object]) -> dict[tuple[str, str], list[float]]:
-    """``{(kind, name): samples}`` of one passed record: metric samples and event counts.
-
-    Counts are read from ``counters`` (``{event: count}`` or ``{event: [count per repeat]}``) and
-    from per-stage ``stage_counters`` (``{stage: {event: count}}``, named ``stage/event``).
-    """
+    """``{(kind, name): samples}`` of one passed record: metric samples, and the event counts of
+    ``--kvm-counters`` per run (``event`` for the whole run, ``<stage>/<event>`` per stage)."""
     if record.get("status") != "passed":
         return {}
     out: dict[tuple[str, str], list[float]] = {}
@@ -87,15 +85,15 @@ def record_series(record: Mapping[str, object]) -> dict[tuple[str, str], list[fl
         for name, values in samples.items():
             if is_headline(str(name)) and direction(str(name)) != 0 and _numbers(values):
                 out[("metric", str(name))] = _numbers(values)
-    counters = record.get("counters") or {}
+    counters = record.get("counters")
     if isinstance(counters, Mapping):
-        for name, values in counters.items():
-            if isinstance(values, Mapping):  # a stage: {event: count}
-                for event, count in values.items():
-                    if _numbers(count):
-                        out[("count", f"{name}/{event}")] = _numbers(count)
-            elif _numbers(values):
-                out[("count", str(name))] = _numbers(values)
+        try:
+            series = Counters.from_json(counters).series()
+        except (TypeError, ValueError, AttributeError):
+            series = {}
+        for name, values in series.items():
+            if values:
+                out[("count", name)] = [float(v) for v in values]
     return out
 
 
