@@ -64,6 +64,17 @@ def umount_fs(target: Path) -> str | None:
     return None
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs: a zombie (a killed xdist worker its controller has not reaped
+    yet) has ended and will never restore its own changes."""
+    if not pid_alive(pid):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 class HostChanges:
     """This process's changes to the host under ``root`` (``/`` live), journalled in ``journal_dir``."""
 
@@ -164,7 +175,9 @@ class HostChanges:
     def mount(self, fstype: str, target: str) -> str | None:
         """Mount a pseudo filesystem (tracefs for ``--kvm-counters``) at ``target`` (journalled,
         unmounted at the end); returns why it failed, or None."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        unsafe = self._ensure_dir()
+        if unsafe:
+            return unsafe
         with self._lock:
             change = Change("mount", target, new=fstype)
             self._write_journal([*self.changes, change])
@@ -238,7 +251,7 @@ class HostChanges:
                 pid = int(journal.stem)
             except ValueError:
                 continue
-            if pid != os.getpid() and not pid_alive(pid):
+            if pid != os.getpid() and not _running(pid):
                 found.append((journal, pid))
         return found
 

@@ -58,7 +58,7 @@ from .params import PARAM_SIGNATURE, ParamSetting, full_name
 from .provision.cache import default_cache_root, journal_dir
 from .requirements import Requirement, first_unmet
 from .results import ResultsWriter
-from .rundir import remove_run_dirs, run_dir, shared_probe
+from .rundir import remove_run_dirs, run_dir, run_dir_problem, shared_probe
 from .safefs import UnsafePath, private_dir
 from .selftest import SelftestEngine
 from .signals import SignalGuard
@@ -68,6 +68,7 @@ __all__ = ["kvm_host", "kvm_hugetlb_pools", "kvm_info", "kvm_params", "kvm_resul
 
 CALL_KEY = pytest.StashKey[SelftestCall]()
 WORKERINPUT_HOST = "kvmmm_host"
+WORKEROUTPUT = "kvmmm_host_changes"
 REQUIRES_KEY = pytest.StashKey[tuple[Requirement, ...]]()
 #: Exit statuses of sessions that did not run: their --kvm-results file is left as it was.
 NOT_A_RUN = (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR)
@@ -144,6 +145,9 @@ class KvmmmPlugin:
         self._reported_ignored: str | None = None
         self._testrunuid = ""
         self.signals = SignalGuard()
+        self.run_dir_error: str | None = None
+        #: Controller: a worker used the host or crashed (its journal may be left to restore).
+        self.workers_used_host = False
 
     def _activate(self) -> None:
         """The run needs the host (its first selftest test, in this process): undo what an
@@ -209,11 +213,26 @@ class KvmmmPlugin:
         their own in the gateway's environment); ssh/socket workers probe their own host."""
         spec = node.gateway.spec
         self._testrunuid = str(node.workerinput.get("testrunuid") or "")
+        if spec.popen and not spec.via:  # this machine's run directory: someone else's stops the run now
+            source = self.config.getoption("kvm_host_snapshot") or (spec.env or {}).get(SNAPSHOT_ENV) or self.settings.host_source
+            problem = run_dir_problem(self._testrunuid, str(source))
+            if problem:
+                pytest.exit(f"kvmmm: xdist run directory: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
         self.signals.install()  # SIGTERM to the controller ends the run as Ctrl-C does
         if self._host is None:
             return  # not probed (no --kvm-* option): the first worker that needs the host probes it
         if spec.popen and not spec.via and SNAPSHOT_ENV not in (spec.env or {}):
             node.workerinput[WORKERINPUT_HOST] = {"source": self.settings.host_source, "facts": self.host().to_json()}
+
+    @pytest.hookimpl(optionalhook=True)  # xdist's hook, on the controller
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """A worker ended: keep what it restored for the summary. One that crashed may have left
+        host changes: the controller restores them at the end of the run."""
+        done = getattr(node, "workeroutput", None) or {}
+        mine = done.get(WORKEROUTPUT) or {}
+        self.workers_used_host = self.workers_used_host or bool(error) or bool(mine.get("active"))
+        self.restored_at_end += [f"{line} [by worker {node.gateway.id}]" for line in mine.get("restored", [])]
+        self.host_changes.ignored += [r for r in mine.get("ignored", []) if r not in self.host_changes.ignored]
 
     @pytest.hookimpl(optionalhook=True)  # xdist's hook, on the controller
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -235,8 +254,9 @@ class KvmmmPlugin:
         path = run_dir(str(uid), self.settings.host_source)
         try:
             return private_dir(path)
-        except OSError as exc:
-            pytest.exit(f"kvmmm: xdist run directory: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        except OSError as exc:  # made by someone else after the controller looked: the tests fail
+            self.run_dir_error = f"kvmmm: xdist run directory: {exc}"
+            return None
 
     def _coordinator(self) -> HostCoordinator | None:
         """Under xdist, the run's shared state on this host (hugetlb ledger, perf lock)."""
@@ -326,6 +346,8 @@ class KvmmmPlugin:
         """kvm_requires: skip before any fixture or binary runs when the host lacks a fact."""
         if is_selftest_item(item):
             self._activate()
+            if self.run_dir_error:
+                pytest.fail(self.run_dir_error, pytrace=False)
         requires = item.stash.get(REQUIRES_KEY, ())
         reason = first_unmet(requires, self.host()) if requires else None
         if reason and self.engine.host_changes is not None:
@@ -437,9 +459,13 @@ class KvmmmPlugin:
         if self.writer is not None and not self.writer.opened and session.exitstatus not in NOT_A_RUN:
             self._write_record(None)  # a run without records still replaces the previous file
         with self.signals.quiet():  # a SIGTERM now must not cut a restoration in half
-            self.restored_at_end = self.host_changes.restore()
-            if not self.is_worker and (self.active or self.records):  # workers that died: the run ran selftests
-                self.restored_at_end += self.host_changes.restore_stale()
+            self.restored_at_end += self.host_changes.restore()
+            if not self.is_worker and (self.active or self.records or self.workers_used_host):
+                self.restored_at_end += self.host_changes.restore_stale()  # workers that died
+        if self.is_worker:  # for the controller's summary (xdist sends workeroutput after this hook)
+            self.config.workeroutput[WORKEROUTPUT] = {  # type: ignore[attr-defined]
+                "active": self.active, "restored": [*self.restored, *self.restored_at_end], "ignored": self.host_changes.ignored,
+            }
         if self.active or self.records:
             self._allure_session_files()
         if self._testrunuid:

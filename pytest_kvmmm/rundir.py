@@ -23,7 +23,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .host.model import HostFacts
-from .safefs import read_private, replace_file
+from .safefs import private_problem, read_private, replace_file
 
 PREFIX = "pytest-kvmmm-"
 FACTS = "host-facts.json"
@@ -36,6 +36,17 @@ def run_dir(testrunuid: str, host_source: str) -> Path:
     key = hashlib.sha1(f"{socket.gethostname()}\0{host_source}".encode()).hexdigest()[:12]
     uid = "".join(c for c in testrunuid if c.isalnum())[:64] or "run"
     return Path(tempfile.gettempdir()) / f"{PREFIX}{uid}-{key}"
+
+
+def run_dir_problem(testrunuid: str, host_source: str) -> str | None:
+    """Why the run directory that exists already cannot be used (a link, someone else's, open to
+    others), or None (also when it does not exist yet)."""
+    path = run_dir(testrunuid, host_source)
+    try:
+        problem = private_problem(os.lstat(path), want_dir=True)
+    except FileNotFoundError:
+        return None
+    return f"refusing to use {path}: it {problem}" if problem else None
 
 
 def remove_run_dirs(testrunuid: str) -> list[Path]:

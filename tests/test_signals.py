@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -100,3 +101,45 @@ def test_an_ignored_sighup_stays_ignored(pytester: pytest.Pytester, tmp_path: Pa
     os.kill(proc.pid, signal.SIGHUP)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
+
+
+DIES = """
+    @pytest.mark.kvm_param_values("eager_page_split", ["N"])
+    @pytest.mark.kvm_selftest("quick")
+    def test_{order}_dies_holding_a_change():
+        assert pathlib.Path({split!r}).read_text().strip() == "N"
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker dies; its change is journalled
+"""
+LIVES = """
+    @pytest.mark.kvm_param_values("nx_huge_pages", ["Y"])
+    @pytest.mark.kvm_selftest("quick")
+    def test_{order}_restores_its_own():
+        assert pathlib.Path({nx!r}).read_text().strip() == "Y"
+"""
+
+
+@pytest.mark.parametrize("dies_last", [False, True], ids=["replacement-worker-restores", "controller-restores"])
+def test_a_dead_workers_changes_are_restored_and_listed(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dies_last: bool
+) -> None:
+    monkeypatch.setenv("KVMMM_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_host_root(tmp_path / "root", kvm_modules={"kvm": {"eager_page_split": "Y", "nx_huge_pages": "N"}})
+    split = root / "sys/module/kvm/parameters/eager_page_split"
+    nx = root / "sys/module/kvm/parameters/nx_huge_pages"
+    bins = tmp_path / "b"
+    make_fake(bins, "quick")
+    tests = [DIES.format(order=2 if dies_last else 1, split=str(split)), LIVES.format(order=1 if dies_last else 2, nx=str(nx))]
+    tests = tests[::-1] if dies_last else tests
+    pytester.makepyfile("import os, pathlib, signal\nimport pytest\n" + "".join(textwrap.dedent(t) for t in tests))
+    no_replacement = ["--max-worker-restart", "0"] if dies_last else []
+    res = pytester.runpytest_subprocess("-n", "1", *no_replacement, f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+                                        "-p", "no:cacheprovider")
+    out = res.stdout.str()
+    res.assert_outcomes(passed=1, failed=1)
+    assert split.read_text().strip() == "Y" and nx.read_text().strip() == "N", out
+    # the crashed worker is replaced, and the new worker restores first; without replacement
+    # the controller restores at the end of the run (the dead worker is a zombie by then)
+    lines = [ln for ln in out.splitlines() if ln.startswith("kvmmm: restored /sys/module/kvm/parameters/eager_page_split: N -> Y")]
+    assert len(lines) == 1 and "[left by killed process " in lines[0], out
+    assert lines[0].endswith("] [by worker gw1]") is not dies_last, out
+    assert not list((tmp_path / "cache").rglob("*.json")) and "INTERNALERROR" not in out

@@ -362,3 +362,77 @@ def test_a_results_file_swapped_for_a_link_during_the_run_is_not_written_through
     res.assert_outcomes(passed=2)
     assert (tmp_path / "precious").read_text() == "keep"
     res.stdout.fnmatch_lines([f"kvmmm: --kvm-results: refusing to write {results}: it is a symbolic link"])
+
+
+# --- xdist run directories ------------------------------------------------------------------------
+
+RUN_DIR_SUITE = """
+    import glob, os, stat, tempfile
+    import pytest
+
+    @pytest.mark.kvm_selftest("quick")
+    def test_kvm(tmp_path_factory):
+        found = glob.glob(os.path.join(tempfile.gettempdir(), "pytest-kvmmm-fixedrun-*"))
+        assert len(found) == 1, found
+        st = os.lstat(found[0])
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+        open(os.path.join(os.environ["SEEN_DIR"], os.environ["PYTEST_XDIST_WORKER"]), "w").write(found[0])
+
+    def test_plain():
+        pass
+"""
+
+
+def _xdist_args(host: Host) -> list[str]:
+    return ["-n", "2", "--testrunuid", "fixedrun", *host.args()]
+
+
+def test_run_directory_is_private_and_removed_at_the_end(
+    pytester: pytest.Pytester, host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_kvmmm.rundir import run_dir
+
+    monkeypatch.setenv("SEEN_DIR", str(tmp_path))
+    pytester.makepyfile(RUN_DIR_SUITE)
+    res = pytester.runpytest_subprocess(*_xdist_args(host))
+    res.assert_outcomes(passed=2)
+    seen = [p.read_text() for p in tmp_path.glob("gw*")]
+    assert seen == [str(run_dir("fixedrun", str(host.root)))]
+    assert not Path(seen[0]).exists(), "removed when the run ends"
+
+
+def _nobodys_run_dir(path: Path) -> str:
+    path.mkdir(mode=0o755)
+    os.chown(path, NOBODY, NOBODY)
+    return f"refusing to use {path}: it is owned by nobody (uid {NOBODY})"
+
+
+def _symlinked_run_dir(path: Path) -> str:
+    target = path.with_name(path.name + "-target")
+    target.mkdir(mode=0o700)
+    path.symlink_to(target)
+    return f"refusing to use {path}: it is a symbolic link"
+
+
+@pytest.mark.parametrize("stage", [pytest.param(_nobodys_run_dir, marks=ROOT_ONLY), _symlinked_run_dir], ids=["nobodys", "symlink"])
+def test_a_run_directory_made_by_someone_else_stops_the_run(
+    pytester: pytest.Pytester, host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: object
+) -> None:
+    from pytest_kvmmm.rundir import run_dir
+
+    monkeypatch.setenv("SEEN_DIR", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", None)  # computed again from $TMPDIR
+    path = run_dir("fixedrun", str(host.root))
+    try:
+        message = stage(path)  # type: ignore[operator]
+        pytester.makepyfile(RUN_DIR_SUITE)
+        res = pytester.runpytest_subprocess(*_xdist_args(host))
+    finally:
+        monkeypatch.undo()
+    out = res.stdout.str() + res.stderr.str()
+    assert res.ret == pytest.ExitCode.USAGE_ERROR, out
+    assert f"kvmmm: xdist run directory: {message}" in out and "INTERNALERROR" not in out, out
+    assert not list(tmp_path.glob("gw*")), "no selftest runs beside another user's directory"
+    assert path.exists() or path.is_symlink(), "someone else's directory is left alone"
