@@ -223,7 +223,7 @@ def test_the_format_1_golden_file_still_loads() -> None:
         ('{"nodeid": "x", "metrics": {}}', 'is not a pytest-kvmmm baseline (no "kind": "pytest-kvmmm-baseline")'),
         ("{oops", "is not a pytest-kvmmm baseline (not JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
         ('{"kind": "pytest-kvmmm-baseline", "format": 1, "hosts": {"vm": {"tests": {"t": {"samples": {"m": ["x"]}}}}}}',
-         "is a damaged pytest-kvmmm baseline: could not convert string to float: 'x'"),
+         "is a damaged pytest-kvmmm baseline: hosts.vm.tests.t.samples.m[0]: 'x' is not a number"),
     ],
 )
 def test_unreadable_files_are_refused_in_one_clear_line(tmp_path: Path, content: str, message: str) -> None:

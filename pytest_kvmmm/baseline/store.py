@@ -25,6 +25,7 @@ Format 1::
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import statistics
@@ -44,6 +45,8 @@ BASELINE_FORMAT = 1
 BASELINES_ENV = "KVMMM_BASELINES_DIR"
 SUFFIX = ".json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+#: A baseline of a large suite at 20 repeats is well under 10 MB; anything beyond is not one.
+MAX_BASELINE_BYTES = 64 << 20
 
 
 class BaselineError(Exception):
@@ -157,12 +160,15 @@ def from_json(data: Any, origin: str) -> Baseline:
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise BaselineError(f"{origin} is not a pytest-kvmmm baseline (no \"kind\": \"{KIND}\")")
     fmt = data.get("format")
-    if fmt != BASELINE_FORMAT:
+    if type(fmt) is not int or fmt != BASELINE_FORMAT:  # true == 1 in Python: not a format
         newer = isinstance(fmt, int) and fmt > BASELINE_FORMAT
         raise BaselineError(
             f"{origin} has baseline format {fmt!r}, this pytest-kvmmm reads format {BASELINE_FORMAT}"
             + ("; upgrade pytest-kvmmm to read it" if newer else "")
         )
+    problem = document_problem(data)
+    if problem:
+        raise BaselineError(f"{origin} is a damaged pytest-kvmmm baseline: {problem}")
     try:
         hosts = {
             str(host): HostRun(
@@ -182,6 +188,54 @@ def from_json(data: Any, origin: str) -> Baseline:
         )
     except (AttributeError, TypeError, ValueError) as exc:
         raise BaselineError(f"{origin} is a damaged pytest-kvmmm baseline: {exc}") from None
+
+
+def document_problem(data: Mapping[str, Any]) -> str | None:
+    """What is wrong with the structure of a baseline document (``where: what``), or None.
+
+    Readers trust what passes: objects where objects belong, and samples that are lists of
+    finite, non-negative numbers (seconds, rates); a bool is not a number here.
+    """
+    repeat = data.get("repeat")
+    if repeat is not None and (type(repeat) is not int or repeat < 1):
+        return f"repeat: {str(repeat)[:20]} is not a positive count"
+    hosts = {} if data.get("hosts") is None else data["hosts"]
+    if not isinstance(hosts, dict):
+        return "hosts: not an object"
+    for host, run in hosts.items():
+        if not isinstance(run, dict):
+            return f"hosts.{host}: not an object"
+        if not isinstance(run.get("fingerprint") or {}, dict):
+            return f"hosts.{host}.fingerprint: not an object"
+        tests = {} if run.get("tests") is None else run["tests"]
+        if not isinstance(tests, dict):
+            return f"hosts.{host}.tests: not an object"
+        for nodeid, test in tests.items():
+            where = f"hosts.{host}.tests.{nodeid}"[:200]
+            if not isinstance(test, dict) or not isinstance(test.get("samples") or {}, dict):
+                return f"{where}: not an object with samples"
+            for metric, values in (test.get("samples") or {}).items():
+                problem = _samples_problem(values)
+                if problem:
+                    return f"{where}.samples.{metric}{problem}"[:300]
+    return None
+
+
+def _samples_problem(values: object) -> str | None:
+    if not isinstance(values, list):
+        return ": not a list of numbers"
+    for i, x in enumerate(values):
+        if type(x) not in (int, float):
+            return f"[{i}]: {x!r:.40} is not a number"
+        if not math.isfinite(x):
+            return f"[{i}]: {x!r} is not a finite number"
+        if x < 0:
+            return f"[{i}]: {x!r} is negative"
+    return None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number a baseline may hold")
 
 
 def baselines_dir(explicit: str | None = None, env: Mapping[str, str] | None = None) -> Path:
@@ -236,14 +290,21 @@ def find(spec: str, directory: Path) -> Path:
 
 
 def load(path: Path) -> Baseline:
+    """Read a baseline file: bounded in size and nesting, NaN and Infinity refused, every
+    fault a one-line ``BaselineError`` naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_BASELINE_BYTES + 1)
     except OSError as exc:
         raise BaselineError(f"cannot read baseline {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_BASELINE_BYTES:
+        raise BaselineError(f"{path} is larger than {MAX_BASELINE_BYTES} bytes: not a pytest-kvmmm baseline")
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise BaselineError(f"{path} is not a pytest-kvmmm baseline (not JSON: {exc})") from None
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        raise BaselineError(f"{path} is not a pytest-kvmmm baseline (nested too deeply)") from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise BaselineError(f"{path} is not a pytest-kvmmm baseline (not JSON: {str(exc)[:120]})") from None
     return replace(from_json(data, str(path)), path=path)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from .kvm import kernel_log
 from .kvmapi import KvmAnswers, probe_kvm
+from .snapshot_check import check_snapshot, extract
 from .sysfs import FactReader, rw_open_error
 
 SNAPSHOT_META = "kvmmm-snapshot.json"
@@ -93,7 +94,7 @@ def capture(dest: Path, source: Path = Path("/"), kvm: KvmAnswers | None = None)
 def read_meta(root: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((root / SNAPSHOT_META).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -110,23 +111,28 @@ def load_kvm_answers(root: Path, meta: Mapping[str, Any] | None) -> KvmAnswers:
 
 
 def open_snapshot(path: Path) -> Path:
-    """A snapshot directory for ``path``: the directory itself, or a tarball unpacked to a temp dir.
+    """A snapshot directory for ``path``: the directory itself, or a tarball unpacked to a temp dir;
+    checked first (``snapshot_check``): a ValueError's one line names the file and the fault.
 
     The temp dir is removed when the process exits (each xdist worker unpacks its own).
     """
     if path.is_dir():
-        return path
+        return check_snapshot(path)
     if not path.exists():
         raise ValueError(f"{path} does not exist")
-    if not tarfile.is_tarfile(path):
+    try:
+        is_tar = tarfile.is_tarfile(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not is_tar:
         raise ValueError(f"{path} is neither a snapshot directory nor a tarball")
     target = Path(tempfile.mkdtemp(prefix="kvmmm-snapshot-"))
     atexit.register(shutil.rmtree, target, True)
-    with tarfile.open(path) as tar:
-        members = [
-            m for m in tar.getmembers()
-            if (m.isfile() or m.isdir()) and not m.name.startswith("/") and ".." not in Path(m.name).parts
-        ]
-        tar.extractall(target, members=members)  # noqa: S202 - only plain files and dirs, no absolute or .. paths
+    try:
+        extract(path, target)
+    except ValueError:
+        shutil.rmtree(target, ignore_errors=True)  # a refused archive leaves nothing behind
+        raise
     entries = list(target.iterdir())
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() and not (target / SNAPSHOT_META).exists() else target
+    root = entries[0] if len(entries) == 1 and entries[0].is_dir() and not (target / SNAPSHOT_META).exists() else target
+    return check_snapshot(root)

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 _BRACKETED = re.compile(r"\[([^\]]+)\]")
+#: More CPUs or nodes than any machine has (NR_CPUS is at most 8192): a list beyond is not a host's.
+MAX_IDS = 1 << 16
 
 
 class Unreadable(Exception):
@@ -89,6 +91,10 @@ def parse_id_list(text: str) -> tuple[int, ...]:
             raise Unreadable(f"expected a list such as 0-3,8, found {text.strip()[:40]!r}") from None
         if last < first:
             raise Unreadable(f"expected a list such as 0-3,8, found {text.strip()[:40]!r}")
+        if len(ids) + last - first + 1 > MAX_IDS:  # checked before expanding: memory stays bounded
+            raise Unreadable(
+                f"{len(ids) + last - first + 1} ids in {text.strip()[:40]!r}: more than any machine has (at most {MAX_IDS})"
+            )
         ids.extend(range(first, last + 1))
     return tuple(ids)
 
