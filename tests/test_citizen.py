@@ -61,7 +61,8 @@ def run(tmp_path: Path, pytester: pytest.Pytester, body: str, *args: str) -> tup
     log = tmp_path / "audit.log"
     log.unlink(missing_ok=True)
     pytester.makepyfile(textwrap.dedent(body))
-    env = {**os.environ, "PYTHONPATH": str(audit), "KVMMM_AUDIT_LOG": str(log), "KVMMM_CACHE_DIR": str(tmp_path / "cache")}
+    pythonpath = os.pathsep.join(p for p in (str(audit), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": pythonpath, "KVMMM_AUDIT_LOG": str(log), "KVMMM_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("KVMMM_HOST_SNAPSHOT", None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=pytester.path,
                           env=env, capture_output=True, text=True, timeout=300)
