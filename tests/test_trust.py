@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -372,7 +373,7 @@ RUN_DIR_SUITE = """
 
     @pytest.mark.kvm_selftest("quick")
     def test_kvm(tmp_path_factory):
-        found = glob.glob(os.path.join(tempfile.gettempdir(), "pytest-kvmmm-fixedrun-*"))
+        found = glob.glob(os.path.join(tempfile.gettempdir(), "pytest-kvmmm-" + os.environ["RUN_UID"] + "-*"))
         assert len(found) == 1, found
         st = os.lstat(found[0])
         assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
@@ -383,8 +384,8 @@ RUN_DIR_SUITE = """
 """
 
 
-def _xdist_args(host: Host) -> list[str]:
-    return ["-n", "2", "--testrunuid", "fixedrun", *host.args()]
+def _xdist_args(host: Host, uid: str) -> list[str]:
+    return ["-n", "2", "--testrunuid", uid, *host.args()]
 
 
 def test_run_directory_is_private_and_removed_at_the_end(
@@ -392,12 +393,14 @@ def test_run_directory_is_private_and_removed_at_the_end(
 ) -> None:
     from pytest_kvmmm.rundir import run_dir
 
+    uid = uuid.uuid4().hex  # a run of its own: other sessions on this host use the same /tmp
     monkeypatch.setenv("SEEN_DIR", str(tmp_path))
+    monkeypatch.setenv("RUN_UID", uid)
     pytester.makepyfile(RUN_DIR_SUITE)
-    res = pytester.runpytest_subprocess(*_xdist_args(host))
+    res = pytester.runpytest_subprocess(*_xdist_args(host, uid))
     res.assert_outcomes(passed=2)
     seen = [p.read_text() for p in tmp_path.glob("gw*")]
-    assert seen == [str(run_dir("fixedrun", str(host.root)))]
+    assert seen == [str(run_dir(uid, str(host.root)))]
     assert not Path(seen[0]).exists(), "removed when the run ends"
 
 
@@ -424,11 +427,13 @@ def test_a_run_directory_made_by_someone_else_stops_the_run(
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr("tempfile.tempdir", None)  # computed again from $TMPDIR
-    path = run_dir("fixedrun", str(host.root))
+    uid = uuid.uuid4().hex
+    monkeypatch.setenv("RUN_UID", uid)
+    path = run_dir(uid, str(host.root))
     try:
         message = stage(path)  # type: ignore[operator]
         pytester.makepyfile(RUN_DIR_SUITE)
-        res = pytester.runpytest_subprocess(*_xdist_args(host))
+        res = pytester.runpytest_subprocess(*_xdist_args(host, uid))
     finally:
         monkeypatch.undo()
     out = res.stdout.str() + res.stderr.str()
