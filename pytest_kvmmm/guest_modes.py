@@ -15,6 +15,7 @@ a silently missing test.
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections.abc import Mapping
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from . import textsafe
 from .metrics import guest_mode_name
 from .runner import run
+from .textsafe import MAX_PARSE_LINE, lines_with
 
 #: Pseudo-mode: pass no ``-m`` and let the binary run every mode it marks supported.
 DEFAULT_MODE = "default"
@@ -152,21 +155,37 @@ class ModeEntry:
     supported: bool
 
 
-#: ``printf("         %d:    %s%s\n", i, string, supported ? " (supported)" : "")``, the same
-#: from 5.10 to 6.19; the string changes, so its name comes from ``guest_mode_name``.
-_TABLE_ROW = re.compile(
-    r"^[ \t]+(?P<id>\d+):[ \t]+(?P<text>PA-bits:.*?)(?P<sup>[ \t]+\(supported\))?[ \t\r]*$",
-    re.MULTILINE,
-)
+#: Rows of a table looked at: the newest enum has 27 modes.
+MAX_TABLE_ROWS = 256
+_SUPPORTED = "(supported)"
+
+
+def _table_row(line: str) -> ModeEntry | None:
+    """``printf("         %d:    %s%s\n", i, string, supported ? " (supported)" : "")``, the
+    same from 5.10 to 6.19; the string changes, so its name comes from ``guest_mode_name``.
+    Read with string operations: a row is short, a line of garbage may be a megabyte."""
+    if len(line) > MAX_PARSE_LINE or not line[:1].isspace():
+        return None
+    number, colon, rest = line.partition(":")
+    number = number.strip(" \t")
+    text = rest.rstrip(" \t\r")
+    if not colon or not number.isdigit() or not number.isascii() or not rest[:1].isspace():
+        return None
+    text = text.lstrip(" \t")
+    supported = text.endswith(_SUPPORTED) and text[: -len(_SUPPORTED)][-1:] in (" ", "\t")
+    if supported:
+        text = text[: -len(_SUPPORTED)].rstrip(" \t")
+    name = guest_mode_name(text) if text.startswith("PA-bits:") else None
+    return None if name is None else ModeEntry(name, int(number), text, supported)
 
 
 def parse_mode_help(text: str) -> dict[str, ModeEntry]:
     """Name -> entry from a ``-h`` output; ``{}`` when there is no table (or only garbage)."""
     entries: dict[str, ModeEntry] = {}
-    for m in _TABLE_ROW.finditer(text):
-        name = guest_mode_name(m.group("text"))
-        if name is not None and name not in entries:
-            entries[name] = ModeEntry(name, int(m.group("id")), m.group("text"), bool(m.group("sup")))
+    for line in itertools.islice(lines_with(text, "PA-bits:"), MAX_TABLE_ROWS):
+        entry = _table_row(line)
+        if entry is not None and entry.name not in entries:
+            entries[entry.name] = entry
     return entries
 
 
@@ -181,9 +200,8 @@ class HelpModes:
 
 def _problem(name: str, stdout: str, stderr: str, rc: int | None) -> str:
     """Why a finished ``-h`` printed no table; quotes a skip line when the binary skipped first."""
-    lines = (stdout + "\n" + stderr).splitlines()
-    skip = next((ln.strip() for ln in lines if "# SKIP" in ln), None)
-    why = f"it skipped before printing help: {skip!r}" if skip else "it takes no guest-mode -m"
+    skip = next((ln for text in (stdout, stderr) for ln in lines_with(text, "# SKIP")), None)
+    why = f"it skipped before printing help: '{textsafe.line(skip)}'" if skip else "it takes no guest-mode -m"
     return f"`{name} -h` (exit {rc}) prints no guest-mode table; {why}"
 
 

@@ -16,21 +16,24 @@ kselftest conventions the KVM selftests use (``tools/testing/selftests/kselftest
 from __future__ import annotations
 
 import enum
-import re
+import itertools
 from dataclasses import dataclass
+from typing import Callable
 
+from . import assertions, textsafe
 from .runner import ProcessResult
 
 KSFT_PASS = 0
 KSFT_SKIP = 4
 
-ASSERT_BANNER = "==== Test Assertion Failure ===="
-
-_SKIP_TAP = re.compile(
-    r"^\s*(?:1\.\.0|ok \d+[^#]*)?\s*#\s*SKIP\b[\s:-]*(?P<reason>.*?)\s*$", re.MULTILINE
-)
-_SKIP_V5 = re.compile(r"^(?P<reason>.*?),?\s+skipping test\.?\s*$", re.MULTILINE)
-_RANDOM_SEED = re.compile(r"^Random seed: .*$")
+ASSERT_BANNER = assertions.BANNER
+#: Output tail shown for a failure without an assertion block, a crash or a timeout.
+TAIL_LINES = 20
+#: Characters of a stream's end looked at for its tail and its last line.
+TAIL_WINDOW = 65536
+#: Skip lines looked at per stream, from the last one back.
+MAX_SKIP_LINES = 1000
+_RANDOM_SEED = "Random seed: "
 
 
 class Status(str, enum.Enum):
@@ -58,59 +61,78 @@ class Outcome:
     details: str = ""
 
 
-def skip_reason(stdout: str, stderr: str) -> str | None:
-    """The reason a selftest gave for skipping, in any of the formats seen from 5.x to 6.16."""
-    for text in (stdout, stderr):
-        found = [m.group("reason") for m in _SKIP_TAP.finditer(text)]
-        if found:
-            return found[-1] or "skipped (KSFT_SKIP) without a reason"
-    for text in (stdout, stderr):
-        found = [m.group("reason") for m in _SKIP_V5.finditer(text)]
-        if found:
-            return found[-1]
+def _tap_skip(line: str) -> str | None:
+    """The reason of a ``1..0 # SKIP - reason`` / ``ok 3 name # SKIP reason`` line, else None."""
+    hash_ = line.find("#")
+    lead = line[:hash_].strip() if hash_ >= 0 else "-"
+    if lead and lead != "1..0" and not (lead.startswith("ok ") and lead[3:].split(" ", 1)[0].isdigit()):
+        return None
+    rest = line[hash_ + 1 :].lstrip()
+    if not rest.startswith("SKIP") or rest[4:5].isalnum() or rest[4:5] == "_":
+        return None
+    return rest[4:].lstrip(" \t\n:-").strip()
+
+
+def _print_skip(line: str) -> str | None:
+    """The reason of a 5.x ``<reason>, skipping test`` line, else None."""
+    text = line.rstrip()
+    text = text[:-1] if text.endswith(".") else text
+    before = text[: -len("skipping test")]
+    if not text.endswith("skipping test") or not before[-1:].isspace():
+        return None
+    reason = before.rstrip()
+    return reason[:-1] if reason.endswith(",") else reason
+
+
+def _last_skip(text: str, needle: str, parse: Callable[[str], str | None]) -> str | None:
+    for line in itertools.islice(textsafe.lines_with(text, needle, reverse=True), MAX_SKIP_LINES):
+        found = parse(line)
+        if found is not None:
+            return found
     return None
 
 
-def assertion_block(stderr: str, stdout: str = "") -> str | None:
-    """The ``==== Test Assertion Failure ====`` report (file:line, expression, stack, message)."""
-    for text in (stderr, stdout):
-        start = text.rfind(ASSERT_BANNER)
-        if start >= 0:
-            return text[start:].strip()
+def skip_reason(stdout: str, stderr: str) -> str | None:
+    """The reason a selftest gave for skipping, in any of the formats seen from 5.x to 6.16,
+    as it may be shown (``textsafe.line``). Lines are found by fixed strings, last first."""
+    for text in (stdout, stderr):
+        found = _last_skip(text, "SKIP", _tap_skip)
+        if found is not None:
+            return textsafe.line(found) or "skipped (KSFT_SKIP) without a reason"
+    for text in (stdout, stderr):
+        found = _last_skip(text, "skipping test", _print_skip)
+        if found is not None:
+            return textsafe.line(found)
     return None
 
 
 def assertion_summary(block: str) -> str:
-    """One line from an assertion block: ``file.c:123: expression`` plus the message when short.
-
-    The block looks like::
-
-        ==== Test Assertion Failure ====
-          lib/kvm_util.c:1000: region->mmap_start != MAP_FAILED
-          pid=1234 tid=1234 errno=12 - Cannot allocate memory
-             1  0x000000000040a2b3: vm_userspace_mem_region_add at kvm_util.c:999
-          ...
-          mmap() failed, rc: -1 errno: 12 (Cannot allocate memory)
-    """
-    lines = [ln.strip() for ln in block.splitlines()[1:] if ln.strip()]
-    if not lines:
-        return "assertion failed"
-    where = lines[0]
-    # stack frames ("1  0x...: fn at file.c:12", "3  (inlined by) fn at ..."), pid lines, and
-    # the banner again: several vCPU threads can assert at once and interleave their blocks
-    stack = re.compile(r"^\d+\s+(?:0x[0-9a-f]+:|\(inlined by\))|^\(stack trace empty\)|^pid=\d+|^====")
-    message = [ln for ln in lines[1:] if not stack.match(ln)]
-    return f"{where}: {message[-1]}" if message else where
+    """One line from an assertion block: ``file.c:123: expression`` plus the last message line,
+    without stack frames and addr2line noise (see ``assertions``)."""
+    found = assertions.report(block)
+    return found.summary if found else "assertion failed"
 
 
-def _tail(text: str, lines: int = 20) -> str:
-    kept = [ln for ln in text.splitlines() if not _RANDOM_SEED.match(ln)]
-    return "\n".join(kept[-lines:])
+def _shown(text: str) -> list[str]:
+    """The last lines of a stream that may be shown, without ``Random seed:`` lines; a binary
+    stream is one line naming it."""
+    if textsafe.is_binary(text):
+        return [f"[{textsafe.binary_summary(text)}]"]
+    lines = textsafe.last_lines(text, TAIL_WINDOW)
+    return [ln for ln in lines if not ln.startswith(_RANDOM_SEED)]
+
+
+def _output_tail(result: ProcessResult) -> str:
+    lines = _shown(result.stdout) + (_shown(result.stderr) if result.stderr else [])
+    return textsafe.block("\n".join(lines), TAIL_LINES)
 
 
 def _last_line(text: str) -> str:
-    lines = _tail(text, 1).splitlines()
-    return lines[-1].strip() if lines else ""
+    """The last line with text of a stream (its last ``TAIL_WINDOW`` characters), for a reason."""
+    if textsafe.is_binary(text):
+        return textsafe.binary_summary(text)
+    lines = _shown(text)
+    return next((textsafe.line(ln) for ln in reversed(lines) if ln.strip()), "")
 
 
 def classify(result: ProcessResult, timeout_s: float | None = None) -> Outcome:
@@ -118,7 +140,7 @@ def classify(result: ProcessResult, timeout_s: float | None = None) -> Outcome:
     name = result.argv[0].rsplit("/", 1)[-1] if result.argv else "selftest"
     if result.start_error is not None:
         return Outcome(Status.ERROR, result.start_error)
-    output_tail = _tail(result.stdout + ("\n" + result.stderr if result.stderr else ""))
+    output_tail = _output_tail(result)
     if result.timed_out:
         limit = f"{timeout_s:g}s" if timeout_s is not None else "its timeout"
         return Outcome(
@@ -129,11 +151,11 @@ def classify(result: ProcessResult, timeout_s: float | None = None) -> Outcome:
         )
     sig = result.signal
     if sig is not None:
-        block = assertion_block(result.stderr, result.stdout)
+        found = assertions.report(result.stderr, result.stdout)
         return Outcome(
             Status.CRASHED,
             f"{name} crashed: killed by {sig.name} (signal {sig.value})",
-            block or output_tail,
+            found.details if found else output_tail,
         )
     rc = result.returncode
     if rc == KSFT_PASS:
@@ -142,8 +164,8 @@ def classify(result: ProcessResult, timeout_s: float | None = None) -> Outcome:
         # No "# SKIP" line happens: get_def_hugetlb_pagesz() prints its reason bare on stderr.
         reason = skip_reason(result.stdout, result.stderr) or _last_line(result.stderr) or _last_line(result.stdout)
         return Outcome(Status.SKIPPED, reason or f"{name} exited 4 (KSFT_SKIP) without a reason")
-    block = assertion_block(result.stderr, result.stdout)
-    if block:
-        return Outcome(Status.FAILED, f"{name} exit {rc}: {assertion_summary(block)}", block)
-    last = _last_line(output_tail) or "no output"
+    found = assertions.report(result.stderr, result.stdout)
+    if found:
+        return Outcome(Status.FAILED, f"{name} exit {rc}: {found.summary}", found.details)
+    last = _last_line(result.stderr) or _last_line(result.stdout) or "no output"
     return Outcome(Status.FAILED, f"{name} exit {rc}: {last}", output_tail)

@@ -28,29 +28,53 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-_MEMSLOT_FAILURE = re.compile(
-    r"^(?:Memslot count too high for this test\b|Memslot count may be too high for this test\b"
-    r"|No full loops done\b).*$",
-    re.MULTILINE,
+from . import textsafe
+
+#: Distinct notes (or skipped log modes) kept from one output.
+MAX_NOTES = 20
+
+
+@dataclass(frozen=True)
+class _Lines:
+    """The lines holding one of ``needles`` (found with ``str.find``, so the output is read
+    once, in C) and matched by ``pattern`` (``^`` is the line's start): what a per-line
+    ``re.MULTILINE`` search found, in time linear in the output."""
+
+    needles: tuple[str, ...]
+    pattern: re.Pattern[str]
+
+    def find(self, *texts: str) -> list[str]:
+        found = (self.pattern.search(line) for text in texts for line in textsafe.lines_with(text, *self.needles))
+        return [m.group(0) for m in found if m]
+
+
+_MEMSLOT_FAILURE = _Lines(
+    ("Memslot count", "No full loops done"),
+    re.compile(
+        r"^(?:Memslot count too high for this test\b|Memslot count may be too high for this test\b"
+        r"|No full loops done\b).*"
+    ),
 )
-_LOG_MODE_SKIP = re.compile(r"^Log mode '[^'\n]*' not supported, skipping test\s*$", re.MULTILINE)
-_LOG_MODE_DONE = re.compile(r"^Total bits checked: ", re.MULTILINE)
+_LOG_MODE_SKIP = _Lines(("Log mode '",), re.compile(r"^Log mode '[^'\n]*' not supported, skipping test[ \t\r]*$"))
+_LOG_MODE_DONE = _Lines(("Total bits checked: ",), re.compile(r"^Total bits checked: "))
 
 #: Lines of a passing run worth a note, per binary.
-_NOTES: dict[str, re.Pattern[str]] = {
+_NOTES: dict[str, _Lines] = {
     # -M all with a log mode the host lacks: the others ran (see check_output).
     "dirty_log_test": _LOG_MODE_SKIP,
     # Idle pages the test could not clear: its access-tracking numbers are off (nested, NUMA
     # balancing); 6.16 says so up front, and warns when lru_gen aging is unreliable.
-    "access_tracking_perf_test": re.compile(
-        r"^(?:WARNING: .*|Skipping idle page count sanity check.*)$", re.MULTILINE
+    "access_tracking_perf_test": _Lines(
+        ("WARNING: ", "Skipping idle page count sanity check"),
+        re.compile(r"^(?:WARNING: .*|Skipping idle page count sanity check.*)"),
     ),
     # Sub-tests left out for lack of KVM_CAP_GUEST_MEMFD / SW_PROTECTED VMs.
-    "set_memory_region_test": re.compile(r"^Skipping tests for .*$", re.MULTILINE),
-    "pre_fault_memory_test": re.compile(r"^Skipping tests for vm_type .*$", re.MULTILINE),
+    "set_memory_region_test": _Lines(("Skipping tests for ",), re.compile(r"^Skipping tests for .*")),
+    "pre_fault_memory_test": _Lines(("Skipping tests for vm_type ",), re.compile(r"^Skipping tests for vm_type .*")),
     # No newline in the source: match it anywhere.
-    "dirty_log_page_splitting_test": re.compile(
-        r"Skipping testing with MANUAL_PROTECT as it is not supported"
+    "dirty_log_page_splitting_test": _Lines(
+        ("Skipping testing with MANUAL_PROTECT",),
+        re.compile(r"Skipping testing with MANUAL_PROTECT as it is not supported"),
     ),
 }
 
@@ -68,20 +92,21 @@ def _name(binary: str) -> str:
 
 
 def _unique(lines: list[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(line.strip() for line in lines))
+    """Each line once, as it may be shown (``textsafe.line``), at most ``MAX_NOTES``."""
+    first = list(dict.fromkeys(lines))[:MAX_NOTES]
+    return tuple(dict.fromkeys(textsafe.line(line) for line in first))
 
 
 def check_output(binary: str, stdout: str, stderr: str) -> OutputVerdict | None:
     """The failure or skip an exit-0 run of ``binary`` printed, or ``None`` for a real pass."""
-    text = stdout + "\n" + stderr
     name = _name(binary)
     if name == "memslot_perf_test":
-        m = _MEMSLOT_FAILURE.search(text)
-        if m:
-            return OutputVerdict("failed", m.group(0).strip())
+        failures = _MEMSLOT_FAILURE.find(stdout, stderr)
+        if failures:
+            return OutputVerdict("failed", textsafe.line(failures[0]))
     elif name == "dirty_log_test":
-        skips = _unique(_LOG_MODE_SKIP.findall(text))
-        if skips and not _LOG_MODE_DONE.search(text):
+        skips = _unique(_LOG_MODE_SKIP.find(stdout, stderr))
+        if skips and not _LOG_MODE_DONE.find(stdout, stderr):
             return OutputVerdict("skipped", "; ".join(skips))
     return None
 
@@ -93,5 +118,5 @@ def output_notes(binary: str, stdout: str, stderr: str) -> tuple[str, ...]:
 
 def notes_without_verdict(binary: str, stdout: str, stderr: str) -> tuple[str, ...]:
     """``output_notes`` for a caller that already knows ``check_output`` has no verdict."""
-    pattern = _NOTES.get(_name(binary))
-    return () if pattern is None else _unique(pattern.findall(stdout + "\n" + stderr))
+    lines = _NOTES.get(_name(binary))
+    return () if lines is None else _unique(lines.find(stdout, stderr))

@@ -104,6 +104,9 @@ def test_start_error_is_an_error_not_a_traceback() -> None:
     assert out.status is Status.ERROR and "Permission denied" in out.reason
 
 
-def test_garbage_output_with_failure_exit() -> None:
+def test_garbage_output_with_failure_exit_is_named_not_shown() -> None:
+    # Two undecodable bytes, a NUL and seven letters: not text, so no byte of it is shown.
     out = classify(proc(254, "\ufffd\ufffd\x00garbage"))
-    assert out.status is Status.FAILED and "garbage" in out.reason
+    assert out.status is Status.FAILED
+    assert out.reason == "kvm_page_table_test exit 254: binary output, 10 bytes"
+    assert out.details == "[binary output, 10 bytes]"
