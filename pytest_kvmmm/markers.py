@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -79,8 +80,10 @@ def parse_selftest_marker(mark: pytest.Mark) -> SelftestCall:
         if not isinstance(arg, (str, int, float)) or isinstance(arg, bool):
             raise bad(f"arguments must be strings or numbers, got {arg!r}")
     timeout = mark.kwargs.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise bad(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0
+    ):
+        raise bad(f"timeout must be a finite positive number of seconds, got {timeout!r}")
     return SelftestCall(mark.args[0], tuple(str(a) for a in mark.args[1:]), timeout)
 
 

@@ -7,6 +7,7 @@ came from.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -126,12 +127,14 @@ class Settings:
 
 
 def _timeout(value: str, origin: str) -> float:
+    """A finite positive number of seconds. ``nan`` would never time out (every comparison
+    with the deadline is false) and ``inf`` never either: both are refused with 0 and below."""
     try:
         seconds = float(value)
     except ValueError:
         raise pytest.UsageError(f"{origin}: {value!r} is not a number of seconds") from None
-    if seconds <= 0:
-        raise pytest.UsageError(f"{origin}: the timeout must be positive, got {value}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise pytest.UsageError(f"{origin}: the timeout must be a finite positive number of seconds, got {value!r}")
     return seconds
 
 
@@ -140,7 +143,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
     opt = config.getoption
 
     timeout = DEFAULT_TIMEOUT_S
-    if opt("kvm_timeout"):
+    if opt("kvm_timeout") is not None:  # "" is a mistake, not "use the default"
         timeout = _timeout(opt("kvm_timeout"), "--kvm-timeout")
     elif config.getini("kvm_timeout"):
         timeout = _timeout(config.getini("kvm_timeout"), "ini kvm_timeout")

@@ -151,7 +151,10 @@ def test_runner_fixture_passes_args_and_returns_result(pytester: pytest.Pytester
     [
         ("kvm_selftest()", "the first argument must be the binary's name"),
         ("kvm_selftest('t', retries=3)", "unknown keyword(s) retries"),
-        ("kvm_selftest('t', timeout=-1)", "timeout must be a positive number"),
+        ("kvm_selftest('t', timeout=-1)", "timeout must be a finite positive number"),
+        ("kvm_selftest('t', timeout=float('nan'))", "timeout must be a finite positive number of seconds, got nan"),
+        ("kvm_selftest('t', timeout=float('inf'))", "timeout must be a finite positive number of seconds, got inf"),
+        ("kvm_selftest('t', timeout=True)", "timeout must be a finite positive number of seconds, got True"),
         ("kvm_selftest('t', ['-b'])", "arguments must be strings or numbers"),
     ],
 )
@@ -178,6 +181,10 @@ def test_kvm_result_without_marker_is_a_usage_error(pytester: pytest.Pytester, b
     "args, message",
     [
         (["--kvm-timeout", "soon"], "--kvm-timeout: 'soon' is not a number of seconds"),
+        # nan compares false with every deadline and inf never comes: both would never time out.
+        *(([f"--kvm-timeout={bad}"], f"--kvm-timeout: the timeout must be a finite positive number of seconds, got '{bad}'")
+          for bad in ("nan", "NaN", "inf", "-inf", "1e999", "0", "-0", "-5")),
+        (["--kvm-timeout", ""], "--kvm-timeout: '' is not a number of seconds"),
         (["--kvm-scale", "huge"], "--kvm-scale: unknown scale 'huge'; choose one of "),
         (["--kvm-selftests", "/nonexistent/dir"], "--kvm-selftests: /nonexistent/dir is not a directory"),
     ],
@@ -187,6 +194,15 @@ def test_bad_options_are_usage_errors(pytester: pytest.Pytester, args: list[str]
     res = pytester.runpytest(*args)
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines([f"*{message}*"])
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "0", "-1", "2 minutes"])
+def test_bad_ini_timeout_is_a_usage_error_naming_the_ini_key(pytester: pytest.Pytester, bad: str) -> None:
+    pytester.makeini(f"[pytest]\nkvm_timeout = {bad}\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    res = pytester.runpytest()
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"*ini kvm_timeout: *{bad!r}*"])
 
 
 def test_timeout_from_ini_and_environment_dir(pytester: pytest.Pytester, bins: Path, monkeypatch: pytest.MonkeyPatch) -> None:
