@@ -2,16 +2,23 @@
 (terminal, --kvm-results, JUnit, Allure) is short, free of terminal control sequences, and
 names binary output instead of showing it.
 
-The time bound is generous (``BOUND_S`` for megabytes that take well under a second; see
-``ci/bench_parse.py`` for the numbers): it is there to catch a parser whose time grows
-faster than its input, which before this check took minutes on one of these cases.
+The time bound is generous (``BOUND_S`` of wall time on a shared host for megabytes that take
+well under a second of CPU; see ``ci/bench_parse.py`` for the numbers): it is there to catch
+a parser whose time grows faster than its input, which before took minutes on one of these
+cases. Tests that call a parser in this process are bounded too (``_bounded``): the regular
+expression engine checks for signals, so SIGALRM ends a runaway match with an error instead
+of a hung suite.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -21,7 +28,7 @@ from pytest_kvmmm import assertions, guest_modes, output_checks, textsafe
 from pytest_kvmmm.outcome import TAIL_LINES, Status, classify, skip_reason
 from pytest_kvmmm.runner import ProcessResult
 
-BOUND_S = 5.0
+BOUND_S = 10.0
 CSI_RED, CSI_RESET, OSC_TITLE, BEL = "\x1b[31;1m", "\x1b[0m", "\x1b]0;pwned", "\x07"
 #: What no shown text may contain: ESC, 8-bit CSI, BEL, NUL, backspace, carriage return.
 FORBIDDEN = ("\x1b", "\x9b", "\x07", "\x00", "\x08", "\r")
@@ -29,6 +36,25 @@ FORBIDDEN = ("\x1b", "\x9b", "\x07", "\x00", "\x08", "\r")
 
 def proc(rc: int | None, stdout: str = "", stderr: str = "", **kw: object) -> ProcessResult:
     return ProcessResult(("/x/kvm_page_table_test",), rc, stdout, stderr, 0.1, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _bounded() -> Iterator[None]:
+    """Fail a test still running after ``3 * BOUND_S`` (a parser in this process gone quadratic)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError(f"still running after {3 * BOUND_S:g} s: some parser is not linear in its input")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 3 * BOUND_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def shown_ok(text: str, max_lines: int, width: int = textsafe.MAX_WIDTH) -> None:
