@@ -26,6 +26,11 @@ try:
     from pytest_kvmmm import textsafe
 except ImportError:  # the code before textsafe existed, for the benchmark's "before" numbers
     textsafe = None  # type: ignore[assignment]
+try:
+    from pytest_kvmmm.counters.stages import StageTracker
+    from pytest_kvmmm.runner import MAX_TAPPED_LINE
+except ImportError:  # the code before --kvm-counters
+    StageTracker = None  # type: ignore[assignment,misc]
 
 GOLDEN = Path(__file__).parent / "golden"
 Case = tuple[str, str]  # stdout, stderr
@@ -102,6 +107,16 @@ def _classify(rc: int | None, timed_out: bool = False) -> Callable[[Case], objec
     return run
 
 
+def _stages(binary: str) -> Callable[[Case], object]:
+    """--kvm-counters: each stdout line as the runner hands it over (cut at MAX_TAPPED_LINE)."""
+
+    def run(case: Case) -> object:
+        tracker = StageTracker(binary)
+        return [s for line in case[0].split("\n") if (s := tracker.stage_of(line[:MAX_TAPPED_LINE]))]
+
+    return run
+
+
 def _parsers() -> dict[str, Callable[[Case], object]]:
     out: dict[str, Callable[[Case], object]] = {
         "outcome.classify[exit 4: skip reason]": _classify(outcome.KSFT_SKIP),
@@ -112,6 +127,9 @@ def _parsers() -> dict[str, Callable[[Case], object]]:
         "guest_modes.parse_mode_help": lambda c: guest_modes.parse_mode_help(c[0] + "\n" + c[1]),
         "guest_modes._problem": lambda c: guest_modes._problem("x", c[0], c[1], 1),
     }
+    if StageTracker is not None:
+        out["counters.StageTracker[kvm_page_table_test]"] = _stages("kvm_page_table_test")
+        out["counters.StageTracker[access_tracking_perf_test]"] = _stages("access_tracking_perf_test")
     if textsafe is not None:
         out["textsafe.line"] = lambda c: (textsafe.line(c[0]), textsafe.line(c[1]))
         out["textsafe.block"] = lambda c: (textsafe.block(c[0]), textsafe.block(c[1], keep="head"))

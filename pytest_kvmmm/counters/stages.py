@@ -18,7 +18,9 @@ from ..metrics import PARSERS, guest_mode_name, parse_metrics
 
 #: Binaries that print a line per stage as the stage ends (others print their numbers at exit).
 STAGED = ("kvm_page_table_test", "dirty_log_perf_test", "access_tracking_perf_test")
-_MODE = re.compile(r"Testing guest mode: (PA-bits:.*?)\s*$")
+#: One greedy run to the end of the (stripped) line: linear, where ``.*?\s*$`` was quadratic
+#: in a run of blanks inside the line.
+_MODE = re.compile(r"Testing guest mode: (PA-bits:.*)")
 #: Binaries whose ``-b`` is per vCPU (memstress); kvm_page_table_test's is the total.
 _PER_VCPU = ("dirty_log_perf_test", "access_tracking_perf_test", "demand_paging_test", "memslot_modification_stress_test")
 _SIZE = re.compile(r"(\d+)([bkmgt]?)", re.IGNORECASE)
@@ -38,14 +40,15 @@ class StageTracker:
 
     def stage_of(self, line: str) -> tuple[str | None, str] | None:
         """(guest mode or None, stage name) when ``line`` ends a stage, else None."""
-        if not self.enabled:
+        line = line.strip()
+        if not self.enabled or not line:  # called per line while the selftest runs: blank is cheap
             return None
-        m = _MODE.match(line.strip())
+        m = _MODE.match(line)
         if m:
             self.mode = guest_mode_name(m.group(1)) or f"mode{len(self.modes)}"
             self.modes.append(self.mode)
             return None
-        found = parse_metrics(self.binary, line.strip() + "\n")
+        found = parse_metrics(self.binary, line + "\n")
         if len(found) != 1:
             return None
         return self.mode, next(iter(found))
