@@ -195,7 +195,10 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
             counters = parse_selection(counters_value)
         except ValueError as exc:
             origin = "--kvm-counters" if opt("kvm_counters") else "ini kvm_counters"
-            raise pytest.UsageError(f"{origin}: {exc}") from None
+            hint = ""
+            if os.path.exists(counters_value):  # "--kvm-counters tests/" took the path as its value
+                hint = f" ({counters_value} is a path: write --kvm-counters=default, or put the option last)"
+            raise pytest.UsageError(f"{origin}: {exc}{hint}") from None
 
     results = opt("kvm_results")
     if results and not hasattr(config, "workerinput"):  # only the controller writes it

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from counter_fakes import X86_EVENTS, FakePerf, make_tracefs
 from fakes import make_fake, make_golden_fake, make_host_root
 from pytest_kvmmm import journal_check, runner
@@ -160,3 +162,12 @@ def test_only_a_tracefs_mount_at_its_place_is_replayed_from_a_journal() -> None:
         journal_check.problem({"kind": "mount", "path": "/sys/kernel/tracing", "new": "ext4"}, fields))
     assert "not a file pytest-kvmmm changes" in str(
         journal_check.problem({"kind": "mount", "path": "/home", "new": "tracefs"}, fields))
+
+
+def test_a_bad_counter_selection_is_a_usage_error_naming_the_option(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    res = pytester.runpytest("--kvm-counters", "bogus", "-p", "no:cacheprovider")
+    assert "--kvm-counters: unknown counter set 'bogus'" in res.stderr.str()
+    res = pytester.runpytest("--kvm-counters", "test_x.py", "-p", "no:cacheprovider")
+    assert "test_x.py is a path: write --kvm-counters=default" in res.stderr.str()
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
