@@ -22,7 +22,7 @@ from .activation import is_selftest_item, named_option
 from .baseline.plugin import BaselinePlugin
 from .baseline.plugin import add_options as add_baseline_options
 from .coordination import HostCoordinator
-from .counters.report import count_tables, counters_header
+from .counters.report import COUNTERS_OFF, count_tables, counters_header, off_lines
 from .counters.setup import counter_session
 from .discovery import search_roots
 from .fixtures import (
@@ -387,6 +387,9 @@ class KvmmmPlugin:
             # The facts of the host that ran it: the controller describes hosts it never probed
             # (xdist workers on lab hosts) in the terminal, --kvm-results and Allure.
             record[allure_report.RECORD_FACTS] = self.host_facts()
+            counting = self.engine.counters
+            if counting is not None and not counting.active and results[-1].returncode is not None:
+                record[COUNTERS_OFF] = counting.note  # why, for a controller that never saw this host's header
             if allure_report.enabled(self.config):
                 # annotate while allure-pytest still holds the result open
                 allure_report.annotate_test(item, results, scale=self.settings.scale, host=self.host_label)
@@ -437,6 +440,8 @@ class KvmmmPlugin:
         for line in summary_lines(self.records, verbose=self.config.option.verbose > 0, facts_key=allure_report.RECORD_FACTS):
             terminalreporter.write_line(line)
         for line in count_tables(self.records):
+            terminalreporter.write_line(line)
+        for line in off_lines(self.records, self.host_label if self.engine.counters is not None else None):
             terminalreporter.write_line(line)
         if self.engine.counters is not None and self.engine.counters.failures:
             failures = self.engine.counters.failures

@@ -13,6 +13,8 @@ from typing import Any
 from .session import CounterSession
 
 MAX_WIDTH = 120
+#: The record key saying why a host that ran the test counted nothing (``--kvm-counters`` given).
+COUNTERS_OFF = "counters_off"
 
 
 def counters_header(session: CounterSession) -> str:
@@ -112,3 +114,14 @@ def attachment_text(counts: Mapping[str, Any]) -> str:
     if derived:
         lines += ["", *(f"{k}: {v:,.3f}" for k, v in derived.items())]
     return "\n".join(lines) + "\n"
+
+
+def off_lines(records: Sequence[Mapping[str, Any]], header_host: str | None) -> list[str]:
+    """One line per host whose counting was off, except the host whose header said so already
+    (the controller's own): lab hosts' headers are never shown."""
+    off: dict[str, str] = {}
+    for rec in records:
+        host = str(rec.get("host"))
+        if rec.get(COUNTERS_OFF) and host != header_host:
+            off.setdefault(host, str(rec[COUNTERS_OFF]))
+    return [f"kvmmm: {host}: {note}" for host, note in sorted(off.items())]

@@ -57,10 +57,11 @@ def mounted_tracefs(root: Path) -> list[str]:
 def find_tracefs(root: Path) -> Tracefs:
     """The first usable tracefs; the problem names what to do when there is none.
 
-    Looking at ``/sys/kernel/debug/tracing`` first makes the kernel automount tracefs there
-    (where debugfs is mounted), so it shows in the mount table."""
+    Looking below ``/sys/kernel/debug/tracing`` first makes the kernel automount tracefs there
+    (where debugfs is mounted), so it shows in the mount table (a ``stat`` of the directory
+    itself does not trigger an automount)."""
     for path in TRACEFS_DIRS:
-        rooted(root, path).is_dir()
+        (rooted(root, path) / "events").is_dir()
     mounts = set(mounted_tracefs(root))
     for path in TRACEFS_DIRS:
         if path in mounts:
