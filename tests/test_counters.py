@@ -26,7 +26,7 @@ from pytest_kvmmm.counters.perf import (
     CountingError,
     OpenCounters,
 )
-from pytest_kvmmm.counters.report import count_tables, counters_header
+from pytest_kvmmm.counters.report import COUNTERS_OFF, count_tables, counters_header, off_lines
 from pytest_kvmmm.counters.sets import resolve
 from pytest_kvmmm.counters.stages import StageTracker
 from pytest_kvmmm.counters.tracefs import find_tracefs, read_ids
@@ -266,3 +266,10 @@ def test_stage_order_survives_the_results_file_sorting_keys() -> None:
     assert list(Counters.from_json(data).runs[0].stages) == ["UPDATE", "ADJUST"]
     lines = count_tables([{"nodeid": "t::x", "binary": "b", "counters": data}])
     assert [line.split()[1] for line in lines[2:]] == ["total", "UPDATE", "ADJUST"]
+
+
+def test_a_host_that_counted_nothing_says_why_once_unless_its_header_did() -> None:
+    recs = [{"host": "vm", COUNTERS_OFF: "counters off: tracefs is not mounted"},
+            {"host": "lab", COUNTERS_OFF: "counters off: perf_event_open refused"},
+            {"host": "lab", COUNTERS_OFF: "counters off: perf_event_open refused"}, {"host": "lab2"}]
+    assert off_lines(recs, "vm") == ["kvmmm: lab: counters off: perf_event_open refused"]
