@@ -53,13 +53,16 @@ class FakePerf:
         self.filters: dict[int, str] = {}
         self.reads: dict[int, int] = {}
         self.closed: list[int] = []
+        #: fd -> its group's leader
+        self.groups: dict[int, int] = {}
         self._next = 100
 
-    def open(self, attr: bytes) -> int:
+    def open(self, attr: bytes, group_fd: int) -> int:
         if self.refuse is not None and len(self.opened) >= self.refuse_after:
             raise OSError(self.refuse, "refused")
         self._next += 1
         self.opened[self._next] = struct.unpack(ATTR_FORMAT, attr)
+        self.groups[self._next] = self._next if group_fd == -1 else group_fd
         return self._next
 
     def set_filter(self, fd: int, text: str) -> None:
@@ -67,9 +70,13 @@ class FakePerf:
             raise OSError(errno.EINVAL, "Invalid argument")
         self.filters[fd] = text
 
-    def read(self, fd: int) -> int:
+    def read(self, fd: int, size: int) -> bytes:
+        """The group of leader ``fd`` (PERF_FORMAT_GROUP): nr, then each member's count."""
+        assert self.groups[fd] == fd, "a group is read through its leader"
         self.reads[fd] = self.reads.get(fd, 0) + 1
-        return self.reads[fd] * self.opened[fd][2]  # config = the event id
+        members = [m for m, leader in self.groups.items() if leader == fd]
+        values = [self.reads[fd] * self.opened[m][2] for m in members]  # config = the event id
+        return struct.pack(f"<{len(values) + 1}Q", len(values), *values)[:size]
 
     def close(self, fd: int) -> None:
         self.closed.append(fd)

@@ -21,6 +21,7 @@ from pytest_kvmmm.counters.model import combined, is_count, split_series
 from pytest_kvmmm.counters.perf import (
     ATTR_SIZE,
     INHERIT,
+    PERF_FORMAT_GROUP,
     PERF_TYPE_TRACEPOINT,
     CounterSpec,
     CountingError,
@@ -110,11 +111,14 @@ def test_nothing_the_selection_names_is_offered(tmp_path: Path) -> None:
 
 def test_the_kernel_gets_an_inherited_counting_tracepoint_event() -> None:
     perf = FakePerf()
-    counters = OpenCounters({"kvm:kvm_exit": CounterSpec(103)}, perf)
-    type_, size, config, period, sample_type, read_format, flags, *_ = perf.opened[counters.fds["kvm:kvm_exit"]]
-    assert (type_, size, config, period, sample_type, read_format) == (PERF_TYPE_TRACEPOINT, ATTR_SIZE, 103, 0, 0, 0)
-    assert flags == INHERIT  # inherited, enabled from the start, kernel events not excluded
+    counters = OpenCounters({"kvm:kvm_exit": CounterSpec(103), "kvm:kvm_pio": CounterSpec(110)}, perf)
+    exit_fd, pio_fd = counters.fds["kvm:kvm_exit"], counters.fds["kvm:kvm_pio"]
+    type_, size, config, period, sample_type, read_format, flags, *_ = perf.opened[exit_fd]
+    assert (type_, size, config, period, sample_type) == (PERF_TYPE_TRACEPOINT, ATTR_SIZE, 103, 0, 0)
+    assert read_format == PERF_FORMAT_GROUP and flags == INHERIT  # enabled from the start, kernel events kept
     assert ATTR_SIZE == 64  # PERF_ATTR_SIZE_VER0
+    assert perf.groups == {exit_fd: exit_fd, pio_fd: exit_fd}  # one group, led by the first
+    assert counters.read() == {"kvm:kvm_exit": 103, "kvm:kvm_pio": 110}  # one read of the leader
 
 
 @pytest.mark.parametrize("err, words", [

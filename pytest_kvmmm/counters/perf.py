@@ -8,6 +8,10 @@ child that exited has its counts folded in (``perf_event_exit_task``). This is w
 ``perf stat`` does for a command, without perf. The fds are close-on-exec: the selftest
 never holds them.
 
+The counters of a run form one group (``PERF_FORMAT_GROUP``): one ``read`` of the leader
+gives every count at the same instant, so the counts of a stage agree with each other (an
+arm64 host's fault classes add up to its guest faults) even while the vCPUs run on.
+
 The system calls sit behind ``Syscalls`` so unit tests can pass a fake kernel.
 """
 
@@ -30,6 +34,7 @@ PERF_EVENT_IOC_SET_FILTER = 0x40082406
 ATTR_FORMAT = "<IIQQQQQIIQ"
 ATTR_SIZE = struct.calcsize(ATTR_FORMAT)
 INHERIT = 1 << 1
+PERF_FORMAT_GROUP = 1 << 3
 #: ``__NR_perf_event_open`` per machine (the generic table's 241 for arm64, riscv, loongarch).
 SYSCALL_NR = {"x86_64": 298, "aarch64": 241, "riscv64": 241, "loongarch64": 241, "s390x": 331, "ppc64le": 319}
 
@@ -39,18 +44,18 @@ class CountingError(Exception):
 
 
 def tracepoint_attr(event_id: int) -> bytes:
-    """A counting (not sampling) tracepoint event, inherited by threads and children."""
-    return struct.pack(ATTR_FORMAT, PERF_TYPE_TRACEPOINT, ATTR_SIZE, event_id, 0, 0, 0, INHERIT, 0, 0, 0)
+    """A counting (not sampling) tracepoint event, inherited by threads and children, read as a group."""
+    return struct.pack(ATTR_FORMAT, PERF_TYPE_TRACEPOINT, ATTR_SIZE, event_id, 0, 0, PERF_FORMAT_GROUP, INHERIT, 0, 0, 0)
 
 
 class Syscalls(Protocol):
-    def open(self, attr: bytes) -> int:
-        """``perf_event_open(attr, 0, -1, -1, PERF_FLAG_FD_CLOEXEC)``; raises OSError."""
+    def open(self, attr: bytes, group_fd: int) -> int:
+        """``perf_event_open(attr, 0, -1, group_fd, PERF_FLAG_FD_CLOEXEC)``; raises OSError."""
 
     def set_filter(self, fd: int, text: str) -> None:
         """``ioctl(fd, PERF_EVENT_IOC_SET_FILTER, text)``; raises OSError."""
 
-    def read(self, fd: int) -> int: ...
+    def read(self, fd: int, size: int) -> bytes: ...
 
     def close(self, fd: int) -> None: ...
 
@@ -65,10 +70,10 @@ class LinuxSyscalls:
         self.nr = SYSCALL_NR[machine]
         self._libc: Any = ctypes.CDLL(None, use_errno=True)
 
-    def open(self, attr: bytes) -> int:
+    def open(self, attr: bytes, group_fd: int) -> int:
         buf = ctypes.create_string_buffer(attr, len(attr))
         fd = int(self._libc.syscall(
-            ctypes.c_long(self.nr), buf, ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_int(-1),
+            ctypes.c_long(self.nr), buf, ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_int(group_fd),
             ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC),
         ))
         if fd < 0:
@@ -81,11 +86,8 @@ class LinuxSyscalls:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
 
-    def read(self, fd: int) -> int:
-        data = os.read(fd, 8)
-        if len(data) != 8:
-            raise OSError(errno.EIO, f"short read of a perf counter ({len(data)} bytes)")
-        return int(struct.unpack("<Q", data)[0])
+    def read(self, fd: int, size: int) -> bytes:
+        return os.read(fd, size)
 
     def close(self, fd: int) -> None:
         os.close(fd)
@@ -131,8 +133,9 @@ class OpenCounters:
         self.fds: dict[str, int] = {}
         try:
             for name, spec in specs.items():
+                leader = next(iter(self.fds.values()), -1)
                 try:
-                    fd = sys.open(tracepoint_attr(spec.event_id))
+                    fd = sys.open(tracepoint_attr(spec.event_id), leader)
                 except OSError as exc:
                     raise CountingError(refusal(name, exc)) from None
                 self.fds[name] = fd
@@ -146,10 +149,18 @@ class OpenCounters:
             raise
 
     def read(self) -> dict[str, int]:
+        """Every count, from one read of the group's leader: ``nr``, then the values in the order
+        the counters were opened."""
+        if not self.fds:
+            return {}
+        size = 8 * (len(self.fds) + 1)
         try:
-            return {name: self._sys.read(fd) for name, fd in self.fds.items()}
+            data = self._sys.read(next(iter(self.fds.values())), size)
         except OSError as exc:
-            raise CountingError(f"reading a perf counter failed: {exc.strerror or exc}") from None
+            raise CountingError(f"reading the perf counters failed: {exc.strerror or exc}") from None
+        if len(data) != size or struct.unpack_from("<Q", data)[0] != len(self.fds):
+            raise CountingError(f"the perf group read gave {len(data)} bytes for {len(self.fds)} counters")
+        return dict(zip(self.fds, struct.unpack_from(f"<{len(self.fds)}Q", data, 8)))
 
     def close(self) -> None:
         for fd in self.fds.values():
