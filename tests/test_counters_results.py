@@ -14,7 +14,7 @@ from pytest_kvmmm.allure_report import describe
 from pytest_kvmmm.baseline.compare import compare
 from pytest_kvmmm.baseline.counts import CountVerdict, count_changes, count_verdict
 from pytest_kvmmm.baseline.fingerprint import Fingerprint
-from pytest_kvmmm.baseline.store import Baseline, HostRun, from_json, from_records
+from pytest_kvmmm.baseline.store import Baseline, BaselineError, HostRun, from_json, from_records
 from pytest_kvmmm.baseline.store import TestRun as SavedTest
 from pytest_kvmmm.baseline.table import markdown, terminal_lines
 from pytest_kvmmm.counters import CounterSession, parse_selection
@@ -171,3 +171,14 @@ def test_a_bad_counter_selection_is_a_usage_error_naming_the_option(pytester: py
     res = pytester.runpytest("--kvm-counters", "test_x.py", "-p", "no:cacheprovider")
     assert "test_x.py is a path: write --kvm-counters=default" in res.stderr.str()
     assert res.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_a_baseline_with_damaged_counts_is_refused_in_one_line() -> None:
+    doc = baseline("x", (1000, 1001), (1.0, 1.1)).to_json()
+    test = doc["hosts"]["vm"]["tests"]["t.py::test_kvm_page_table[anonymous]"]
+    test["counts"]["kvm:kvm_exit"] = [1, -5]
+    with pytest.raises(BaselineError, match=r"counts\.kvm:kvm_exit\[1\]: -5 is negative"):
+        from_json(doc, "b.json")
+    test["counts"] = ["not", "an", "object"]
+    with pytest.raises(BaselineError, match="counts: not an object"):
+        from_json(doc, "b.json")

@@ -214,10 +214,13 @@ def document_problem(data: Mapping[str, Any]) -> str | None:
             where = f"hosts.{host}.tests.{nodeid}"[:200]
             if not isinstance(test, dict) or not isinstance(test.get("samples") or {}, dict):
                 return f"{where}: not an object with samples"
-            for metric, values in (test.get("samples") or {}).items():
-                problem = _samples_problem(values)
-                if problem:
-                    return f"{where}.samples.{metric}{problem}"[:300]
+            if not isinstance(test.get("counts") or {}, dict):
+                return f"{where}.counts: not an object"
+            for key in ("samples", "counts"):  # counts: every run's count of an event, like samples
+                for metric, values in (test.get(key) or {}).items():
+                    problem = _samples_problem(values)
+                    if problem:
+                        return f"{where}.{key}.{metric}{problem}"[:300]
     return None
 
 
