@@ -311,7 +311,7 @@ class SelftestEngine:
         assert self.counters is not None
         if runs is None or counting.error:
             return proc, None, f"not counted: {counting.error}"
-        return proc, self.counters.counters(runs), ""
+        return proc, self.counters.counters(runs), counting.note
 
 
 def left_behind(outcome: Outcome, short: str, left: Sequence[str]) -> Outcome:

@@ -55,6 +55,8 @@ class FakePerf:
         self.closed: list[int] = []
         #: fd -> its group's leader
         self.groups: dict[int, int] = {}
+        #: The next reads that fail with ECHILD (a new thread's inherited group not set up yet).
+        self.fail_reads = 0
         self._next = 100
 
     def open(self, attr: bytes, group_fd: int) -> int:
@@ -73,6 +75,9 @@ class FakePerf:
     def read(self, fd: int, size: int) -> bytes:
         """The group of leader ``fd`` (PERF_FORMAT_GROUP): nr, then each member's count."""
         assert self.groups[fd] == fd, "a group is read through its leader"
+        if self.fail_reads:
+            self.fail_reads -= 1
+            raise OSError(errno.ECHILD, "No child processes")
         self.reads[fd] = self.reads.get(fd, 0) + 1
         members = [m for m, leader in self.groups.items() if leader == fd]
         values = [self.reads[fd] * self.opened[m][2] for m in members]  # config = the event id

@@ -277,3 +277,27 @@ def test_a_host_that_counted_nothing_says_why_once_unless_its_header_did() -> No
             {"host": "lab", COUNTERS_OFF: "counters off: perf_event_open refused"},
             {"host": "lab", COUNTERS_OFF: "counters off: perf_event_open refused"}, {"host": "lab2"}]
     assert off_lines(recs, "vm") == ["kvmmm: lab: counters off: perf_event_open refused"]
+
+
+def run_page_table(tmp_path: Path, fail_reads: int) -> tuple[RunCounts | None, str]:
+    perf = FakePerf()
+    s = session(make_tracefs(tmp_path, X86_EVENTS), "kvm:kvm_exit", perf=perf)
+    run = s.start("kvm_page_table_test")
+    assert run is not None
+    perf.fail_reads = fail_reads
+    for line in PAGE_TABLE_LINES:
+        run.on_line(line)
+    return run.finish(), run.note
+
+
+def test_a_read_that_fails_for_a_moment_is_retried(tmp_path: Path) -> None:
+    counts, note = run_page_table(tmp_path, fail_reads=3)
+    assert counts is not None and list(counts.stages) == ["KVM_CREATE_MAPPINGS", "KVM_UPDATE_MAPPINGS", "KVM_ADJUST_MAPPINGS"]
+    assert note == ""
+
+
+def test_a_stage_that_cannot_be_read_is_left_out_with_the_next_not_the_run(tmp_path: Path) -> None:
+    counts, note = run_page_table(tmp_path, fail_reads=5)
+    assert counts is not None and counts.stages == {"KVM_ADJUST_MAPPINGS": {"kvm:kvm_exit": 103}}
+    assert counts.total == {"kvm:kvm_exit": 309}  # exact: read after the exit
+    assert note == "no counts for stage(s) KVM_CREATE_MAPPINGS, KVM_UPDATE_MAPPINGS: reading the perf counters failed: No child processes"

@@ -10,6 +10,7 @@ at each stage's line, a last read after the exit.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from .stages import StageTracker
 from .tracefs import find_tracefs, read_ids, split_class, subsystems
 
 _FORMAT_FIELD_BYTES = 1 << 16
+#: Tries of a read while the selftest runs.
+READ_ATTEMPTS = 5
 
 
 @dataclass
@@ -102,27 +105,50 @@ def _esr_field(events: Path, event: str) -> str | None:
 
 
 class RunCounter:
-    """The counters of one run; ``on_line`` is the runner's hook, ``finish`` closes them."""
+    """The counters of one run; ``on_line`` is the runner's hook, ``finish`` closes them.
+
+    A read while the selftest runs can fail for a moment (the kernel answers ECHILD while a
+    new thread's inherited group is being set up): it is retried, and a stage whose read
+    still fails is left out, with the one after it (its start is unknown), never the run."""
 
     def __init__(self, counters: OpenCounters, stages: StageTracker) -> None:
         self._counters = counters
         self._stages = stages
-        self._last: dict[str, int] = {name: 0 for name in counters.fds}
+        self._last: dict[str, int] | None = {name: 0 for name in counters.fds}
         self._marks: list[tuple[str | None, str, dict[str, int]]] = []
         self.error: str | None = None
+        #: Stages left out, and why (the first reason).
+        self.unread: list[str] = []
+        self.unread_why = ""
 
     def on_line(self, line: str) -> None:
         stage = self._stages.stage_of(line)
-        if stage is None or self.error:
+        if stage is None:
             return
-        try:
-            now = self._counters.read()
-        except CountingError as exc:
-            self.error = str(exc)
+        now = self._read_running()
+        if now is None or self._last is None:
+            self.unread.append(stage[1])
+            self._last = now
             return
         delta = {k: v - self._last.get(k, 0) for k, v in now.items()}
         self._last = now
         self._marks.append((*stage, delta))
+
+    def _read_running(self) -> dict[str, int] | None:
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return self._counters.read()
+            except CountingError as exc:
+                self.unread_why = self.unread_why or str(exc)
+                time.sleep(0.001 * (attempt + 1))
+        return None
+
+    @property
+    def note(self) -> str:
+        """Why some stages have no counts (for the result's notes), or ""."""
+        if not self.unread:
+            return ""
+        return f"no counts for stage(s) {', '.join(self.unread)}: {self.unread_why}"
 
     def finish(self) -> RunCounts | None:
         """The run's counts (children folded in: the selftest has exited); closes the counters."""
