@@ -15,9 +15,7 @@ hosts) get ``<host>.<fact>`` keys.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +25,15 @@ from .backing import format_size
 from .discovery import SearchRoot
 from .host.model import HostFacts
 from .host.report import memory_text, pools_text, yes_no
+from .safefs import read_private, replace_file
 
 #: Record field (``report.user_properties`` "kvm_selftest") with ``host_environment()``, so the
 #: controller can describe hosts it never probed (xdist workers on lab hosts).
 RECORD_FACTS = "host_facts"
 CATEGORIES_FILE = "categories.json"
 ENVIRONMENT_FILE = "environment.properties"
+#: An earlier run's session file is a few kB; anything larger is not read.
+SESSION_FILE_LIMIT = 1 << 20
 
 
 # --- categories --------------------------------------------------------------------------
@@ -291,17 +292,24 @@ def split_environment(props: Mapping[str, str]) -> tuple[dict[str, dict[str, str
 # --- session files ----------------------------------------------------------------------
 
 
+def _encoding(path: Path) -> str:
+    return "latin-1" if path.suffix == ".properties" else "utf-8"
+
+
 def _write(path: Path, text: str) -> None:
-    """Atomically: a report generated while the session ends never reads half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Atomically (an exclusive temp file renamed over a regular file only, never through a
+    link): a report generated while the session ends never reads half a file. 0644: mkstemp's
+    0600 would hide it from a report job of another user."""
+    replace_file(path, text.encode(_encoding(path), errors="replace"), mode=0o644)
+
+
+def _read_ours(path: Path) -> str:
+    """An earlier run's session file, when it is ours: a link (to ``/etc/shadow``, say) or a file
+    someone else could have written is not read, and its content never reaches the report."""
     try:
-        with os.fdopen(fd, "w", encoding="latin-1" if path.suffix == ".properties" else "utf-8") as f:
-            f.write(text)
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide it from a report job of another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return read_private(path, SESSION_FILE_LIMIT).decode(_encoding(path), errors="replace")
+    except OSError:
+        return ""
 
 
 def write_session_files(directory: Path, hosts: Mapping[str, Mapping[str, str]]) -> list[Path]:
@@ -319,8 +327,8 @@ def write_session_files(directory: Path, hosts: Mapping[str, Mapping[str, str]])
     cat_path = directory / CATEGORIES_FILE
     ours = {c["name"] for c in categories}
     try:
-        existing = json.loads(cat_path.read_text(encoding="utf-8")) if cat_path.exists() else []
-    except (OSError, ValueError):
+        existing = json.loads(_read_ours(cat_path) or "[]")
+    except (ValueError, RecursionError):
         existing = []
     if isinstance(existing, list):
         categories += [c for c in existing if isinstance(c, dict) and c.get("name") not in ours]
@@ -329,10 +337,7 @@ def write_session_files(directory: Path, hosts: Mapping[str, Mapping[str, str]])
 
     if hosts:
         env_path = directory / ENVIRONMENT_FILE
-        try:
-            old = parse_properties(env_path.read_text(encoding="latin-1")) if env_path.exists() else {}
-        except OSError:
-            old = {}
+        old = parse_properties(_read_ours(env_path))
         known, others = split_environment(old)
         merged = {**known, **{name: dict(facts) for name, facts in hosts.items()}}
         _write(env_path, environment_properties(merged, others))

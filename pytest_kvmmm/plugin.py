@@ -142,6 +142,7 @@ class KvmmmPlugin:
         # (a typo in another --kvm-* option) must not empty the previous run's file.
         self.writer = ResultsWriter(settings.results) if settings.results and not self.is_worker else None
         self.results_error: str | None = None
+        self.allure_error: str | None = None
         self._reported_ignored: str | None = None
         self._testrunuid = ""
         self.signals = SignalGuard()
@@ -428,6 +429,8 @@ class KvmmmPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.results_error is not None:
             terminalreporter.write_line(f"kvmmm: --kvm-results: {self.results_error}", red=True)
+        if self.allure_error is not None:
+            terminalreporter.write_line(f"kvmmm: --alluredir: {self.allure_error}", red=True)
         for line in [*self.restored, *self.restored_at_end]:
             terminalreporter.write_line(f"kvmmm: restored {line}")
         ignored = self.host_changes.ignored_line()
@@ -482,7 +485,10 @@ class KvmmmPlugin:
         if self.is_worker or target is None or self.config.option.collectonly:
             return
         hosts = allure_report.hosts_from_records(self.records) or {self.host_label: self.host_facts()}
-        allure_report.write_session_files(target, hosts)
+        try:
+            allure_report.write_session_files(target, hosts)
+        except OSError as exc:  # a link or directory in the results folder: one line, no INTERNALERROR
+            self.allure_error = str(exc) if isinstance(exc, UnsafePath) else f"cannot write in {target}: {exc.strerror or exc}"
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.writer is not None:

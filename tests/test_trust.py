@@ -441,3 +441,26 @@ def test_a_run_directory_made_by_someone_else_stops_the_run(
     assert f"kvmmm: xdist run directory: {message}" in out and "INTERNALERROR" not in out, out
     assert not list(tmp_path.glob("gw*")), "no selftest runs beside another user's directory"
     assert path.exists() or path.is_symlink(), "someone else's directory is left alone"
+
+
+def test_allure_session_files_are_never_read_or_written_through_a_link(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_text("root=$6$secret-hash\n")
+    allure = tmp_path / "allure"
+    allure.mkdir()
+    (allure / "environment.properties").symlink_to(secret)  # planted in a shared results folder
+    make_fake(tmp_path / "bins", "quick")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.kvm_selftest("quick")
+        def test_kvm():
+            pass
+    """)
+    res = pytester.runpytest(f"--alluredir={allure}", "--kvm-selftests", str(tmp_path / "bins"), "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1)
+    assert secret.read_text() == "root=$6$secret-hash\n"
+    leaked = [p for p in allure.iterdir() if not p.is_symlink() and "secret-hash" in p.read_text(errors="replace")]
+    assert not leaked, "the link's target must never be read into the report"
+    assert (allure / "categories.json").is_file()
+    res.stdout.fnmatch_lines([f"kvmmm: --alluredir: refusing to replace {allure}/environment.properties: it is a symbolic link"])
