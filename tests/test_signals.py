@@ -143,3 +143,45 @@ def test_a_dead_workers_changes_are_restored_and_listed(
     assert len(lines) == 1 and "[left by killed process " in lines[0], out
     assert lines[0].endswith("] [by worker gw1]") is not dies_last, out
     assert not list((tmp_path / "cache").rglob("*.json")) and "INTERNALERROR" not in out
+
+
+def test_sigterm_to_the_xdist_controller_restores_the_workers_changes(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CI timeout signals the controller only: the run still ends as interrupted, the worker's
+    module parameter is set back and its selftest does not live on."""
+    monkeypatch.setenv("KVMMM_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_host_root(tmp_path / "root", kvm_modules={"kvm": {"eager_page_split": "Y"}})
+    split = root / "sys/module/kvm/parameters/eager_page_split"
+    bins = tmp_path / "b"
+    make_fake(bins, "hangs", hang=True, argv_file=bins / "started", child_pidfile=bins / "child.pid")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.kvm_param_values("eager_page_split", ["N"])
+        @pytest.mark.kvm_selftest("hangs")
+        def test_changes_then_hangs():
+            pass
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-n", "2", f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+         "-p", "no:cacheprovider"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    wait_for(bins / "child.pid")
+    assert split.read_text().strip() == "N"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"the controller did not stop within 60 s of SIGTERM; its output:\n{out}")
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert split.read_text().strip() == "Y", out
+    child = int((bins / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while not process_gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_gone(child), "the worker's selftest does not outlive the run"
+    assert not list((tmp_path / "cache").rglob("*.json")), "nothing left for the next session to replay"
