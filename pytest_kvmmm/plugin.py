@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from . import allure_report, cases, options, testids, timeout_guard
+from . import allure_report, cases, dashboards, options, testids, timeout_guard
 from .activation import is_selftest_item, named_option
 from .baseline.plugin import BaselinePlugin
 from .baseline.plugin import add_options as add_baseline_options
@@ -62,7 +62,7 @@ from .rundir import remove_run_dirs, run_dir, run_dir_problem, shared_probe
 from .safefs import UnsafePath, private_dir
 from .selftest import SelftestEngine
 from .signals import SignalGuard
-from .summary import summary_lines
+from .summary import quiet_lines, summary_lines
 
 __all__ = ["kvm_host", "kvm_hugetlb_pools", "kvm_info", "kvm_params", "kvm_result", "kvm_scale", "kvm_selftests", "kvm_ttrem"]
 
@@ -77,6 +77,7 @@ NOT_A_RUN = (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR)
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
     add_baseline_options(parser)
+    dashboards.add_options(parser)
 
 
 @pytest.hookimpl(tryfirst=True)  # tryfirst: answer --kvm-host-info before any collection
@@ -126,6 +127,8 @@ class KvmmmPlugin:
             default_timeout=settings.timeout_s,
         )
         self.engine.perf_repeat = settings.repeat
+        self.engine.missing_fails = settings.explicit_root is not None and not settings.allow_missing
+        self.engine.unrunnable_fails = not settings.allow_missing
         self.host_changes = HostChanges(settings.host_root, journal_dir(settings.host_root))
         #: Set once the run needs the host (``_activate``): nothing before touches it.
         self.active = False
@@ -149,6 +152,7 @@ class KvmmmPlugin:
         self.run_dir_error: str | None = None
         #: Controller: a worker used the host or crashed (its journal may be left to restore).
         self.workers_used_host = False
+        self.dash = dashboards.Dashboards(config, lambda: self.host().to_json())
 
     def _activate(self) -> None:
         """The run needs the host (its first selftest test, in this process): undo what an
@@ -391,6 +395,7 @@ class KvmmmPlugin:
             counting = self.engine.counters
             if counting is not None and not counting.active and results[-1].returncode is not None:
                 record[COUNTERS_OFF] = counting.note  # why, for a controller that never saw this host's header
+            record = self.dash.decide(item, report, record)  # pytest's verdict, known issues
             if allure_report.enabled(self.config):
                 # annotate while allure-pytest still holds the result open
                 allure_report.annotate_test(item, results, scale=self.settings.scale, host=self.host_label)
@@ -410,8 +415,11 @@ class KvmmmPlugin:
             return
         for name, value in report.user_properties:
             if name == RECORD_PROPERTY and isinstance(value, dict):
-                self.records.append(value)
-                self._write_record(value)
+                record = self.dash.final(report, value)  # None: an attempt pytest-rerunfailures reruns
+                if record is None:
+                    continue
+                self.records.append(record)
+                self._write_record(record)
 
     def _write_record(self, record: dict[str, Any] | None) -> None:
         """Append ``record`` to --kvm-results (None: only create the file); a file that cannot
@@ -436,21 +444,32 @@ class KvmmmPlugin:
         ignored = self.host_changes.ignored_line()
         if ignored and ignored != self._reported_ignored:
             terminalreporter.write_line(f"kvmmm: {ignored}", yellow=True)
-        if not self.records:
+        verbosity = self.config.get_verbosity()
+        extra = [*self.dash.exports, *self.dash.problems]
+        if self.writer is not None and self.writer.problem:
+            extra.append(self.writer.problem)
+        if not self.records or verbosity <= -2:
+            for line in extra:
+                terminalreporter.write_line(f"kvmmm: {line}", red=line.startswith("could not"))
             return
         hosts = sorted({str(r.get("host")) for r in self.records})
         terminalreporter.write_sep("=", f"kvm selftests on {', '.join(hosts)}")
-        for line in summary_lines(self.records, verbose=self.config.option.verbose > 0, facts_key=allure_report.RECORD_FACTS):
+        lines = quiet_lines(self.records) if verbosity < 0 else summary_lines(
+            self.records, verbose=verbosity > 0, facts_key=allure_report.RECORD_FACTS
+        )
+        for line in lines:
             terminalreporter.write_line(line)
-        for line in count_tables(self.records):
+        for line in count_tables(self.records) if verbosity >= 0 else []:
             terminalreporter.write_line(line)
         for line in off_lines(self.records, self.host_label if self.engine.counters is not None else None):
             terminalreporter.write_line(line)
         if self.engine.counters is not None and self.engine.counters.failures:
             failures = self.engine.counters.failures
             terminalreporter.write_line(f"kvmmm: counters: {len(failures)} run(s) not counted: {failures[0]}")
-        if self.writer is not None and self.results_error is None:
+        if self.writer is not None and self.results_error is None and verbosity >= 0:
             terminalreporter.write_line(f"results: {os.fspath(self.writer.path)}")
+        for line in extra:
+            terminalreporter.write_line(line, red=line.startswith("could not") or line.startswith("--kvm-results"))
 
     def host_facts(self) -> dict[str, str]:
         """This host's facts as strings, computed once per process: in every record, the terminal's
@@ -478,6 +497,19 @@ class KvmmmPlugin:
             self._allure_session_files()
         if self._testrunuid:
             remove_run_dirs(self._testrunuid)
+        if not self.is_worker and not self.config.option.collectonly:
+            self.dash.exports = self.dash.write_exports(self.records)
+            self.dash.html_environment(self.records)
+            if self.writer is not None and self.writer.problem and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED  # results are missing: not green
+
+    @pytest.hookimpl(optionalhook=True)  # pytest-html's hook: a column with each test's host and metrics
+    def pytest_html_results_table_header(self, cells: list[str]) -> None:
+        cells.append('<th class="col-kvm">kvm host, metrics</th>')
+
+    @pytest.hookimpl(optionalhook=True)  # pytest-html's hook
+    def pytest_html_results_table_row(self, report: pytest.TestReport, cells: list[str]) -> None:
+        self.dash.html_row(report, cells)
 
     def _allure_session_files(self) -> None:
         """Allure: categories.json and environment.properties, once, by the process that owns the session."""

@@ -6,11 +6,16 @@ so a record is never written twice. The file is opened (and emptied) only when t
 record arrives, or at the end of a run without records: a run that stops on a usage error
 (a typo in an option) leaves the previous run's file as it was. It is never opened through
 a link, a device or a FIFO (``safefs.open_in_place``).
+
+A disk that fills (or any write error) costs only the records that did not fit: a line is
+written whole or cut back to where it started, so the file holds complete JSON lines only,
+the run goes on, and ``problem`` says at the end how many records are missing and why.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
@@ -24,6 +29,9 @@ class ResultsWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: IO[str] | None = None
+        self.written = 0
+        self.lost = 0
+        self._error = ""
 
     @property
     def opened(self) -> bool:
@@ -38,8 +46,33 @@ class ResultsWriter:
         if self._file is None:
             self.open()
         assert self._file is not None
-        self._file.write(json.dumps({"format": RESULTS_FORMAT, **record}, sort_keys=True) + "\n")
-        self._file.flush()
+        data = (json.dumps({"format": RESULTS_FORMAT, **record}, sort_keys=True) + "\n").encode("utf-8")
+        fd = self._file.fileno()  # written with os.write: the text layer never buffers a part
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            self.lost += 1
+            self._error = exc.strerror or str(exc)
+            try:  # no half line: cut the file back to the last complete record
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+            except OSError:
+                pass
+            return
+        self.written += 1
+
+    @property
+    def problem(self) -> str:
+        """One line for the end of the run when records could not be written, else ''."""
+        if not self.lost:
+            return ""
+        return (
+            f"--kvm-results {self.path}: {self.lost} of {self.lost + self.written} records not written "
+            f"({self._error}); the file holds the {self.written} complete ones"
+        )
 
     def close(self) -> None:
         if self._file is not None:

@@ -43,6 +43,12 @@ def outcome_lines(records: Sequence[Mapping[str, Any]], verbose: bool = False) -
         lines.append(f"{status.upper():8} {float(rec.get('duration_s') or 0.0):7.2f}s  {where}{rec.get('nodeid', '?')}")
         if rec.get("reason") and (verbose or status != "passed"):
             lines.append(f"         {rec['reason']}")
+        known = rec.get("known_issue")
+        if isinstance(known, Mapping):
+            did = "did not show (passed): retire it?" if known.get("passed") else "expected"
+            lines.append(f"         known issue {known.get('id')} {did} {known.get('link')}")
+        if rec.get("attempts"):
+            lines.append("         attempts: " + ", ".join(str(a.get("status")) for a in rec["attempts"]))
         if verbose or status != "skipped":
             lines += [f"         note: {note}" for note in rec.get("notes") or ()]
     return lines
@@ -111,3 +117,21 @@ def host_lines(records: Sequence[Mapping[str, Any]], facts_key: str) -> list[str
 
 def summary_lines(records: Sequence[Mapping[str, Any]], verbose: bool = False, facts_key: str = "host_facts") -> list[str]:
     return host_lines(records, facts_key) + outcome_lines(records, verbose) + metric_tables(records)
+
+
+def totals_line(records: Sequence[Mapping[str, Any]]) -> str:
+    """``kvm: 9 passed, 1 xfailed, 121 skipped on vm, lab-arm64-4k``: one line of totals."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        status = str(rec.get("status", "?"))
+        counts[status] = counts.get(status, 0) + 1
+    hosts = sorted({str(rec.get("host")) for rec in records})
+    flaky = sum(1 for rec in records if rec.get("flaky"))
+    text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"kvm: {text}" + (f" ({flaky} flaky)" if flaky else "") + f" on {', '.join(hosts)}"
+
+
+def quiet_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``-q``: the tests that did not pass or skip (with their reasons), then the totals."""
+    bad = [rec for rec in records if str(rec.get("status")) not in ("passed", "skipped")]
+    return [*outcome_lines(bad), totals_line(records)]

@@ -23,6 +23,7 @@ import pytest
 
 from ..fixtures import RECORD_PROPERTY, RESULTS_KEY, SCALE_KEY
 from ..host.model import HostFacts
+from ..reports.verdict import first_line
 from ..safefs import target_problem
 from ..selftest import SelftestEngine, SelftestResult
 from . import store
@@ -293,6 +294,8 @@ class BaselinePlugin:
                 report.outcome = "failed"
                 report.longrepr = regression_message(self.settings.before.name, found)
                 record["outcome"] = "failed"
+                # the record follows pytest's verdict; its numbers stay: they are what regressed
+                record.update(status="failed", reason=first_line(str(report.longrepr)))
                 extra.append((FAILED_PROPERTY, {"nodeid": item.nodeid, "metrics": [c.metric for c, _ in found]}))
         properties = list(report.user_properties)
         properties[index] = (RECORD_PROPERTY, record)

@@ -1,0 +1,1 @@
+"""What a run reports: records, terminal summary, Allure, JUnit, KCIDB, SQUAD and LAVA."""
