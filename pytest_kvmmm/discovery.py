@@ -74,6 +74,11 @@ class NotFound:
     #: A file that exists under the name but cannot be executed, if any.
     not_executable: Path | None = None
 
+    def absent_by_design(self) -> bool:
+        """The build's manifest says its kernel never builds this program for this architecture."""
+        names = (self.name, *ALIASES.get(self.name, ()))
+        return self.not_executable is None and _not_in_build(names, self.searched) is not None
+
     def reason(self) -> str:
         if self.not_executable is not None:
             return (

@@ -73,6 +73,11 @@ HELP_COUNTERS = (
     "--kvm-allow-host-changes) and root or a low kernel.perf_event_paranoid"
 )
 HELP_HOST_INFO = "print the host facts (text, or json) and exit"
+HELP_ALLOW_MISSING = (
+    "skip tests whose selftest program is missing or not executable; without it, such a program "
+    "fails its test when the selftests directory was named (option, environment or ini), and a "
+    "program that is not executable fails anywhere"
+)
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -89,6 +94,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kvm-backing-srcs", metavar="SRCS", help=HELP_BACKINGS)
     group.addoption("--kvm-host-snapshot", metavar="DIR", help=HELP_SNAPSHOT)
     group.addoption("--kvm-counters", nargs="?", const="default", metavar="SETS", help=HELP_COUNTERS)
+    group.addoption("--kvm-allow-missing", action="store_true", default=None, help=HELP_ALLOW_MISSING)
     group.addoption(
         "--kvm-host-info", nargs="?", const="text", choices=("text", "json"), metavar="FORMAT", help=HELP_HOST_INFO
     )
@@ -101,6 +107,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("kvm_guest_modes", HELP_MODES)
     parser.addini("kvm_backing_srcs", HELP_BACKINGS)
     parser.addini("kvm_counters", HELP_COUNTERS)
+    parser.addini("kvm_allow_missing", HELP_ALLOW_MISSING, type="bool", default=False)
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,8 @@ class Settings:
     param_axes: tuple[tuple[ParamSetting, ...], ...] = ()
     #: --kvm-counters: set and event names to count (empty: no counting).
     counters: tuple[str, ...] = ()
+    #: --kvm-allow-missing: a missing or unrunnable program skips (today's behaviour) instead of failing.
+    allow_missing: bool = False
 
 
 def _timeout(value: str, origin: str) -> float:
@@ -219,6 +228,7 @@ def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Sett
         kernel_noise=noise,
         param_axes=param_axes,
         counters=counters,
+        allow_missing=bool(opt("kvm_allow_missing") or config.getini("kvm_allow_missing")),
     )
 
 

@@ -113,6 +113,11 @@ class SelftestEngine:
     kernel_mode: str = "fail"
     #: Runs per timing-sensitive test (``--kvm-repeat``); callers pass it for perf tests.
     perf_repeat: int = 1
+    #: Where a missing program fails instead of skipping: set when the user named the selftests
+    #: directory (a lab's build that lacks a program is misconfigured); never with --kvm-allow-missing.
+    missing_fails: bool = False
+    #: A program that exists but cannot be executed fails (off with --kvm-allow-missing).
+    unrunnable_fails: bool = False
     #: Set under xdist: shares hugetlb pools and the host between the run's workers.
     coordinator: HostCoordinator | None = None
     #: ``--kvm-counters``: counts each run's tracepoints (None: not asked for).
@@ -168,6 +173,16 @@ class SelftestEngine:
             return NotFound(path.name, (root,), path if path.is_file() else None)
         return find_binary(name, self.search_roots(), self.machine)
 
+    def misconfigured(self, found: NotFound) -> str | None:
+        """Why a missing program fails the run rather than skipping: never green by accident."""
+        hint = "--kvm-allow-missing skips instead"
+        if found.not_executable is not None and self.unrunnable_fails:
+            return f"{found.reason()}; a build whose program cannot run is broken ({hint})"
+        if found.not_executable is None and self.missing_fails and not found.absent_by_design():
+            named = found.searched[0].origin if found.searched else "the option"
+            return f"{found.reason()}; {named} names this build, and it lacks the program ({hint})"
+        return None
+
     @staticmethod
     def unsafe(path: Path) -> str | None:
         """As root, never run what anyone could have replaced: a world-writable binary or one in a
@@ -221,6 +236,12 @@ class SelftestEngine:
             arch = wrong_arch(list(requires), self.host())
             if arch:
                 return SelftestResult(short, (name, *args), Status.SKIPPED, arch, notes=tuple(notes))
+            broken = self.misconfigured(found)
+            unmet = first_unmet(list(requires), self.host()) if broken and requires else None
+            if unmet:  # a host that cannot run the case at all (no usable /dev/kvm) says so first
+                return SelftestResult(short, (name, *args), Status.SKIPPED, unmet, notes=tuple(notes))
+            if broken:
+                return SelftestResult(short, (name, *args), Status.ERROR, broken, notes=tuple(notes))
             return SelftestResult(short, (name, *args), Status.MISSING, found.reason(), notes=tuple(notes))
         requires = specialise(list(requires), found.path)
         argv = (str(found.path), *args)
