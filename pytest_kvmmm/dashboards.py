@@ -11,8 +11,6 @@ from __future__ import annotations
 import html
 import importlib
 import json
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 
 from .reports import junit, kcidb, known_issues, lava, squad, verdict
+from .safefs import replace_file, target_problem
 
 HELP_KNOWN = (
     "known-issues file (TOML, YAML or JSON): failures matching an entry's tests and host facts "
@@ -79,6 +78,8 @@ class Dashboards:
     def __init__(self, config: pytest.Config, probe_json: Callable[[], Mapping[str, Any]]) -> None:
         self.config = config
         self.issues = _load_issues(config)
+        if not hasattr(config, "workerinput"):
+            check_targets(config)
         self._probe_json = probe_json
         self._facts: dict[str, str] | None = None
         #: Earlier attempts of rerun tests, per (nodeid, xdist node), until the final report.
@@ -203,18 +204,20 @@ class Dashboards:
 
 
 def _write_json(path: Path, data: Any, what: str) -> str:
-    """Write ``data`` through a new temporary file in the target's directory, then rename."""
+    """Write ``data`` as a new file renamed over ``path`` (never through a link or a device)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        replace_file(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     except OSError as exc:
         return f"could not write {what} file {path}: {exc.strerror or exc}"
     return f"{what}: {path}"
+
+
+def check_targets(config: pytest.Config) -> None:
+    """--kvm-kcidb and --kvm-squad that cannot be written are usage errors before the first test."""
+    kcidb_file = config.getoption("kvm_kcidb")
+    problem = target_problem(Path(kcidb_file)) if kcidb_file else None
+    if problem:
+        raise pytest.UsageError(f"--kvm-kcidb: {problem}")
+    folder = config.getoption("kvm_squad")
+    if folder and Path(folder).exists() and (Path(folder).is_symlink() or not Path(folder).is_dir()):
+        raise pytest.UsageError(f"--kvm-squad: {folder} is not a directory")

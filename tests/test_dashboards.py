@@ -337,3 +337,30 @@ def test_pt{i}():
         assert res.stdout.str().count("records not written") == 1
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_multi_host_run_gives_a_testcase_per_host(pytester: pytest.Pytester, bins: Path, tmp_path: Path) -> None:
+    kcidb_io = pytest.importorskip("kcidb_io")
+    arm = make_host_root(tmp_path / "arm", machine="aarch64", hostname="lab-arm64", kvm="arm64_ttrem2", kvm_modules={})
+    pytester.makepyfile(test_hosts="""
+        import pytest
+
+        @pytest.mark.kvm_selftest("kvm_page_table_test")
+        def test_pt():
+            pass
+    """)
+    res = pytester.runpytest_subprocess(
+        "test_hosts.py", "-p", "no:cacheprovider", "--dist", "each", "--tx", f"popen//env:KVMMM_HOST_SNAPSHOT={arm}",
+        "--tx", "popen", f"--kvm-selftests={bins}", "--junitxml", "j.xml", "--kvm-kcidb", "k.json", "--kvm-squad", "sq",
+    )
+    res.assert_outcomes(passed=2)
+    root = validate_junit(pytester.path / "j.xml")
+    cases = {c.get("classname"): {p.get("name"): p.get("value") for p in c.iter("property")} for c in root.iter("testcase")}
+    live = next(h for h in (v["kvm.host"] for v in cases.values()) if h != "lab-arm64")
+    assert set(cases) == {"lab-arm64.test_hosts", f"{live.replace('.', '_')}.test_hosts"}
+    assert cases["lab-arm64.test_hosts"]["kvm.fact.arch"] == "aarch64" and cases["lab-arm64.test_hosts"]["kvm.fact.ttrem"] == "2"
+    assert all(float(v["kvm.metric.KVM_CREATE_MAPPINGS"]) > 0 for v in cases.values())
+    doc = json.loads((pytester.path / "k.json").read_text())
+    kcidb_io.schema.LATEST.validate(doc)
+    assert {b["architecture"] for b in doc["builds"]} == {"aarch64", "x86_64"}
+    assert {p.name for p in (pytester.path / "sq").iterdir()} == {"lab-arm64", live}

@@ -129,13 +129,15 @@ def test_a_missing_known_issues_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_junit_properties_carry_host_facts_metrics_counters_attempts_and_known_issue() -> None:
-    rec = verdict.with_attempts(record(counters={"pf_fixed": 12, "bogus": "x"}, known_issue={"id": "k", "link": "L"}),
+    rec = verdict.with_attempts(record(counters={"total": {"pf_fixed": 12, "bogus": "x"}, "stages": {"populate": {"pf_fixed": 10}},
+                                                 "derived": {"populate/ns_per_fault": 2500.5}}, known_issue={"id": "k", "link": "L"}),
                                 [{"status": "failed", "reason": "boom"}])
     props = dict(junit.properties(rec))
     assert props["kvm.host"] == "vm" and props["kvm.fact.kvm"] == "kvm_pvm" and props["kvm.fact.tdp_mmu"] == "no"
     assert props["kvm.metric.get_dirty_log_s"] == "0.0123" and props["kvm.unit.get_dirty_log_s"] == "s"
     assert props["kvm.metric.populate_pgs_per_s"] == "123456" and props["kvm.unit.populate_pgs_per_s"] == "pgs_per_s"
     assert props["kvm.counter.pf_fixed"] == "12" and "kvm.counter.bogus" not in props
+    assert props["kvm.counter.populate/pf_fixed"] == "10" and props["kvm.counter.populate/ns_per_fault"] == "2500.5"
     assert props["kvm.attempts"] == "2" and props["kvm.attempt.1"] == "failed: boom" and props["kvm.attempt.2"] == "passed"
     assert props["kvm.known_issue"] == "k L"
     assert junit.classname("pytest_kvmmm.suite.test_mm", "lab-arm64.lan") == "lab-arm64_lan.pytest_kvmmm.suite.test_mm"

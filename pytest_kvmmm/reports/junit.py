@@ -26,6 +26,27 @@ def _number(value: float) -> str:
     return repr(float(value)) if value != int(value) or abs(value) >= 1e15 else str(int(value))
 
 
+def _numbers(data: Any) -> dict[str, float]:
+    if not isinstance(data, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def counter_values(record: Mapping[str, Any]) -> dict[str, float]:
+    """A record's event counts (``--kvm-counters``), flat: ``event`` for the whole run (median over
+    runs), ``stage/event`` per stage, and the derived rates; {} without counters."""
+    counters = record.get("counters")
+    if not isinstance(counters, Mapping):
+        return {}
+    out = _numbers(counters.get("total"))
+    stages = counters.get("stages")
+    if isinstance(stages, Mapping):
+        for stage, counts in stages.items():
+            out.update({f"{stage}/{event}": v for event, v in _numbers(counts).items()})
+    out.update(_numbers(counters.get("derived")))
+    return out
+
+
 def properties(record: Mapping[str, Any], facts_key: str = "host_facts") -> list[tuple[str, str]]:
     """``(name, value)`` pairs for one testcase, in a stable order."""
     out: list[tuple[str, str]] = [(f"{PREFIX}.host", str(record.get("host", "")))]
@@ -38,11 +59,7 @@ def properties(record: Mapping[str, Any], facts_key: str = "host_facts") -> list
     for name, value in sorted((record.get("metrics") or {}).items()):
         out.append((f"{PREFIX}.metric.{name}", _number(value)))
         out.append((f"{PREFIX}.unit.{name}", metric_unit(name)))
-    counters = record.get("counters")
-    if isinstance(counters, Mapping):
-        for name, value in sorted(counters.items()):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out.append((f"{PREFIX}.counter.{name}", _number(value)))
+    out += [(f"{PREFIX}.counter.{name}", _number(value)) for name, value in sorted(counter_values(record).items())]
     attempts = record.get("attempts") or []
     if attempts:
         out.append((f"{PREFIX}.attempts", str(len(attempts))))

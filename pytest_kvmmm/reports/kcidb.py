@@ -103,10 +103,10 @@ def document(records: Iterable[Mapping[str, Any]], *, origin: str, run: str, fac
         known = record.get("known_issue")
         if isinstance(known, Mapping) and known.get("id"):
             issue_id = f"{origin}:{segment(str(known['id']))}"
-            issues[issue_id] = {
-                "id": issue_id, "version": 1, "origin": origin, "report_url": str(known.get("link", "")),
-                "comment": str(known.get("note", "")),
-            }
+            link = str(known.get("link", ""))
+            issues[issue_id] = {"id": issue_id, "version": 1, "origin": origin, "comment": f"{known.get('note', '')} ({link})"}
+            if "://" in link:  # report_url is a URI; a repository-relative link stays in the comment
+                issues[issue_id]["report_url"] = link
             incidents.append({
                 "id": f"{test['id']}:{segment(str(known['id']))}", "origin": origin, "issue_id": issue_id,
                 "issue_version": 1, "test_id": test["id"], "present": not known.get("passed", False),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .junit import counter_values
 from .names import split_nodeid
 
 RESULT = {"passed": "pass", "skipped": "skip", "missing": "skip", "xfailed": "xfail"}
@@ -41,6 +42,8 @@ def submissions(
         for metric, value in sorted((record.get("metrics") or {}).items()):
             values = samples.get(metric) or [value]
             sub["metrics"][f"{name}.{metric.replace('/', '.')}"] = [float(v) for v in values]
+        for counter, value in sorted(counter_values(record).items()):
+            sub["metrics"][f"{name}.counter.{counter.replace('/', '.')}"] = [value]
         facts = record.get(facts_key)
         if isinstance(facts, Mapping):
             sub["metadata"].update({f"host.{k}": str(v) for k, v in facts.items()})
