@@ -41,15 +41,24 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("kvm_kcidb_origin", HELP_ORIGIN)
 
 
-def _load_issues(config: pytest.Config) -> tuple[known_issues.KnownIssue, ...]:
+#: ``workerinput`` key: the controller reads the known-issues file, workers (on lab hosts that
+#: may not have it) get its entries.
+WORKERINPUT_ISSUES = "kvmmm_known_issues"
+
+
+def _load_issues(config: pytest.Config) -> list[Any]:
+    """The known-issues entries, decoded and checked: from the controller under xdist, else the file."""
+    handed = getattr(config, "workerinput", {}).get(WORKERINPUT_ISSUES)
+    if handed is not None:
+        return list(handed)
     value = config.getoption("kvm_known_issues") or config.getini("kvm_known_issues")
     if not value:
-        return ()
+        return []
     path = Path(value)
     if not path.is_absolute() and not config.getoption("kvm_known_issues"):
         path = Path(config.rootpath) / path  # an ini path is relative to the rootdir
     try:
-        return known_issues.load(path)
+        return known_issues.load_raw(path)
     except known_issues.KnownIssuesError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -77,7 +86,9 @@ def _failure_text(report: pytest.TestReport) -> str:
 class Dashboards:
     def __init__(self, config: pytest.Config, probe_json: Callable[[], Mapping[str, Any]]) -> None:
         self.config = config
-        self.issues = _load_issues(config)
+        #: The entries as decoded (handed to xdist workers), and parsed.
+        self.raw_issues = _load_issues(config)
+        self.issues = known_issues.from_raw(self.raw_issues, "known issues")
         if not hasattr(config, "workerinput"):
             check_targets(config)
         self._probe_json = probe_json

@@ -224,6 +224,7 @@ class KvmmmPlugin:
             if problem:
                 pytest.exit(f"kvmmm: xdist run directory: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
         self.signals.install()  # SIGTERM to the controller ends the run as Ctrl-C does
+        node.workerinput[dashboards.WORKERINPUT_ISSUES] = self.dash.raw_issues  # lab hosts may lack the file
         if self._host is None:
             return  # not probed (no --kvm-* option): the first worker that needs the host probes it
         if spec.popen and not spec.via and SNAPSHOT_ENV not in (spec.env or {}):

@@ -364,3 +364,22 @@ def test_multi_host_run_gives_a_testcase_per_host(pytester: pytest.Pytester, bin
     kcidb_io.schema.LATEST.validate(doc)
     assert {b["architecture"] for b in doc["builds"]} == {"aarch64", "x86_64"}
     assert {p.name for p in (pytester.path / "sq").iterdir()} == {"lab-arm64", live}
+
+
+def test_xdist_workers_get_the_known_issues_from_the_controller(pytester: pytest.Pytester, bins: Path) -> None:
+    """Lab hosts may not have the file the ini names: workers use the controller's entries."""
+    pytester.makepyfile(TESTS)
+    pytester.makefile(".toml", known=KNOWN)
+    pytester.makeini("[pytest]\nkvm_known_issues = known.toml\n")
+    pytester.makeconftest("""
+        import os
+
+        def pytest_configure_node(node):
+            if os.path.exists("known.toml"):
+                os.unlink("known.toml")  # gone before any worker starts
+    """)
+    res = pytester.runpytest_subprocess(f"--kvm-selftests={bins}", "-n", "2", "-p", "no:cacheprovider", "-rx",
+                                        "-k", "not test_needs_missing_metric")
+    res.assert_outcomes(passed=1, xfailed=1)
+    assert not (pytester.path / "known.toml").exists()
+    res.stdout.fnmatch_lines(["XFAIL *test_ring - known issue pvm-dirty-ring: https://bugs.example.org/1*"])

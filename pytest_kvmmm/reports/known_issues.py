@@ -115,6 +115,16 @@ def _entry(raw: Any, where: str) -> KnownIssue:
 
 def parse(text: str, suffix: str, origin: str) -> tuple[KnownIssue, ...]:
     """Entries of a known-issues document; ``suffix`` (``.toml``, ``.yaml``/``.yml``, ``.json``) picks the format."""
+    return from_raw(raw_entries(text, suffix, origin), origin)
+
+
+def from_raw(entries: list[Any], origin: str) -> tuple[KnownIssue, ...]:
+    """Entries from their decoded form (what xdist workers get from the controller, which read the file)."""
+    return tuple(_entry(raw, f"{origin}: entry {i + 1}") for i, raw in enumerate(entries))
+
+
+def raw_entries(text: str, suffix: str, origin: str) -> list[Any]:
+    """The decoded entries of a document, checked: plain data (dicts, lists, strings, numbers)."""
     try:
         if suffix == ".toml":
             data = _toml(text)
@@ -131,10 +141,15 @@ def parse(text: str, suffix: str, origin: str) -> tuple[KnownIssue, ...]:
     entries = data.get("issue", data.get("issues")) if isinstance(data, Mapping) else data
     if not isinstance(entries, list):
         raise KnownIssuesError(f"{origin}: expected a list of entries under 'issue' ([[issue]] in TOML)")
-    return tuple(_entry(raw, f"{origin}: entry {i + 1}") for i, raw in enumerate(entries))
+    from_raw(entries, origin)  # every entry checked here, where the file is named
+    return entries
 
 
 def load(path: Path) -> tuple[KnownIssue, ...]:
+    return from_raw(load_raw(path), f"known issues {path}")
+
+
+def load_raw(path: Path) -> list[Any]:
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
@@ -142,7 +157,7 @@ def load(path: Path) -> tuple[KnownIssue, ...]:
         raise KnownIssuesError(f"known issues {path}: {exc.strerror or exc}") from None
     if len(raw) > MAX_FILE_BYTES:
         raise KnownIssuesError(f"known issues {path}: larger than {MAX_FILE_BYTES} bytes")
-    return parse(raw.decode("utf-8", "replace"), path.suffix.lower(), f"known issues {path}")
+    return raw_entries(raw.decode("utf-8", "replace"), path.suffix.lower(), f"known issues {path}")
 
 
 def _toml(text: str) -> Any:
