@@ -86,6 +86,11 @@ def _failure_text(report: pytest.TestReport) -> str:
 class Dashboards:
     def __init__(self, config: pytest.Config, probe_json: Callable[[], Mapping[str, Any]]) -> None:
         self.config = config
+        workeroutput = getattr(config, "workeroutput", None)
+        if isinstance(workeroutput, dict):
+            # pytest-metadata (pytest-html's dependency) on the controller reads every worker's
+            # "metadata" and raises KeyError for a worker without it: a lab host need not have it.
+            workeroutput.setdefault("metadata", {})
         #: The entries as decoded (handed to xdist workers), and parsed.
         self.raw_issues = _load_issues(config)
         self.issues = known_issues.from_raw(self.raw_issues, "known issues")
