@@ -39,8 +39,9 @@ def test_a_test_pytest_failed_is_not_passed_and_its_numbers_are_not_measurements
 
 
 def test_a_binary_failure_keeps_its_own_reason_and_loses_its_numbers() -> None:
-    rec = verdict.agree(record(status="timeout", reason="timed out after 2s"), "failed", "other")
+    rec = verdict.agree(record(status="timeout", reason="timed out after 2s", counters={"total": {"pf": 3}}), "failed", "other")
     assert rec["status"] == "timeout" and rec["reason"] == "timed out after 2s" and rec["metrics"] == {}
+    assert "counters" not in rec and rec[verdict.FAILED_RUN_COUNTERS] == {"total": {"pf": 3}}
 
 
 def test_a_body_skip_is_a_skipped_record() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 XFAILED = "xfailed"
 #: Where a failed run's numbers go: kept for triage, never shown as measured nor saved.
 FAILED_RUN_METRICS = "metrics_of_failed_run"
+FAILED_RUN_COUNTERS = "counters_of_failed_run"
 #: Statuses whose metrics are measurements (a baseline regression keeps its own numbers).
 MEASURED = ("passed",)
 
@@ -48,10 +49,14 @@ def agree(record: dict[str, Any], outcome: str, longrepr: str) -> dict[str, Any]
 def strip_unmeasured(record: dict[str, Any]) -> dict[str, Any]:
     """A run that did not pass measured nothing: its numbers move to ``metrics_of_failed_run``
     (kept for triage), so no summary table, export or baseline takes them as measurements."""
-    if record.get("status") not in MEASURED and (record.get("metrics") or record.get("samples")):
+    if record.get("status") in MEASURED:
+        return record
+    if record.get("metrics") or record.get("samples"):
         record[FAILED_RUN_METRICS] = dict(record.get("metrics") or {})
         record["metrics"] = {}
         record["samples"] = {}
+    if record.get("counters"):  # --kvm-counters' event counts are measurements too
+        record[FAILED_RUN_COUNTERS] = record.pop("counters")
     return record
 
 
