@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash ci/setup.sh
 .venv/bin/ruff check pytest_kvmmm tests ci
 .venv/bin/mypy
-(cd ci/lab && MYPYPATH=../.. ../../.venv/bin/mypy --strict lab.py kvmmm_lab)  # the lab tooling, as its own package
+.venv/bin/mypy --strict ci/lab/lab.py  # the CI lab stage (the lab itself is pytest_kvmmm/lab)
 exec .venv/bin/python -m pytest tests -p no:cacheprovider "$@"

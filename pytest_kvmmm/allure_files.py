@@ -129,7 +129,7 @@ def categorize(status: str, message: str, categories: Sequence[Category] = CATEG
 
 #: The facts per host, in the order they are written.
 ENV_KEYS = (
-    "kernel", "arch", "page_size", "cpus", "memory", "kvm", "tdp", "tdp_mmu", "guest_1g_pages", "maxphyaddr",
+    "emulated", "kernel", "arch", "page_size", "cpus", "memory", "kvm", "tdp", "tdp_mmu", "guest_1g_pages", "maxphyaddr", "pre_fault",
     "ttrem", "arm64_mode", "ipa_size", "parange", "s2_granules", "guest_granules", "fwb", "hafdbs", "idc_dic", "thp", "page_idle", "mglru", "hugetlb_free_nr", "hugetlb_default", "selftests", "facts_from",
 )
 
@@ -146,8 +146,9 @@ def selftests_build(roots: Sequence[SearchRoot]) -> str | None:
     return f"{root.path} ({root.origin})"
 
 
-def host_environment(host: HostFacts, selftests: str | None) -> dict[str, str]:
-    """The host facts that matter for triage, as strings (JSON-ready for the xdist record)."""
+def host_environment(host: HostFacts, selftests: str | None, emulated: str | None = None) -> dict[str, str]:
+    """The host facts that matter for triage, as strings (JSON-ready for the xdist record).
+    ``emulated``: how the host is emulated ("tcg" on a kvmmm lab host), None for a real one."""
     k = host.kvm
     kvm = k.flavour or "none"
     if not k.available:
@@ -172,6 +173,8 @@ def host_environment(host: HostFacts, selftests: str | None) -> dict[str, str]:
         if k.x86 is not None:
             env["guest_1g_pages"] = yes_no(k.x86.gbpages)
             env["maxphyaddr"] = str(k.x86.maxphyaddr or "?")
+        if k.available:
+            env["pre_fault"] = yes_no(k.cap("PRE_FAULT_MEMORY") > 0)
     if k.arm64 is not None or host.machine == "aarch64":
         env["ttrem"] = "?" if k.ttrem is None else str(k.ttrem)
         env["arm64_mode"] = k.arm64_mode or "?"
@@ -186,6 +189,8 @@ def host_environment(host: HostFacts, selftests: str | None) -> dict[str, str]:
         env["idc_dic"] = f"{yes_no(a.idc)}/{yes_no(a.dic)}"
     if selftests:
         env["selftests"] = selftests
+    if emulated:
+        env["emulated"] = emulated
     return {key: env[key] for key in ENV_KEYS if key in env}
 
 

@@ -16,6 +16,7 @@ import pytest
 from .backing import BACKING_SOURCES
 from .catalogue import Entry, Run, Variant, backing_needs
 from .discovery import Found
+from .emulation import emulated_by
 from .fixtures import SelftestRunner
 from .guest_modes import DEFAULT_MODE, ModeUnavailable, arch_mismatch, mode_args
 from .host.model import HostFacts
@@ -89,6 +90,9 @@ def run_case(case: Case, runner: SelftestRunner, host: HostFacts, scale: Scale) 
     )
     if sizing.unfit:
         runner.skip(entry.name, sizing.unfit)
+    emulated = emulated_by()
+    if emulated and entry.emulated_unfit:
+        runner.skip(entry.name, f"not on an emulated host ({emulated}): {entry.emulated_unfit}")
     selected: tuple[str, ...] = ()
     if case.mode != DEFAULT_MODE:
         wrong_arch = arch_mismatch(case.mode, host.machine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
@@ -13,8 +14,9 @@ from .host.kvm import KvmFacts
 from .host.mm import HugetlbPool
 from .host.model import HostFacts
 from .host_changes import HostChanges
+from .modreload import cannot_reload
 from .outcome import Status
-from .params import ParamSetting, unavailable
+from .params import ParamSetting, needs_reload, unavailable
 from .requirements import Requirement
 from .scale import SCALES, Scale
 from .selftest import SelftestEngine, SelftestResult
@@ -157,8 +159,10 @@ def kvm_params(request: pytest.FixtureRequest) -> Iterator[tuple[ParamSetting, .
         return
     engine = request.config.stash[ENGINE_KEY]
     changes = request.config.stash[CHANGES_KEY]
+    params = dict(engine.host().kvm.params)
+    root = request.config.stash[CHANGES_KEY].root
     for setting in settings:
-        why = unavailable(setting, dict(engine.host().kvm.params))
+        why = unavailable(setting, params, lambda m: cannot_reload(root, m, shutil.which))
         if why:
             pytest.skip(why)
     hold = engine.coordinator.host(exclusive=True) if engine.coordinator else contextlib.nullcontext(0.0)
@@ -166,7 +170,10 @@ def kvm_params(request: pytest.FixtureRequest) -> Iterator[tuple[ParamSetting, .
         applied = []
         try:
             for setting in settings:
-                why = changes.set_param(setting.path, setting.value)
+                if needs_reload(setting, params):
+                    why = changes.reload_param(setting.path, setting.value)
+                else:
+                    why = changes.set_param(setting.path, setting.value)
                 if why:
                     pytest.skip(why)
                 applied.append(setting)

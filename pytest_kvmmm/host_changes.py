@@ -21,13 +21,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-from . import journal_check
+from . import journal_check, modreload
 from .host.mm import THP
 from .host.sysfs import rooted, selected_word
 from .runner import pid_alive
@@ -38,9 +39,17 @@ THP_ENABLED = f"{THP}/enabled"
 JOURNAL_LIMIT = 1 << 20
 
 
+def _module_param(path: str) -> tuple[str, str]:
+    """``/sys/module/kvm/parameters/tdp_mmu`` -> ("kvm", "tdp_mmu")."""
+    parts = path.strip("/").split("/")
+    if len(parts) != 5 or parts[:2] != ["sys", "module"] or parts[3] != "parameters":
+        raise ValueError(f"not a module parameter: {path}")
+    return parts[2], parts[4]
+
+
 @dataclass(frozen=True)
 class Change:
-    kind: str  # "hugetlb", "thp", "param" or "mount"
+    kind: str  # "hugetlb", "thp", "param", "mount" or "module" (a parameter set by reloading its module)
     path: str  # the sysfs file, as on the host
     added: int = 0  # hugetlb: pages this plugin added
     old: str = ""  # thp: the value before
@@ -189,6 +198,33 @@ class HostChanges:
             self._write_journal(self.changes)
             return None
 
+    def reload_param(self, path: str, value: str) -> str | None:
+        """Set a read-only module parameter by reloading its module (``modreload.py``),
+        journalled first and restored by another reload; returns why it failed, or None."""
+        module, param = _module_param(path)
+        unsafe = self._ensure_dir()
+        if unsafe:
+            return unsafe
+        with self._lock:
+            why = modreload.cannot_reload(self.root, module, shutil.which)
+            if why:
+                return why
+            old = self._file(path).read_text().strip()
+            if old == value:
+                return None
+            change = Change("module", path, old=old, new=value)
+            self._write_journal([*self.changes, change])
+            why = modreload.reload(self.root, module, param, value)
+            if why is None and self._file(path).read_text().strip() != value:
+                why = f"{path} reads {self._file(path).read_text().strip()!r} after the reload, not {value!r}"
+            if why:
+                modreload.reload(self.root, module, param, old)
+                self._write_journal(self.changes)
+                return why
+            self.changes.append(change)
+            self._write_journal(self.changes)
+            return None
+
     def undo_last(self, path: str) -> list[str]:
         """Undo this process's changes of one file (a parameter set for one test)."""
         with self._lock:
@@ -207,6 +243,11 @@ class HostChanges:
                     back = max(now - c.added, 0)
                     self._file(c.path).write_text(f"{back}\n")
                     done.append(f"{c.path}: {now} -> {back} (removed the {c.added} pages pytest-kvmmm added)")
+                elif c.kind == "module":
+                    module, param = _module_param(c.path)
+                    why = modreload.reload(self.root, module, param, c.old)
+                    done.append(f"{c.path}: {c.new} -> {c.old} (reloaded {module})" if why is None
+                                else f"{c.path}: could not restore {c.old}: {why}")
                 elif c.kind == "param":
                     self._file(c.path).write_text(c.old + "\n")
                     done.append(f"{c.path}: {c.new} -> {c.old}")

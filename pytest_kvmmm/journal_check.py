@@ -22,6 +22,8 @@ PATHS: Mapping[str, tuple[re.Pattern[str], ...]] = {
     "thp": (re.compile(r"/sys/kernel/mm/transparent_hugepage/enabled"),),
     "param": (re.compile(r"/sys/module/kvm[A-Za-z0-9_]{0,32}/parameters/[A-Za-z0-9_]{1,64}"),),
     "mount": (re.compile(r"/sys/kernel/tracing"),),  # --kvm-counters' tracefs
+    # a parameter set by reloading its module (modreload.py): KVM's modules only
+    "module": (re.compile(r"/sys/module/kvm[A-Za-z0-9_]{0,32}/parameters/[A-Za-z0-9_]{1,64}"),),
 }
 #: What a "mount" change may have mounted: unmounting anything else is not ours to do.
 MOUNT_TYPES = ("tracefs",)

@@ -4,12 +4,14 @@
 ``kvm_param_values("eager_page_split", ["Y", "N"])`` parametrizes tests by value: static ids
 (``eager_page_split=N``), decided per host at run time. A parameter that is writable here
 is set for the test (journalled like every host change) and restored after it; a read-only
-one (every ``kvm`` parameter on PVM hosts) skips saying so.
+one of a loadable module (``kvm.tdp_mmu`` where KVM is a module) is set by reloading the module
+(``modreload.py``); a read-only one that cannot be (every ``kvm`` parameter on PVM hosts, a
+built-in KVM) skips saying so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 PARAM_SIGNATURE = "kvm_param_values(name, values)"
@@ -29,6 +31,10 @@ class ParamSetting:
         module, _, param = self.name.partition(".")
         return f"/sys/module/{module}/parameters/{param}"
 
+    @property
+    def module(self) -> str:
+        return self.name.partition(".")[0]
+
 
 def full_name(name: str) -> str:
     return name if "." in name else f"kvm.{name}"
@@ -46,14 +52,27 @@ def parse_option(values: Sequence[str]) -> list[list[ParamSetting]]:
     return axes
 
 
-def unavailable(setting: ParamSetting, params: dict[str, object]) -> str | None:
-    """Why the parameter cannot be set here (missing, read-only), from the host facts' params."""
+def needs_reload(setting: ParamSetting, params: Mapping[str, object]) -> bool:
+    """The parameter exists here but is read-only: only a module reload can set it."""
+    param = params.get(setting.name)
+    return param is not None and not getattr(param, "writable", False)
+
+
+def unavailable(
+    setting: ParamSetting, params: Mapping[str, object], cannot_reload: Callable[[str], str | None] | None = None
+) -> str | None:
+    """Why the parameter cannot be set here (missing, read-only and its module not reloadable),
+    from the host facts' params; ``cannot_reload(module)`` says why a module cannot be reloaded."""
     param = params.get(setting.name)
     if param is None:
         return f"this host has no KVM parameter {setting.name} (module not loaded, or another KVM flavour)"
     if not getattr(param, "writable", False):
+        why = "no module reload" if cannot_reload is None else cannot_reload(setting.module)
+        if why is None:
+            return None
         return (
             f"{setting.name} is read-only here ({setting.path} has no write permission): "
-            f"cases under {setting.id} need a writable parameter, or a boot with {setting.name}={setting.value}"
+            f"cases under {setting.id} need a writable parameter, or a boot with {setting.name}={setting.value} "
+            f"({why})"
         )
     return None

@@ -25,6 +25,7 @@ from .coordination import HostCoordinator
 from .counters.report import COUNTERS_OFF, count_tables, counters_header, off_lines
 from .counters.setup import counter_session
 from .discovery import search_roots
+from .emulation import emulated_by
 from .fixtures import (
     CHANGES_KEY,
     ENGINE_KEY,
@@ -477,7 +478,7 @@ class KvmmmPlugin:
         per-host lines and Allure's environment.properties."""
         if self._host_facts is None:
             build = allure_report.selftests_build(self.engine.search_roots())
-            self._host_facts = allure_report.host_environment(self.host(), build)
+            self._host_facts = allure_report.host_environment(self.host(), build, emulated_by())
         return self._host_facts
 
     @pytest.hookimpl(tryfirst=True)  # tryfirst: the host is restored before anything else can fail

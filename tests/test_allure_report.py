@@ -252,10 +252,12 @@ def test_host_environment_x86_and_arm64(tmp_path: Path) -> None:
     assert env == {
         "kernel": "6.12.0-test", "arch": "x86_64", "page_size": "4K", "cpus": "4",
         "memory": "16384 MiB total, 12288 MiB available", "kvm": "kvm_pvm", "tdp": "no", "tdp_mmu": "no",
-        "guest_1g_pages": "no", "maxphyaddr": "48", "thp": "madvise", "page_idle": "no", "mglru": "no",
-        "hugetlb_free_nr": "2M:60/64", "hugetlb_default": "2M",
+        "guest_1g_pages": "no", "maxphyaddr": "48", "pre_fault": "no", "thp": "madvise", "page_idle": "no",
+        "mglru": "no", "hugetlb_free_nr": "2M:60/64", "hugetlb_default": "2M",
         "selftests": "/c/selftests/6.12.117 (kvmmm-build cache 6.12.117)", "facts_from": str(tmp_path / "x"),
     }
+    assert host_environment(x86, None, emulated="tcg")["emulated"] == "tcg"
+    assert list(host_environment(x86, None, emulated="tcg"))[0] == "emulated"
     arm = probe_host(make_host_root(tmp_path / "a", machine="aarch64", kvm="arm64_ttrem2", kvm_modules={},
                                     extra={"/dev/kmsg": "6,1,1,-;kvm [1]: VHE mode initialized successfully\n"}))
     env = host_environment(arm, None)

@@ -1,8 +1,10 @@
-"""The lab tooling (``ci/lab``): pure logic only, fast and without QEMU.
+"""The lab (``pytest_kvmmm/lab``, ``kvmmm-lab``; the CI stage ``ci/lab/lab.py``): pure logic
+only, fast and without QEMU.
 
-cpio archives, the image recipe (kernel package, module closure, wheel pins), the guest's
-per-boot overlay, QEMU's command line, port allocation, shutdown by pid, and the wrapper's
-pytest command line and checks. The real lab is exercised by ``test_lab_integration.py``.
+cpio archives, the image recipe (kernel package, module closure, wheel pins), host kinds as
+data, the guest's per-boot overlay, QEMU's command line, port allocation, shutdown by pid,
+the pytest command line, the entry x host table and the CI stage's checks. The real lab is
+exercised by ``test_lab_integration.py``.
 """
 
 from __future__ import annotations
@@ -22,24 +24,25 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from pytest_kvmmm.lab import cli as lab
+from pytest_kvmmm.lab import cpio, debian, hosts, image, overlay, qemu, recipe
+from pytest_kvmmm.lab.build import load_image
+from pytest_kvmmm.lab.image import LabError
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "ci" / "lab"))
-
-from kvmmm_lab import cpio, image, overlay, qemu, recipe  # noqa: E402
-from kvmmm_lab.image import LabError  # noqa: E402
 
 
-def load_lab_cli() -> types.ModuleType:
+def load_ci_stage() -> types.ModuleType:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("kvmmm_lab_cli", REPO / "ci" / "lab" / "lab.py")
+    spec = importlib.util.spec_from_file_location("kvmmm_lab_ci", REPO / "ci" / "lab" / "lab.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-lab = load_lab_cli()
+ci = load_ci_stage()
 
 
 class TestCpio:
@@ -124,10 +127,20 @@ class TestRecipe:
         text = "kmod, initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, libc6:any"
         assert recipe.parse_depends_field(text) == ["kmod", "initramfs-tools", "libc6"]
 
-    def test_flavours(self) -> None:
-        assert [f.page_kib for f in recipe.FLAVOURS.values()] == [4, 16]
-        assert all(f.cpu.startswith("max") for f in recipe.FLAVOURS.values())
-        assert len({f.hostname for f in recipe.FLAVOURS.values()}) == len(recipe.FLAVOURS)
+    def test_host_kinds(self) -> None:
+        kinds = hosts.HOST_KINDS
+        assert {k: v.page_kib for k, v in kinds.items()} == {
+            "arm64-4k": 4, "arm64-16k": 16, "arm64-cmo": 4, "x86-tdp": 4, "x86-idle": 4}  # fmt: skip
+        assert len({k.hostname for k in kinds.values()}) == len(kinds)
+        assert all(k.arch in hosts.ARCHES and k.expect.get("emulated") == "tcg" for k in kinds.values())
+        assert kinds["arm64-cmo"].cpu == "cortex-a72" and kinds["arm64-cmo"].expect["fwb"] == "no"
+        tdp = kinds["x86-tdp"]
+        assert tdp.machine == "q35" and tdp.cpu == "EPYC,+svm,+npt,+pdpe1gb" and "kvm_amd" in tdp.modules
+        assert tdp.kernel_build is None and kinds["x86-idle"].kernel_build == hosts.KERNEL_BUILDS["x86-idle"]
+        assert hosts.parse_hosts("x86-tdp, arm64-cmo,x86-tdp") == ["x86-tdp", "arm64-cmo"]
+        assert hosts.parse_hosts("all") == list(kinds)
+        with pytest.raises(ValueError, match="unknown lab host kind.*known: arm64-4k"):
+            hosts.parse_hosts("x86-ept")
 
     def test_module_names_and_depends(self) -> None:
         assert recipe.module_name("9pnet_virtio.ko.xz") == "9pnet_virtio"
@@ -140,7 +153,7 @@ class TestRecipe:
     def test_module_closure_puts_dependencies_first(self) -> None:
         deps = {"virtio_net": ["net_failover"], "net_failover": ["failover"], "failover": [],
                 "9p": ["9pnet", "netfs"], "9pnet_virtio": ["9pnet"], "9pnet": [], "netfs": []}  # fmt: skip
-        order = recipe.module_closure(recipe.GUEST_MODULES, deps.__getitem__)
+        order = recipe.module_closure(hosts.NET_9P, deps.__getitem__)
         assert order == ["failover", "net_failover", "virtio_net", "9pnet", "9pnet_virtio", "netfs", "9p"]
         with pytest.raises(ValueError, match="cycle"):
             recipe.module_closure(["a"], {"a": ["b"], "b": ["a"]}.__getitem__)
@@ -155,12 +168,12 @@ class TestRecipe:
         }  # fmt: skip
         versions = {"pytest": "9.0.3", "pytest-xdist": "3.8.0", "filelock": "4.2.11", "pluggy": "1.6.0",
                     "execnet": "2.1.2"}  # fmt: skip
-        pins = recipe.wheel_pins("pytest-kvmmm", requires.__getitem__, versions.get, recipe.guest_marker_env())
+        pins = recipe.wheel_pins("pytest-kvmmm", requires.__getitem__, versions.get, recipe.guest_marker_env("aarch64"))
         assert pins == {"execnet": "2.1.2", "filelock": "4.2.11", "pluggy": "1.6.0", "pytest": "9.0.3",
                         "pytest-xdist": "3.8.0"}  # fmt: skip
         with pytest.raises(LookupError, match="execnet is not installed"):
             recipe.wheel_pins("pytest-kvmmm", requires.__getitem__, {**versions, "execnet": None}.get,
-                              recipe.guest_marker_env())  # fmt: skip
+                              recipe.guest_marker_env("aarch64"))  # fmt: skip
 
     def test_cache_key_is_stable_and_sensitive(self) -> None:
         a = recipe.cache_key({"pins": {"pytest": "9.0.3"}, "packages": ["x"]})
@@ -198,23 +211,25 @@ class TestImageParts:
         with pytest.raises(LabError, match="not a pure-Python wheel"):
             image.install_wheel(wheel, tmp_path / "site")
 
-    def test_decompressed_module(self, tmp_path: Path) -> None:
+    def test_decompressed_module_and_modules_dep(self, tmp_path: Path) -> None:
         (tmp_path / "a.ko.xz").write_bytes(lzma.compress(b"\0depends=b\0"))
-        assert image._module_bytes(tmp_path / "a.ko.xz") == b"\0depends=b\0"
+        assert debian._module_bytes(tmp_path / "a.ko.xz") == b"\0depends=b\0"
+        dep = debian.modules_dep(["irqbypass", "kvm", "kvm_amd"], {"kvm": ["irqbypass"], "kvm_amd": ["kvm"]})
+        assert dep == "kvmmm/irqbypass.ko:\nkvmmm/kvm.ko: kvmmm/irqbypass.ko\nkvmmm/kvm_amd.ko: kvmmm/kvm.ko\n"
 
     def test_missing_image_says_how_to_build_it(self, tmp_path: Path) -> None:
         paths = image.LabPaths(tmp_path)
-        with pytest.raises(image.LabUnavailable, match="lab.py build"):
-            image.load_image(paths, "4k")
-        image.write_json(paths.image_record("4k"), {"kernel": str(tmp_path / "Image"), "parts": []})
+        with pytest.raises(image.LabUnavailable, match="kvmmm-lab build --hosts arm64-4k"):
+            load_image(paths, "arm64-4k")
+        image.write_json(paths.image_record("arm64-4k"), {"kind": "arm64-4k", "kernel": str(tmp_path / "Image"), "parts": []})
         with pytest.raises(image.LabUnavailable, match="lacks .*Image"):
-            image.load_image(paths, "4k")
+            load_image(paths, "arm64-4k")
 
     def test_unavailable_without_root(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(image, "missing_tools", lambda: ["qemu-system-aarch64"])
-        s = image.BuildSettings(tmp_path, ["4k"], 1, allow_apt=True, is_root=False)
-        with pytest.raises(image.LabUnavailable, match="apt-get install -y qemu-system-arm"):
-            image.ensure_tools(s)
+        monkeypatch.setattr(debian, "missing_tools", lambda tools: ["qemu-system-x86_64"])
+        s = image.BuildSettings(tmp_path, ["x86-tdp"], 1, allow_apt=True, is_root=False)
+        with pytest.raises(image.LabUnavailable, match="apt-get install -y qemu-system-x86"):
+            debian.ensure_tools(s, [hosts.ARCHES["x86_64"]])
 
 
 class TestOverlay:
@@ -223,19 +238,37 @@ class TestOverlay:
         text = cfg.shell()
         assert "KVMMM_REPO='/work/my repo'\n" in text and "KVMMM_SHARE=''\n" in text
         assert "KVMMM_MODULES='virtio_net 9p'\n" in text and "KVMMM_PORT=8888\n" in text
+        assert "KVMMM_EMULATED=tcg\n" in text
 
-    def test_overlay_carries_the_plugin_at_the_hosts_path(self, tmp_path: Path) -> None:
-        cfg = overlay.GuestConfig("h", PurePosixPath(REPO), PurePosixPath(REPO / "results/lab"), ("9p",))
+    def test_overlay_carries_the_installed_plugin_and_the_users_rootdir(self, tmp_path: Path) -> None:
+        user = tmp_path / "my project"
+        (user / "tests").mkdir(parents=True)
+        (user / "pytest.ini").write_text("[pytest]\naddopts = -ra\n")
+        (user / "tests/test_mine.py").write_text("def test_x(): pass\n")
+        for skipped in (".venv", ".git", "results", "tests/__pycache__"):
+            (user / skipped).mkdir(parents=True, exist_ok=True)
+            (user / skipped / "x.py").write_text("")
+        (user / "link.py").symlink_to("/etc/hostname")
+        cfg = overlay.GuestConfig("h", PurePosixPath(user), PurePosixPath(user / "results/lab"), ("9p",))
         dist = {"METADATA": "Metadata-Version: 2.1\nName: pytest-kvmmm\nVersion: 0.1.0\n",
                 "entry_points.txt": "[pytest11]\nkvmmm = pytest_kvmmm.plugin\n"}  # fmt: skip
-        overlay.write_overlay(tmp_path / "o.cpio", cfg, REPO, dist)
+        overlay.write_overlay(tmp_path / "o.cpio", cfg, user, dist)
         names = set(cpio.read_names((tmp_path / "o.cpio").read_bytes()))
-        repo = str(REPO).lstrip("/")
-        site = f"{recipe.GUEST_SITE}/pytest_kvmmm-0.1.0.dist-info"
-        assert {"init", "etc/kvmmm-lab/server.py", "etc/kvmmm-lab/config", f"{site}/entry_points.txt",
-                f"{repo}/pyproject.toml", f"{repo}/pytest_kvmmm/plugin.py",
-                f"{repo}/pytest_kvmmm/host/kvmapi.py"} <= names  # fmt: skip
-        assert not any("__pycache__" in n or n.startswith(f"{repo}/tests") for n in names)
+        root = str(user).lstrip("/")
+        site = recipe.GUEST_SITE
+        assert {"init", "etc/kvmmm-lab/server.py", "etc/kvmmm-lab/config",
+                f"{site}/pytest_kvmmm-0.1.0.dist-info/entry_points.txt", f"{site}/pytest_kvmmm/plugin.py",
+                f"{site}/pytest_kvmmm/lab/guest/init", f"{site}/pytest_kvmmm/suite/test_mm.py",
+                f"{root}/pytest.ini", f"{root}/tests/test_mine.py"} <= names  # fmt: skip
+        assert not any("__pycache__" in n or "/.venv" in n or "/.git/" in n or n.startswith(f"{root}/results")
+                       or n.endswith("link.py") for n in names)  # fmt: skip
+
+    def test_a_rootdir_too_big_is_refused(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(overlay, "MAX_ROOTDIR_FILES", 3)
+        for i in range(5):
+            (tmp_path / f"t{i}.py").write_text("")
+        with pytest.raises(LabError, match="more than 3 files.*--rootdir"):
+            overlay.rootdir_files(tmp_path)
 
     def test_guest_files_are_valid(self) -> None:
         compile((overlay.GUEST_DIR / "server.py").read_text(), "server.py", "exec")
@@ -246,14 +279,14 @@ class TestOverlay:
 
 
 def spec(**kw: object) -> qemu.HostSpec:
-    base: dict[str, object] = {"name": "lab-arm64-4k", "flavour": "4k", "kernel": Path("/k/Image"),
+    base: dict[str, object] = {"name": "lab-arm64-16k", "kind": hosts.HOST_KINDS["arm64-16k"], "kernel": Path("/k/Image"),
                                "initrd": Path("/r/initrd"), "port": 47011, "console": Path("/r/console.log")}  # fmt: skip
     return qemu.HostSpec(**{**base, **kw})  # type: ignore[arg-type]
 
 
 class TestQemuArgs:
     def test_the_command_line(self) -> None:
-        args = qemu.qemu_args(spec(cpu="max,lpa2=off", smp=2, mem="3G"))
+        args = qemu.qemu_args(spec(smp=2, mem="3G"))
         assert args[0] == "qemu-system-aarch64"
         joined = " ".join(args)
         for piece in ("-machine virt,virtualization=on,gic-version=3", "-cpu max,lpa2=off", "-accel tcg",
@@ -265,6 +298,14 @@ class TestQemuArgs:
         assert args[args.index("-device") + 1] == "virtio-net-pci,netdev=net0,romfile="  # no efi-virtio.rom
         assert "rdinit=/init" in args[args.index("-append") + 1]
         assert "-fsdev" not in args
+
+    def test_the_x86_tdp_host(self) -> None:
+        args = qemu.qemu_args(spec(kind=hosts.HOST_KINDS["x86-tdp"]))
+        joined = " ".join(args)
+        assert args[0] == "qemu-system-x86_64"
+        assert "-machine q35 -cpu EPYC,+svm,+npt,+pdpe1gb -accel tcg" in joined
+        assert args[args.index("-append") + 1].startswith("console=ttyS0 ")
+        assert args[args.index("-append") + 1].endswith(" hugepages=96")
 
     def test_share_is_9p(self) -> None:
         args = qemu.qemu_args(spec(share=Path("/work/main/results/lab")))
@@ -298,7 +339,7 @@ class TestPorts:
 
 
 def host_state(name: str, pid: int, argv: list[str] | None = None) -> qemu.HostState:
-    return qemu.HostState(name, "4k", 47011, pid, argv or ["qemu-system-aarch64", name], "/c.log", 0.0)
+    return qemu.HostState(name, "arm64-4k", 47011, pid, argv or ["qemu-system-aarch64", name], "/c.log", 0.0)
 
 
 class FakeProcs:
@@ -384,123 +425,123 @@ class TestStop:
         assert json.loads((tmp_path / qemu.STATE).read_text())["hosts"][1]["pid"] == 2
 
 
+SUITE = "pytest_kvmmm/suite/test_mm.py"
+
+
+def rec(host: str, test: str, case: str, outcome: str, reason: str = "", **facts: str) -> dict[str, object]:
+    return {"host": host, "nodeid": f"{SUITE}::{test}[{case}]", "outcome": outcome, "reason": reason,
+            "returncode": 0 if outcome != "skipped" else None, "host_facts": facts}  # fmt: skip
+
+
 class TestWrapper:
     def test_pytest_argv(self) -> None:
-        argv = lab.pytest_argv(["--tx", "socket=127.0.0.1:47011"], [], Path("/r/lab"))
-        assert argv[1:] == ["-m", "pytest", "--dist", "each", "--tx", "popen", "--tx", "socket=127.0.0.1:47011",
-                            *lab.default_pytest_args(), "--kvm-results=/r/lab/lab.jsonl",
-                            "--alluredir=/r/lab/allure"]  # fmt: skip
+        argv = lab.pytest_argv(["--tx", "socket=127.0.0.1:47011"], [], Path("/r/lab"), "lab-1", local=True)
+        assert argv[1:] == ["-m", "pytest", "-p", "no:cacheprovider", "--dist", "each", "--tx", "popen",
+                            "--tx", "socket=127.0.0.1:47011", *lab.default_pytest_args(),
+                            "--kvm-results=/r/lab/lab-1.jsonl", "--alluredir=/r/lab/allure"]  # fmt: skip
+        assert "popen" not in lab.pytest_argv([], [], None, "x", local=False)
 
-    def test_default_selection_is_the_lab_scale(self) -> None:
+    def test_default_selection_is_the_installed_suite_at_the_lab_scale(self) -> None:
         from pytest_kvmmm.scale import SCALES
 
         args = lab.default_pytest_args()
-        assert args[:4] == ["-m", "pagetable", "--kvm-scale", "lab"] and args[-2:] == ["-k", lab.LAB_K]
+        assert args[:4] == ["--pyargs", "pytest_kvmmm.suite", "--kvm-scale", "lab"] and args[-2:] == ["-k", lab.LAB_K]
         assert "arch:aarch64,pxxv48_4k" in args
-        assert "lab" in SCALES, "the plugin this checkout's lab.py runs defines the lab scale"
+        assert "lab" in SCALES
 
     def test_the_users_paths_win(self) -> None:
-        argv = lab.pytest_argv([], ["-k", "x", "--alluredir=/elsewhere"], Path("/r/lab"))
+        argv = lab.pytest_argv([], ["-k", "x", "--alluredir=/elsewhere"], Path("/r/lab"), "lab-1", local=True)
         assert "--alluredir=/elsewhere" in argv and "--alluredir=/r/lab/allure" not in argv
-        assert "--kvm-results=/r/lab/lab.jsonl" in argv
-        assert lab.pytest_argv([], ["-q"], None)[-1] == "-q"
+        assert "--kvm-results=/r/lab/lab-1.jsonl" in argv
+        assert lab.pytest_argv([], ["-q"], None, "lab-1", local=True)[-1] == "-q"
 
-    @staticmethod
-    def lab_records(modes: dict[str, tuple[str, ...]]) -> list[dict[str, object]]:
-        """Records of a lab run: per host a test per mode, passed where ``modes`` says."""
-        pages = {"vm": "4K", "lab-a": "4K", "lab-b": "16K"}
-        all_modes = ("pxxv48_4k", "p52v48_4k", "p48v48_4k", "p48v48_16k")
-        return [
-            {"host": h, "nodeid": f"pytest_kvmmm/suite/test_mm.py::test_kvm_page_table[anonymous-{m}]",
-             "outcome": "passed" if m in modes[h] else "skipped",
-             "host_facts": {"page_size": pages[h], "ttrem": "2" if h != "vm" else "?"}}
-            for h in ("vm", "lab-a", "lab-b") for m in all_modes
-        ]  # fmt: skip
+    def test_batches_of_at_most_three(self) -> None:
+        assert lab.batches(["a", "b", "c", "d", "e"], 3) == [["a", "b", "c"], ["d", "e"]]
+        assert lab.batches(["a"], 0) == [["a"]]
 
-    def test_checks(self) -> None:
-        states = [host_state("lab-a", 1), host_state("lab-b", 2)]
-        states[0].flavour, states[1].flavour = "4k", "16k"
-        for s in states:
-            s.facts = {"kvm": {"ttrem": 2, "arm64_mode": "vhe"}}
-        good = {"vm": ("pxxv48_4k",), "lab-a": ("p52v48_4k", "p48v48_4k", "p48v48_16k"), "lab-b": ("p48v48_4k", "p48v48_16k")}
-        records = self.lab_records(good)
-        assert lab.lab_checks(records, states) == []
-        assert lab.mode_of(str(records[0]["nodeid"])) == "pxxv48_4k"
+    def test_the_entry_x_host_table(self) -> None:
+        from pytest_kvmmm.lab import table
 
-        states[1].facts = {"kvm": {"ttrem": None, "arm64_mode": "nvhe"}}
-        problems = lab.lab_checks([*records[:8], *records[8:11]], states)
-        assert any("lab-b: no TTRem" in p for p in problems)
-        assert any("KVM mode nvhe" in p for p in problems)
-        assert any("different numbers of tests" in p for p in problems)
-        assert any("results name hosts" in p for p in lab.lab_checks(records[:8], states))
+        records = [
+            rec("lab-x86-tdp", "test_pre_fault_memory", "", "passed", tdp="yes", emulated="tcg"),
+            rec("vm", "test_pre_fault_memory", "", "skipped", "needs KVM_CAP_PRE_FAULT_MEMORY", tdp="no"),
+            rec("vm", "test_kvm_page_table", "anonymous-pxxv48_4k", "failed", "exit 1"),
+            rec("vm", "test_kvm_page_table", "anonymous-p40v48_4k", "skipped", "not this arch"),
+            rec("lab-x86-tdp", "test_kvm_page_table", "anonymous-pxxv48_4k", "passed"),
+        ]
+        cells = table.entry_table(records)
+        assert cells["pre_fault_memory_test"]["vm"] == table.Cell("skipped", "", "needs KVM_CAP_PRE_FAULT_MEMORY")
+        assert cells["kvm_page_table_test"]["vm"].outcome == "failed"  # failed outranks skipped
+        assert table.entry_of(f"{SUITE}::test_max_guest_memory[x]") == "max_guest_memory_test"
+        assert table.entry_of("tests/test_x.py::test_other") is None
+        lines = table.render(records)
+        assert [c.strip() for c in lines[0].split(" | ")[1:]] == ["lab-x86-tdp", "vm"]
+        assert any(ln.startswith("pre_fault_memory_test") and "passed" in ln and "skipped" in ln for ln in lines)
+        assert "  pre_fault_memory_test @ vm: : skipped: needs KVM_CAP_PRE_FAULT_MEMORY" in lines
+        assert "  lab-x86-tdp: emulated tcg, tdp yes" in lines
+        assert lines[-1].startswith("entries that passed on no host: kvm_page_table_test") is False
+        assert "access_tracking_perf_test" in lines[-1]
+        assert table.expectation_problems(records, {"lab-x86-tdp": {"tdp": "yes", "page_idle": "yes"},
+                                                    "lab-gone": {"tdp": "yes"}}) == [  # fmt: skip
+            "lab-x86-tdp: fact page_idle is None, expected 'yes'", "lab-gone: no results from this host"]
 
-        states[1].facts = states[0].facts
-        bad = self.lab_records({"vm": ("pxxv48_4k", "p48v48_4k"), "lab-a": ("p48v48_4k",), "lab-b": ("p48v48_4k",)})
-        for r in bad:
-            if r["host"] == "lab-b":
-                r["host_facts"] = {"page_size": "4K", "ttrem": "2"}
-        problems = lab.lab_checks(bad, states)
-        assert any("vm: " in p and "p48v48_4k] passed, but p48v48_4k is not a guest mode of that architecture" in p
-                   for p in problems)
-        assert any("lab-b: results say page size 4K, expected 16K" in p for p in problems)
-        assert any("the arm64 hosts ran the same guest modes (['p48v48_4k'])" in p for p in problems)
-        nothing = self.lab_records({"vm": ("pxxv48_4k",), "lab-a": (), "lab-b": ("p48v48_4k",)})
-        assert {"lab-a: no test passed", "lab-a: no arm64 guest mode passed"} <= set(lab.lab_checks(nothing, states))
+    def test_ci_must_pass_and_permutation_checks(self) -> None:
+        records = [rec("lab-x86-tdp", "test_pre_fault_memory", "", "passed"),
+                   rec("lab-x86-tdp", "test_max_guest_memory", "", "failed", "exit 254")]  # fmt: skip
+        problems = ci.must_pass_problems(records, ["lab-x86-tdp"])
+        assert "max_guest_memory_test must pass on lab-x86-tdp, failed: exit 254" in problems
+        assert not any("pre_fault" in p for p in problems)
+        assert not any("lab-arm64" in p for p in problems)  # hosts that did not run are not judged
+        perms = [rec("lab-x86-tdp", "test_dirty_log_page_splitting", f"eager_page_split={v}", "passed") for v in "YN"]
+        perms += [rec("lab-x86-tdp", "test_nx_huge_pages", "nx_huge_pages=Y", "passed")]
+        perms += [rec("lab-x86-tdp", "test_kvm_page_table", f"anonymous-pxxv48_4k-tdp_mmu={v}", "passed",
+                      tdp_mmu="no" if v == "N" else "yes") for v in "NY"]  # fmt: skip
+        assert ci.permutation_checks(perms) == []
+        perms[1] = rec("lab-x86-tdp", "test_dirty_log_page_splitting", "eager_page_split=N", "skipped", "read-only")
+        perms[3]["host_facts"] = {"tdp_mmu": "yes"}
+        assert ci.permutation_checks(perms) == [
+            "lab-x86-tdp: no case under eager_page_split=N ran its selftest",
+            "lab-x86-tdp: cases under tdp_mmu=N passed, but the host facts never said tdp_mmu no"]
 
-    def test_read_results_gives_no_records_for_a_missing_or_broken_file(self, tmp_path: Path) -> None:
-        good = tmp_path / "lab.jsonl"
-        good.write_text('{"host": "a", "outcome": "passed"}\n\n{"host": "b", "outcome": "failed"}\n')
-        assert lab.read_results(good) == [{"host": "a", "outcome": "passed"}, {"host": "b", "outcome": "failed"}]
-        assert lab.read_results(tmp_path / "missing.jsonl") == []
-        (tmp_path / "broken.jsonl").write_text('{"host": "a"}\n{"host": \n')
-        assert lab.read_results(tmp_path / "broken.jsonl") == []
+    def test_read_all_results_skips_a_broken_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        (tmp_path / "lab-1.jsonl").write_text('{"host": "a", "outcome": "passed"}\n\n')
+        (tmp_path / "lab-2.jsonl").write_text('{"host": \n')
+        assert lab.read_all_results(tmp_path) == [{"host": "a", "outcome": "passed"}]
+        assert "unreadable results" in capsys.readouterr().err
 
-    def test_outcome_counts(self) -> None:
-        counts = lab.outcome_counts([{"host": "a", "outcome": "passed"}, {"host": "a", "outcome": "passed"},
-                                     {"host": "b", "outcome": "failed"}])  # fmt: skip
-        assert counts == {"a": {"passed": 2}, "b": {"failed": 1}}
-
-    def test_ci_stage_is_skipped_when_the_lab_cannot_be_had(
+    def test_ci_stage_is_skipped_when_no_host_can_be_built(
         self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
         def unavailable(args: object) -> int:
             raise image.LabUnavailable("qemu-system-aarch64 missing: run `apt-get install -y qemu-system-arm` as root")
 
-        monkeypatch.setattr(lab, "cmd_build", unavailable)
-        monkeypatch.setattr(lab, "run_lab", pytest.fail)
-        assert lab.main(["ci"]) == 0
-        assert "SKIPPED: the arm64 lab cannot be built here: qemu-system-aarch64 missing" in capsys.readouterr().err
-
-    def test_ci_stage_without_a_share_fails_without_reading_results(
-        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-    ) -> None:
-        states = [host_state("lab-a", 1)]
-        monkeypatch.setattr(lab, "cmd_build", lambda args: 0)
-        monkeypatch.setattr(lab, "run_lab", lambda args: (0, 1.0, states))
-        monkeypatch.setattr(lab, "read_results", pytest.fail)  # no <cwd>/lab.jsonl either
-        assert lab.main(["ci", "--share", ""]) == 1
+        monkeypatch.setattr(ci.cli, "cmd_build", unavailable)
+        monkeypatch.setattr(ci, "run_batches", pytest.fail)
+        assert ci.main(["--hosts", "arm64-4k,arm64-cmo"]) == 0
         err = capsys.readouterr().err
-        assert "[lab] FAILED: lab.py ci needs --share: it checks the results file\n" in err
-        assert err.count("FAILED") == 1
+        assert "SKIPPED host arm64-cmo: cannot be built here: qemu-system-aarch64 missing" in err
+        assert "SKIPPED: no lab host kind can be built here" in err
+
+    def test_ci_stage_is_skipped_when_no_host_can_boot(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        def too_small(args: object, batch: object) -> None:
+            raise image.LabUnavailable("3 lab hosts (3G, 3G, 3G) need 10.0 GiB of free memory")
+
+        monkeypatch.setattr(ci.cli, "cmd_build", lambda args: 0)
+        monkeypatch.setattr(ci.cli, "up", too_small)
+        assert ci.main(["--results", str(tmp_path)]) == 0
+        err = capsys.readouterr().err
+        assert "SKIPPED hosts x86-tdp, x86-idle, arm64-cmo: 3 lab hosts" in err
+        assert "SKIPPED: no lab host could boot here" in err
 
     def test_a_machine_too_small_for_the_hosts(self) -> None:
         gib = 1 << 30
-        assert lab.memory_shortfall(2, "3G", 24 * gib) is None
-        assert lab.memory_shortfall(2, "3G", None) is None  # cannot tell: try
-        assert lab.memory_shortfall(2, "3G", 5 * gib) == (
-            "2 lab hosts of 3G need 7.0 GiB of free memory, this machine has 5.0 GiB available "
-            "(fewer hosts: --flavours 4k; smaller: --mem 2G)")
-
-    def test_ci_stage_is_skipped_when_the_hosts_cannot_run(
-        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-    ) -> None:
-        def too_small(args: object) -> None:
-            raise image.LabUnavailable("2 lab hosts of 3G need 7.0 GiB of free memory")
-
-        monkeypatch.setattr(lab, "cmd_build", lambda args: 0)
-        monkeypatch.setattr(lab, "run_lab", too_small)
-        assert lab.main(["ci"]) == 0
-        assert "SKIPPED: the arm64 lab cannot run here: 2 lab hosts of 3G need" in capsys.readouterr().err
+        assert lab.memory_shortfall(["3G", "3G"], 24 * gib) is None
+        assert lab.memory_shortfall(["3G", "3G"], None) is None  # cannot tell: try
+        assert lab.memory_shortfall(["3G", "3G"], 5 * gib) == (
+            "2 lab hosts (3G, 3G) need 7.0 GiB of free memory, this machine has 5.0 GiB available "
+            "(fewer hosts: --hosts; smaller: --mem 2G)")
 
     def test_a_failed_download_means_no_lab(self) -> None:
         with pytest.raises(image.LabUnavailable, match="pip download failed"):
@@ -509,10 +550,11 @@ class TestWrapper:
             image.checked([sys.executable, "-c", "raise SystemExit('boom')"], "compileall")
         assert not isinstance(info.value, image.LabUnavailable)
 
-    def test_unknown_flavour(self) -> None:
+    def test_unknown_host_kind(self, capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit):
-            lab.parse_args(["up", "--flavours", "64k"])
-        assert lab.parse_args(["up", "--flavours", "16k"]).flavours == ["16k"]
+            lab.parser().parse_args(["up", "--hosts", "x86-ept"])
+        assert "unknown lab host kind(s) ['x86-ept']" in capsys.readouterr().err
+        assert lab.parser().parse_args(["up", "--hosts", "x86-tdp"]).hosts == ["x86-tdp"]
 
 
 def test_server_serves_execnet_socket_gateways(tmp_path: Path) -> None:
@@ -539,6 +581,8 @@ def test_server_serves_execnet_socket_gateways(tmp_path: Path) -> None:
 
 
 def test_lab_cli_help_runs_without_the_lab() -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "ci/lab/lab.py"), "--help"], capture_output=True, text=True)
-    assert proc.returncode == 0 and "lab.py build" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "pytest_kvmmm.lab.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "kvmmm-lab build" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "pytest_kvmmm.lab.cli", "build", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "x86-tdp: x86 AMD SVM+NPT" in " ".join(proc.stdout.split())
     assert stat.S_IMODE((REPO / "ci/lab/lab.py").stat().st_mode) & 0o111

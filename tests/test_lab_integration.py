@@ -1,9 +1,10 @@
-"""The real lab, end to end: one emulated arm64 host (QEMU TCG) and this host in one xdist run.
+"""The real lab, end to end: the emulated x86 TDP host (QEMU TCG) and this host in one xdist run,
+started with ``kvmmm-lab run`` from a directory outside the repository with its own ini file.
 
-Runs only when the lab images exist (``ci/lab/lab.py build``) and QEMU is installed; it
-skips with the reason otherwise. About a minute: the 4 KiB host boots, reports its facts
-through its own gateway, and runs the page-table test in its default guest mode while
-this host runs it in its own; each skips the other's mode.
+Runs only when the x86-tdp image exists (``kvmmm-lab build --hosts x86-tdp``) and QEMU is
+installed; it skips with the reason otherwise. About a minute: the host boots, reports its
+facts through its own gateway, and runs pre_fault_memory_test (which this PVM host cannot)
+and a user's own test from the user's rootdir.
 """
 
 from __future__ import annotations
@@ -16,24 +17,21 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "ci" / "lab"))
-
-from kvmmm_lab import image  # noqa: E402
-
-from pytest_kvmmm.provision.cache import default_cache_root  # noqa: E402
-from pytest_kvmmm.results import read_results  # noqa: E402
+from pytest_kvmmm.lab.build import load_image
+from pytest_kvmmm.lab.image import LabPaths, LabUnavailable
+from pytest_kvmmm.provision.cache import default_cache_root
+from pytest_kvmmm.results import read_results
 
 #: The real cache root, read at import: pytester fixtures move HOME.
 CACHE = Path(os.path.abspath(default_cache_root()))
 
 
 def lab_missing() -> str | None:
-    if shutil.which("qemu-system-aarch64") is None:
-        return "qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
     try:
-        image.load_image(image.LabPaths(CACHE / "lab"), "4k")
-    except image.LabUnavailable as exc:
+        load_image(LabPaths(CACHE / "lab"), "x86-tdp")
+    except LabUnavailable as exc:
         return str(exc)
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "no usable /dev/kvm on this host for the popen gateway"
@@ -41,29 +39,35 @@ def lab_missing() -> str | None:
 
 
 @pytest.mark.skipif(lab_missing() is not None, reason=f"lab not available: {lab_missing()}")
-def test_one_arm64_lab_host_and_this_host(tmp_path: Path) -> None:
-    share = tmp_path / "share"
-    args = [sys.executable, str(REPO / "ci/lab/lab.py"), "run", "--flavours", "4k", "--port-base", "0",
-            "--run-dir", str(tmp_path / "run"), "--share", str(share), "--timeout", "240", "--",
-            "-p", "no:cacheprovider", "-k", "test_kvm_page_table", "--kvm-scale", "smoke",
-            "--kvm-guest-modes", "p40v48_4k,pxxv48_4k", "--kvm-backing-srcs", "anonymous"]  # fmt: skip
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, env={**os.environ, "KVMMM_CACHE_DIR": str(CACHE)})
+def test_the_x86_tdp_host_and_this_host_from_a_users_directory(tmp_path: Path) -> None:
+    project = tmp_path / "my project"
+    (project / "tests").mkdir(parents=True)
+    (project / "pytest.ini").write_text("[pytest]\nmarkers =\n    mine: the user's own marker\n")
+    results = tmp_path / "out"
+    (project / "tests/test_mine.py").write_text(  # the user's test, on each host: it leaves a mark in the results
+        "import os, socket, pytest\n\n@pytest.mark.mine\ndef test_where():\n"
+        f"    open(os.path.join({str(results)!r}, 'mine-' + socket.gethostname()), 'w').write("
+        "os.environ.get('KVMMM_EMULATED', 'real'))\n")
+    args = [sys.executable, "-m", "pytest_kvmmm.lab.cli", "run", "--hosts", "x86-tdp", "--port-base", "0",
+            "--run-dir", str(tmp_path / "run"), "--results", str(results), "--timeout", "240", "--",
+            "--pyargs", "pytest_kvmmm.suite", "tests/test_mine.py", "-k", "test_pre_fault_memory or test_where",
+            "-m", "mine or pagetable", "--kvm-scale", "lab"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=project,
+                          env={**os.environ, "KVMMM_CACHE_DIR": str(CACHE)})  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "lab-arm64-4k: aarch64" in proc.stderr and "TTRem 2" in proc.stderr and "KVM arm64-vhe" in proc.stderr
-    records = read_results(share / "lab.jsonl")
-    hosts = {r["host"] for r in records}
-    assert len(hosts) == 2 and "lab-arm64-4k" in hosts, hosts
-    here = (hosts - {"lab-arm64-4k"}).pop()
-    got = {(r["host"], str(r["nodeid"]).split("[")[1].rstrip("]")): r["outcome"] for r in records}
-    assert got == {
-        ("lab-arm64-4k", "anonymous-p40v48_4k"): "passed",  # arm64's default mode
-        ("lab-arm64-4k", "anonymous-pxxv48_4k"): "skipped",  # x86's
-        (here, "anonymous-pxxv48_4k"): "passed",
-        (here, "anonymous-p40v48_4k"): "skipped",
-    }
-    arm = next(r for r in records if r["host"] == "lab-arm64-4k" and r["outcome"] == "passed")
-    facts, metrics = arm["host_facts"], arm["metrics"]
-    assert isinstance(facts, dict) and facts["ttrem"] == "2" and facts["arch"] == "aarch64"
-    assert isinstance(metrics, dict) and metrics["KVM_CREATE_MAPPINGS"] > 0
-    assert list((share / "allure").glob("*-result.json")), "the guest's Allure results reach the shared directory"
-    assert "lab-arm64-4k: stopped (pid" in proc.stderr and not (tmp_path / "run/state.json").exists()
+    assert "lab-x86-tdp: x86_64" in proc.stderr and "tdp yes, tdp_mmu yes" in proc.stderr
+    records = read_results(results / "lab-1.jsonl")
+    got = {(r["host"], str(r["nodeid"]).split("::")[-1]): r["outcome"] for r in records}
+    here = ({str(r["host"]) for r in records} - {"lab-x86-tdp"}).pop()
+    assert got[("lab-x86-tdp", "test_pre_fault_memory[default]")] == "passed"
+    facts = next(r["host_facts"] for r in records if r["host"] == "lab-x86-tdp")
+    assert isinstance(facts, dict)
+    assert {k: facts[k] for k in ("emulated", "tdp", "tdp_mmu", "guest_1g_pages", "pre_fault")} == {
+        "emulated": "tcg", "tdp": "yes", "tdp_mmu": "yes", "guest_1g_pages": "yes", "pre_fault": "yes"}
+    here_facts = next(r["host_facts"] for r in records if r["host"] == here)
+    assert isinstance(here_facts, dict) and "emulated" not in here_facts
+    assert (results / "mine-lab-x86-tdp").read_text() == "tcg"  # the user's test ran there, from the rootdir copy
+    assert len(list(results.glob("mine-*"))) == 2
+    table = (results / "table.txt").read_text()
+    assert "pre_fault_memory_test" in table and "lab-x86-tdp" in table
+    assert "lab-x86-tdp: stopped (pid" in proc.stderr and not (tmp_path / "run/state.json").exists()

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from .counts import CountChange, count_changes
-from .fingerprint import Difference, compared_differences, machine_differences
+from .fingerprint import Difference, compared_differences, machine_differences, unforceable
 from .stats import MetricChange, Verdict, compare_samples, is_headline, seed_for
 from .store import Baseline, TestRun
 
@@ -126,7 +126,8 @@ def compare(before: Baseline, after: Baseline, *, force: bool = False) -> Compar
             tuple(compared_differences(b_run.fingerprint, a_run.fingerprint)),
         )
         pairs.append(pair)
-        refused = bool(pair.machine) and not force
+        # An emulated side against a physical one is refused even when forced (emulation.py).
+        refused = bool(pair.machine) and (not force or bool(unforceable(pair.machine)))
         matched = set()
         for nodeid, a_test in a_run.tests.items():
             b_id = find_test(b_run.tests, nodeid)

@@ -45,6 +45,8 @@ class Fingerprint:
     kernel_release: str | None = None
     #: The kernel version the selftests were built from, or their directory when unknown.
     selftests: str | None = None
+    #: "tcg" for a kvmmm lab host (``emulation.py``), None for a real one.
+    emulated: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -59,6 +61,7 @@ class Fingerprint:
 
 #: (field, label) of the machine: a difference refuses verdicts.
 MACHINE_FIELDS = (
+    ("emulated", "emulated"),
     ("machine", "arch"),
     ("cpu_model", "CPU model"),
     ("cpus", "online CPUs"),
@@ -73,6 +76,9 @@ MACHINE_FIELDS = (
 )
 #: (field, label) of what a before/after is about: shown, never refused.
 UNDER_TEST_FIELDS = (("kernel_release", "kernel"), ("selftests", "selftests build"))
+#: Machine fields whose difference refuses verdicts even with --force: an emulated host's
+#: timings measure the emulator, never comparable with a physical host's.
+NEVER_FORCED = ("emulated",)
 
 
 @dataclass(frozen=True)
@@ -101,9 +107,10 @@ def selftests_build(roots: Sequence[SearchRoot]) -> str | None:
     return manifest.kernel_version if manifest is not None else str(roots[0].path)
 
 
-def fingerprint(host: HostFacts, selftests: str | None) -> Fingerprint:
+def fingerprint(host: HostFacts, selftests: str | None, emulated: str | None = None) -> Fingerprint:
     k = host.kvm
     return Fingerprint(
+        emulated=emulated,
         machine=host.machine,
         cpu_model=host.cpu.model_name,
         cpus=host.cpus_online,
@@ -133,6 +140,12 @@ def machine_differences(before: Fingerprint, after: Fingerprint) -> list[Differe
         for name, label in MACHINE_FIELDS
         if not _same(name, getattr(before, name), getattr(after, name))
     ]
+
+
+def unforceable(differences: Sequence[Difference]) -> list[Difference]:
+    """The differences that refuse verdicts even when forced."""
+    labels = {label for name, label in MACHINE_FIELDS if name in NEVER_FORCED}
+    return [d for d in differences if d.label in labels]
 
 
 def compared_differences(before: Fingerprint, after: Fingerprint) -> list[Difference]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ..emulation import emulated_by
 from ..fixtures import RECORD_PROPERTY, RESULTS_KEY, SCALE_KEY
 from ..host.model import HostFacts
 from ..reports.verdict import first_line
@@ -28,7 +29,7 @@ from ..safefs import target_problem
 from ..selftest import SelftestEngine, SelftestResult
 from . import store
 from .compare import compare, failing, find_test, metric_changes, pair_hosts
-from .fingerprint import Fingerprint, fingerprint, machine_differences, selftests_build
+from .fingerprint import Fingerprint, fingerprint, machine_differences, selftests_build, unforceable
 from .stats import MIN_EFFECT_PCT, MetricChange
 from .table import regression_message, terminal_lines
 
@@ -207,7 +208,7 @@ class BaselinePlugin:
     def fingerprint(self) -> Fingerprint:
         """This process's host, probed once."""
         if self._fingerprint is None:
-            self._fingerprint = fingerprint(self.host(), selftests_build(self.engine.search_roots()))
+            self._fingerprint = fingerprint(self.host(), selftests_build(self.engine.search_roots()), emulated_by())
         return self._fingerprint
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -228,7 +229,8 @@ class BaselinePlugin:
                     lines.append(
                         f"kvmmm: WARNING: this host differs from the baseline's {pairs[0][0]}: "
                         + "; ".join(str(d) for d in diffs)
-                        + ("" if self.settings.force else " (no verdicts; --kvm-compare-force to give them anyway)")
+                        + (" (no verdicts: an emulated host is never compared with a physical one)" if unforceable(diffs)
+                           else "" if self.settings.force else " (no verdicts; --kvm-compare-force to give them anyway)")
                     )
         if self.settings.save_to is not None:
             lines.append(f"kvmmm: saving this run as baseline {self.settings.save_to}")
@@ -260,7 +262,8 @@ class BaselinePlugin:
         if not pairs:
             return []
         run = baseline.hosts[pairs[0][0]]
-        if machine_differences(run.fingerprint, self.fingerprint()) and not self.settings.force:
+        diffs = machine_differences(run.fingerprint, self.fingerprint())
+        if diffs and (not self.settings.force or unforceable(diffs)):
             return []  # refused: the controller says why, loudly
         found = find_test(run.tests, item.nodeid)
         samples = result.all_samples

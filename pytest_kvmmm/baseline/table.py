@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from ..metrics import metric_unit
 from .compare import Comparison, CountRow, Row
 from .counts import COUNT_MIN_ABS, COUNT_MIN_PCT, MIN_COUNT_SAMPLES, CountVerdict
+from .fingerprint import unforceable
 from .stats import CONFIDENCE, MIN_EFFECT_PCT, MetricChange, Spread, Verdict
 
 LEGEND = (
@@ -112,7 +113,10 @@ def header_lines(comparison: Comparison) -> list[str]:
         lines.append(f"host {pair.label}: {what}")
         if pair.machine:
             diffs = "; ".join(str(d) for d in pair.machine)
-            if comparison.forced:
+            if unforceable(pair.machine):
+                lines.append(f"WARNING: host {pair.label} differs ({diffs}): timings from an emulated host are "
+                             "never compared with a physical host's, so no verdicts, forced or not")
+            elif comparison.forced:
                 lines.append(f"WARNING: host {pair.label} differs ({diffs}); verdicts forced anyway")
             else:
                 lines.append(

@@ -1,16 +1,16 @@
-"""Building the lab images (``lab.py build``): each part cached, each step timed.
+"""Building the lab images' shared parts (``kvmmm-lab build``): each cached, each step timed.
 
 Parts, under ``<cache root>/lab/`` (``~/.cache/pytest-kvmmm/lab/``); every part writes its
 JSON record last, so an interrupted build is redone, never half-used:
 
-- ``kernels/<package>_<version>/``: the kernel ``Image`` and ``modules.cpio`` (the
-  modules of :data:`recipe.GUEST_MODULES`, decompressed), from Debian's arm64 .deb;
-- ``base/<key>/base.cpio``: the userspace (``mmdebstrap --variant=extract``: Debian arm64
-  packages unpacked, no maintainer scripts, so no emulation is needed) with the plugin's
-  dependencies from wheels and bytecode compiled here;
-- ``selftests/<build>-<key>.cpio``: the ``kvmmm-build --arch arm64`` build, at the guest's
-  own cache path so the plugin finds it as ``kvmmm-build cache``;
-- ``images/<flavour>.json``: which parts make up each flavour's initramfs.
+- ``kernels/``: Debian's kernels with a host kind's modules (``debian.py``) or kernels
+  built to order (``kbuild.py``);
+- ``base/<key>/base.cpio``: the userspace of one architecture (``mmdebstrap
+  --variant=extract``: Debian packages unpacked, no maintainer scripts, so no emulation is
+  needed) with the plugin's dependencies from wheels and bytecode compiled here;
+- ``selftests/<build>-<key>.cpio``: the ``kvmmm-build`` build for that architecture, at the
+  guest's own cache path so the plugin finds it as ``kvmmm-build cache``;
+- ``images/<kind>.json``: which parts make up each host kind's initramfs (``build.py``).
 
 The boot adds a small per-boot part (``overlay.py``). Nothing here is ever committed.
 """
@@ -19,23 +19,21 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import lzma
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from . import recipe
 from .cpio import CpioWriter
+from .hosts import Arch
 
 PLUGIN_DIST = "pytest-kvmmm"
 
@@ -45,7 +43,7 @@ class LabError(Exception):
 
 
 class LabUnavailable(LabError):
-    """The lab cannot be had on this machine (no QEMU, no Debian arm64 packages): CI skips."""
+    """The lab cannot be had on this machine (no QEMU, no Debian packages of an arch): CI skips."""
 
 
 @dataclass(frozen=True)
@@ -80,19 +78,21 @@ class LabPaths:
     def runs(self) -> Path:
         return self.root / "run"
 
-    def image_record(self, flavour: str) -> Path:
-        return self.images / f"{flavour}.json"
+    def image_record(self, kind: str) -> Path:
+        return self.images / f"{kind}.json"
 
 
 @dataclass(frozen=True)
 class BuildSettings:
     cache_root: Path
-    flavours: Sequence[str]
+    hosts: Sequence[str]
     jobs: int
     allow_apt: bool
     is_root: bool
     force: bool = False
     progress: TextIO | None = None
+    kernel_tree: Path | None = None  # kernels built to order: this tree, else linux-source
+    kernel_images: Mapping[str, Path] = field(default_factory=dict)  # build name -> prebuilt image
 
     @property
     def paths(self) -> LabPaths:
@@ -147,122 +147,6 @@ def read_json(path: Path) -> Any:
         return None
 
 
-# --- host tools and the Debian arm64 archive --------------------------------------------------
-
-#: command -> the Debian package that provides it on the build host
-HOST_TOOLS = {
-    "qemu-system-aarch64": "qemu-system-arm",
-    "mmdebstrap": "mmdebstrap",
-    "dpkg-deb": "dpkg",
-    "apt-get": "apt",
-}
-
-
-def missing_tools() -> list[str]:
-    return [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
-
-
-def ensure_tools(s: BuildSettings) -> None:
-    """QEMU and mmdebstrap, apt-installed when allowed; LabUnavailable otherwise."""
-    missing = missing_tools()
-    if not missing:
-        return
-    packages = sorted({HOST_TOOLS[t] for t in missing})
-    command = f"apt-get install -y {' '.join(packages)}"
-    if "apt-get" in missing or not (s.allow_apt and s.is_root):
-        raise LabUnavailable(f"{', '.join(missing)} missing: run `{command}` as root")
-    with step(s.progress, command):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        proc = run(["apt-get", "install", "-y", "-q", *packages], capture_output=True, env=env)
-        if proc.returncode != 0:
-            run(["apt-get", "update", "-q"], capture_output=True, env=env)
-            proc = run(["apt-get", "install", "-y", "-q", *packages], capture_output=True, env=env)
-    if proc.returncode != 0 or missing_tools():
-        raise LabUnavailable(f"`{command}` did not provide {', '.join(missing_tools()) or 'them'}")
-
-
-def apt_show(package: str) -> str | None:
-    proc = run(["apt-cache", "show", "--no-all-versions", f"{package}:{recipe.DEBIAN_ARCH}"], capture_output=True)
-    return proc.stdout if proc.returncode == 0 and proc.stdout.strip() else None
-
-
-def ensure_arm64_archive(s: BuildSettings, probe: str) -> None:
-    """apt knows Debian's arm64 packages: ``dpkg --add-architecture arm64`` + ``apt-get update``
-    when needed and allowed; LabUnavailable (with the commands) when they cannot be had."""
-    if apt_show(probe) is not None:
-        return
-    commands = "dpkg --add-architecture arm64 && apt-get update"
-    if not (s.allow_apt and s.is_root):
-        raise LabUnavailable(f"apt knows no {probe}:arm64: run `{commands}` as root")
-    foreign = checked(["dpkg", "--print-foreign-architectures"], "dpkg").split()
-    with step(s.progress, commands if recipe.DEBIAN_ARCH not in foreign else "apt-get update"):
-        if recipe.DEBIAN_ARCH not in foreign:
-            checked(["dpkg", "--add-architecture", recipe.DEBIAN_ARCH], "dpkg --add-architecture")
-        run(["apt-get", "update", "-q"], capture_output=True)
-    if apt_show(probe) is None:
-        raise LabUnavailable(f"Debian's arm64 package {probe} cannot be had from the configured apt sources")
-
-
-# --- the kernel of one flavour ----------------------------------------------------------------
-
-def _module_files(tree: Path) -> dict[str, Path]:
-    return {recipe.module_name(p.name): p for p in tree.rglob("*.ko*") if p.is_file()}
-
-
-def _module_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
-    return lzma.decompress(data) if path.name.endswith(".xz") else data
-
-
-def build_kernel(s: BuildSettings, flavour: recipe.Flavour) -> dict[str, Any]:
-    """The flavour's kernel Image and its modules part; cached per Debian package version."""
-    show = apt_show(flavour.kernel_meta)
-    if show is None:
-        raise LabUnavailable(f"apt knows no {flavour.kernel_meta}:arm64")
-    package, version = recipe.kernel_package(show)
-    dest = s.paths.kernels / f"{package}_{version}"
-    record = read_json(dest / "kernel.json")
-    if record is not None and not s.force:
-        return dict(record)
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    s.paths.debs.mkdir(parents=True, exist_ok=True)
-    with step(s.progress, f"apt-get download {package}:arm64={version}"):
-        checked(["apt-get", "download", f"{package}:{recipe.DEBIAN_ARCH}={version}"], "apt-get download",
-                LabUnavailable, cwd=s.paths.debs)
-    debs = sorted(s.paths.debs.glob(f"{package}_*_{recipe.DEBIAN_ARCH}.deb"))
-    if not debs:
-        raise LabError(f"apt-get download left no {package} .deb in {s.paths.debs}")
-    with tempfile.TemporaryDirectory(dir=s.paths.root) as tmp, step(s.progress, f"unpacking {debs[-1].name}"):
-        tree = Path(tmp)
-        checked(["dpkg-deb", "-x", str(debs[-1]), str(tree)], "dpkg-deb -x")
-        images = sorted((tree / "boot").glob("vmlinuz-*"))
-        if not images:
-            raise LabError(f"{debs[-1].name} has no boot/vmlinuz-*")
-        release = images[0].name[len("vmlinuz-"):]
-        shutil.copy(images[0], dest / "Image")
-        files = _module_files(tree / "lib/modules" / release)
-        cache: dict[str, bytes] = {}
-
-        def module(name: str) -> bytes:
-            if name not in files:
-                raise LabError(f"{package} has no module {name} (is it built in?)")
-            if name not in cache:
-                cache[name] = _module_bytes(files[name])
-            return cache[name]
-
-        order = recipe.module_closure(recipe.GUEST_MODULES, lambda n: recipe.modinfo_depends(module(n)))
-        with (dest / "modules.cpio").open("wb") as out, CpioWriter(out, ino_base=300_000) as cpio:
-            for name in order:
-                cpio.add_file(f"/lib/modules/{release}/kvmmm/{name}.ko", module(name))
-    for deb in debs:  # 90 MB each; the part above is all the lab needs from it
-        deb.unlink()
-    record = {"package": package, "version": version, "release": release, "modules": order,
-              "page_kib": flavour.page_kib}
-    write_json(dest / "kernel.json", record)
-    return record
-
-
 # --- the userspace ----------------------------------------------------------------------------
 
 def _requires(name: str) -> list[str]:
@@ -276,21 +160,21 @@ def _version(name: str) -> str | None:
         return None
 
 
-def guest_pins() -> dict[str, str]:
+def guest_pins(machine: str) -> dict[str, str]:
     """The plugin's runtime dependencies at the versions installed here (the controller's)."""
     try:
-        return recipe.wheel_pins(PLUGIN_DIST, _requires, _version, recipe.guest_marker_env())
+        return recipe.wheel_pins(PLUGIN_DIST, _requires, _version, recipe.guest_marker_env(machine))
     except importlib.metadata.PackageNotFoundError:
-        raise LabError(f"{PLUGIN_DIST} is not installed in {sys.executable}: run ci/setup.sh first") from None
+        raise LabError(f"{PLUGIN_DIST} is not installed in {sys.executable}: pip install pytest-kvmmm") from None
     except LookupError as exc:
         raise LabError(str(exc)) from None
 
 
-def download_wheels(s: BuildSettings, pins: dict[str, str]) -> list[Path]:
+def download_wheels(s: BuildSettings, pins: dict[str, str], arch: Arch) -> list[Path]:
     """Pure-Python wheels for the guest (``pip download --only-binary=:all: --platform``)."""
     s.paths.wheels.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-            "--platform", "manylinux2014_aarch64", "--python-version", "3.11", "--implementation", "cp",
+            "--platform", arch.wheel_platform, "--python-version", "3.11", "--implementation", "cp",
             "--abi", "cp311", "--dest", str(s.paths.wheels), *(f"{n}=={v}" for n, v in pins.items())]  # fmt: skip
     with step(s.progress, f"pip download {len(pins)} wheels for the guest"):
         checked(args, "pip download", LabUnavailable)
@@ -342,25 +226,25 @@ def compile_python(root: Path, dirs: Sequence[str], progress: TextIO | None) -> 
     return f"bytecode compiled with {python}"
 
 
-def build_base(s: BuildSettings) -> dict[str, Any]:
-    """The userspace part: Debian arm64 packages, the plugin's dependencies, bytecode."""
-    pins = guest_pins()
+def build_base(s: BuildSettings, arch: Arch) -> dict[str, Any]:
+    """The userspace part of one architecture: Debian packages, the plugin's dependencies, bytecode."""
+    pins = guest_pins(arch.machine)
     key = recipe.cache_key({"packages": recipe.GUEST_PACKAGES, "pins": pins, "suite": recipe.SUITE,
-                            "prune": recipe.PRUNE})  # fmt: skip
+                            "prune": recipe.PRUNE, "arch": arch.debian})  # fmt: skip
     dest = s.paths.base / key
     record = read_json(dest / "base.json")
     if record is not None and not s.force:
         return dict(record)
-    wheels = download_wheels(s, pins)
+    wheels = download_wheels(s, pins, arch)
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     with tempfile.TemporaryDirectory(dir=s.paths.root) as tmp:
         rootfs = Path(tmp) / "rootfs"
-        args = ["mmdebstrap", "--variant=extract", f"--arch={recipe.DEBIAN_ARCH}",
+        args = ["mmdebstrap", "--variant=extract", f"--arch={arch.debian}",
                 f"--include={','.join(recipe.GUEST_PACKAGES)}", recipe.SUITE, str(rootfs)]  # fmt: skip
-        with step(s.progress, f"mmdebstrap {recipe.SUITE} arm64: {', '.join(recipe.GUEST_PACKAGES)}"):
+        with step(s.progress, f"mmdebstrap {recipe.SUITE} {arch.debian}: {', '.join(recipe.GUEST_PACKAGES)}"):
             checked(args, "mmdebstrap", LabUnavailable)
-        packages = _installed_packages(rootfs)
+        packages = _installed_packages(rootfs, arch.debian)
         site = rootfs / recipe.GUEST_SITE
         for wheel in wheels:
             install_wheel(wheel, site)
@@ -376,7 +260,7 @@ def build_base(s: BuildSettings) -> dict[str, Any]:
     return record
 
 
-def _installed_packages(rootfs: Path) -> dict[str, str]:
+def _installed_packages(rootfs: Path, debian_arch: str) -> dict[str, str]:
     """package -> version of the unpacked userspace, for the image record. ``--variant=extract``
     registers nothing with dpkg; every Debian package has its /usr/share/doc/<package>, and
     apt, which chose them, gives their versions."""
@@ -384,7 +268,7 @@ def _installed_packages(rootfs: Path) -> dict[str, str]:
         names = sorted(d.name for d in (rootfs / "usr/share/doc").iterdir() if d.is_dir())
     except OSError:
         return {}
-    proc = run(["apt-cache", "show", "--no-all-versions", *(f"{n}:{recipe.DEBIAN_ARCH}" for n in names)],
+    proc = run(["apt-cache", "show", "--no-all-versions", *(f"{n}:{debian_arch}" for n in names)],
                capture_output=True)  # fmt: skip
     return dict(sorted(recipe.parse_show_versions(proc.stdout).items())) or dict.fromkeys(names, "?")
 
@@ -394,17 +278,19 @@ def _installed_packages(rootfs: Path) -> dict[str, str]:
 GUEST_CACHE = PurePosixPath("/root/.cache/pytest-kvmmm")
 
 
-def build_selftests(s: BuildSettings) -> dict[str, Any]:
-    """``kvmmm-build --arch arm64`` (cached by kvmmm-build), packed at the guest's cache path."""
+def build_selftests(s: BuildSettings, arch: Arch) -> dict[str, Any]:
+    """``kvmmm-build --arch <arch>`` (cached by kvmmm-build), packed at the guest's cache path.
+    The programs are linked dynamically against glibc: the guest's Debian userspace of the
+    same release has the same libc.so.6 and ld.so."""
     from pytest_kvmmm.provision.build import BuildOptions, Target, provision
     from pytest_kvmmm.provision.source import ProvisionError
 
-    opts = BuildOptions(cache_root=s.cache_root, jobs=s.jobs, target=Target.for_arch("arm64"),
+    opts = BuildOptions(cache_root=s.cache_root, jobs=s.jobs, target=Target.for_arch(arch.debian),
                         allow_apt=s.allow_apt, is_root=s.is_root, progress=s.progress)  # fmt: skip
     try:
         result = provision(None, opts)
     except ProvisionError as exc:
-        raise LabUnavailable(f"kvmmm-build --arch arm64: {exc}") from None
+        raise LabUnavailable(f"kvmmm-build --arch {arch.debian}: {exc}") from None
     m = result.manifest
     say(s.progress, f"kvm selftests {m.kernel_version} ({m.arch}): {len(m.built)} built, "
                     f"{len(m.failed)} failed -> {result.build_dir}{' (cached)' if result.cached else ''}")
@@ -423,43 +309,3 @@ def build_selftests(s: BuildSettings) -> dict[str, Any]:
             "built": len(m.built), "failed": list(m.failed)}  # fmt: skip
 
 
-# --- all of it ----------------------------------------------------------------------------------
-
-def build_all(s: BuildSettings) -> dict[str, dict[str, Any]]:
-    """Every part, then one record per flavour; returns the records."""
-    if platform.machine() not in ("x86_64", "aarch64"):
-        raise LabUnavailable(f"the lab is built on x86_64 (or aarch64) Debian, not {platform.machine()}")
-    start = time.monotonic()
-    ensure_tools(s)
-    flavours = [recipe.FLAVOURS[f] for f in s.flavours]
-    ensure_arm64_archive(s, flavours[0].kernel_meta)
-    selftests = build_selftests(s)
-    base = build_base(s)
-    base_part = s.paths.base / base["key"] / "base.cpio"
-    records = {}
-    for flavour in flavours:
-        kernel = build_kernel(s, flavour)
-        kdir = s.paths.kernels / f"{kernel['package']}_{kernel['version']}"
-        record = {
-            "flavour": flavour.name, "hostname": flavour.hostname, "page_kib": flavour.page_kib, "cpu": flavour.cpu,
-            "kernel": str(kdir / "Image"), "release": kernel["release"], "modules": kernel["modules"],
-            "kernel_package": f"{kernel['package']}={kernel['version']}",
-            "parts": [str(base_part), str(kdir / "modules.cpio"), selftests["part"]],
-            "selftests": selftests, "base_key": base["key"], "pins": base["pins"],
-        }  # fmt: skip
-        write_json(s.paths.image_record(flavour.name), record)
-        records[flavour.name] = record
-    say(s.progress, f"images ready in {time.monotonic() - start:.1f} s: "
-                    + ", ".join(f"{n} ({r['release']})" for n, r in records.items()))
-    return records
-
-
-def load_image(paths: LabPaths, flavour: str) -> dict[str, Any]:
-    """A flavour's image record whose parts all exist; LabUnavailable if it needs ``lab.py build``."""
-    record = read_json(paths.image_record(flavour))
-    if not isinstance(record, dict):
-        raise LabUnavailable(f"no {flavour} lab image in {paths.images}: run `ci/lab/lab.py build`")
-    missing = [p for p in [record["kernel"], *record["parts"]] if not Path(p).is_file()]
-    if missing:
-        raise LabUnavailable(f"the {flavour} lab image lacks {missing[0]}: run `ci/lab/lab.py build`")
-    return record

@@ -1,10 +1,11 @@
 """What a lab host image is made of: pure data and pure decisions, no I/O.
 
-An image is Debian's arm64 kernel of one page-size flavour, a userspace of Debian arm64
-packages (python3 and busybox, unpacked, no maintainer scripts), the plugin's pure-Python
-dependencies as wheels pinned to the versions the controlling pytest uses, a few kernel
-modules (virtio-net for the xdist gateway, 9p for the shared results directory), and the
-arm64 KVM selftests cross-compiled by ``kvmmm-build --arch arm64``.
+An image is a kernel (Debian's, or one built to order), a userspace of Debian packages of the
+host's architecture (python3 and busybox, unpacked, no maintainer scripts), the plugin's
+pure-Python dependencies as wheels pinned to the versions the controlling pytest uses, the
+kernel modules of the host kind (virtio-net for the xdist gateway, 9p for the shared results
+directory, KVM where it is a module), and the KVM selftests built by ``kvmmm-build`` for that
+architecture.
 """
 
 from __future__ import annotations
@@ -13,46 +14,14 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 #: Bumped when the image layout changes, so old caches are rebuilt rather than misused.
 RECIPE_FORMAT = 1
 SUITE = "bookworm"
-DEBIAN_ARCH = "arm64"
-MACHINE = "aarch64"
-
-
-@dataclass(frozen=True)
-class Flavour:
-    """One kind of lab host: a Debian arm64 kernel flavour and the host's name in results."""
-
-    name: str  # "4k", "16k"
-    kernel_meta: str  # Debian's meta package; it depends on the versioned image package
-    page_kib: int
-    hostname: str
-    #: QEMU's -cpu. Both are ``max`` (FEAT_BBM level 2, so TTRem 2); the 16K host's lacks
-    #: FEAT_LPA2, like most arm64 servers (Kunpeng 920, Neoverse N1): KVM then caps its IPA
-    #: at 48 bits and the selftests support no 52-bit guest mode there. With the same CPU
-    #: both hosts would support the same modes: the 6.12 selftests derive them from the
-    #: vCPU's TGRAN fields and KVM's IPA limit only, never from the host's page size.
-    cpu: str = "max"
-
-
-FLAVOURS: Mapping[str, Flavour] = {
-    f.name: f
-    for f in (
-        Flavour("4k", "linux-image-6.12-arm64", 4, "lab-arm64-4k"),
-        Flavour("16k", "linux-image-6.12-arm64-16k", 16, "lab-arm64-16k", cpu="max,lpa2=off"),
-    )
-}
-DEFAULT_FLAVOURS = ("4k", "16k")
 
 #: The guest userspace (dependencies are resolved by mmdebstrap). busybox gives the shell,
 #: mount, ip, insmod; python3-minimal + libpython3.11-stdlib give ctypes, json, subprocess.
 GUEST_PACKAGES = ("busybox-static", "python3-minimal", "libpython3.11-stdlib")
-#: Kernel modules the guest loads (with their dependencies): the NIC behind QEMU's user
-#: networking and 9p for the results directory shared with the host. KVM is built in.
-GUEST_MODULES = ("virtio_net", "9pnet_virtio", "9p")
 #: Unpacked but useless in the guest: removed to keep the initramfs small.
 PRUNE = (
     "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian",
@@ -131,11 +100,11 @@ def module_closure(wanted: Iterable[str], depends: Callable[[str], Sequence[str]
     return order
 
 
-def guest_marker_env(python: str = "3.11") -> dict[str, str]:
-    """PEP 508 marker values of the guest: Debian bookworm's python3 on arm64 Linux."""
+def guest_marker_env(machine: str, python: str = "3.11") -> dict[str, str]:
+    """PEP 508 marker values of the guest: Debian bookworm's python3 on Linux/``machine``."""
     return {
         "python_version": python, "python_full_version": f"{python}.2", "os_name": "posix",
-        "sys_platform": "linux", "platform_system": "Linux", "platform_machine": MACHINE,
+        "sys_platform": "linux", "platform_system": "Linux", "platform_machine": machine,
         "platform_python_implementation": "CPython", "implementation_name": "cpython",
         "extra": "",
     }  # fmt: skip

@@ -1,8 +1,9 @@
-"""Booting lab hosts under QEMU TCG, and shutting them down by pid (``lab.py up|down``).
+"""Booting lab hosts under QEMU TCG, and shutting them down by pid (``kvmmm-lab up|down``).
 
-Each host is one ``qemu-system-aarch64`` (``-machine virt,virtualization=on`` boots the
-kernel at EL2, so KVM runs inside it in VHE mode; ``-cpu max`` reports FEAT_BBM level 2).
-Its only network is QEMU's user networking, whose hostfwd listens on the host's
+Each host is one QEMU of its kind's architecture, machine and CPU (``hosts.py``): on arm64
+``-machine virt,virtualization=on`` boots the kernel at EL2, so KVM runs inside it (VHE with
+``-cpu max``, nVHE with ``cortex-a72``); on x86 an AMD EPYC with SVM and NPT, so KVM runs
+with TDP. Its only network is QEMU's user networking, whose hostfwd listens on the host's
 127.0.0.1:<port> and forwards to the guest's execnet server; its NIC has no option ROM
 (``romfile=``), without which QEMU stops on a missing efi-virtio.rom. The results
 directory is shared over virtio-9p at the same path as on the host.
@@ -26,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .hosts import HostKind
 from .image import LabError, LabUnavailable, write_json
 from .overlay import GUEST_PORT
 
-QEMU = "qemu-system-aarch64"
 READY = re.compile(r"kvmmm-lab: ready on port (\d+)")
 STATE = "state.json"
 DEFAULT_PORT_BASE = 47010
@@ -41,27 +42,27 @@ class HostSpec:
     """One lab host to boot."""
 
     name: str  # the guest's hostname, "lab-arm64-4k"
-    flavour: str
+    kind: HostKind
     kernel: Path
     initrd: Path
     port: int  # host side, on 127.0.0.1
     console: Path
     mem: str = "3G"
     smp: int = 2
-    cpu: str = "max"
     share: Path | None = None
 
 
-def qemu_args(h: HostSpec, qemu: str = QEMU) -> list[str]:
+def qemu_args(h: HostSpec) -> list[str]:
     """The full QEMU command line of one host (an argument list, never a shell string)."""
+    arch = h.kind.arch_info
     args = [
-        qemu, "-name", f"kvmmm-lab-{h.name},process=kvmmm-lab-{h.name}",
-        "-machine", "virt,virtualization=on,gic-version=3", "-cpu", h.cpu, "-accel", "tcg",
+        arch.qemu, "-name", f"kvmmm-lab-{h.name},process=kvmmm-lab-{h.name}",
+        "-machine", h.kind.machine, "-cpu", h.kind.cpu, "-accel", "tcg",
         "-smp", str(h.smp), "-m", h.mem,
         "-display", "none", "-monitor", "none", "-serial", f"file:{h.console}",
         "-no-reboot",
         "-kernel", str(h.kernel), "-initrd", str(h.initrd),
-        "-append", "console=ttyAMA0 panic=-1 rdinit=/init log_buf_len=4M",
+        "-append", f"console={arch.console} panic=-1 rdinit=/init log_buf_len=4M {h.kind.cmdline}".strip(),
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{h.port}-:{GUEST_PORT}",
         "-device", "virtio-net-pci,netdev=net0,romfile=",
     ]  # fmt: skip
@@ -116,7 +117,7 @@ def choose_ports(
 @dataclass
 class HostState:
     name: str
-    flavour: str
+    kind: str
     port: int
     pid: int
     argv: list[str]
@@ -138,7 +139,10 @@ def load_state(run_dir: Path) -> list[HostState]:
         data = json.loads((run_dir / STATE).read_text())
     except (OSError, ValueError):
         return []
-    return [HostState(**h) for h in data.get("hosts", [])]
+    try:
+        return [HostState(**h) for h in data.get("hosts", [])]
+    except TypeError:  # a state file of another version of the lab
+        return []
 
 
 #: pid -> the Popen of QEMUs this process started, to tell how one ended.
@@ -225,9 +229,9 @@ def launch(h: HostSpec) -> HostState:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
                                     start_new_session=True)  # fmt: skip
         except FileNotFoundError:
-            raise LabUnavailable(f"{argv[0]} not found: apt-get install qemu-system-arm") from None
+            raise LabUnavailable(f"{argv[0]} not found: apt-get install {h.kind.arch_info.qemu_package}") from None
     _children[proc.pid] = proc
-    return HostState(h.name, h.flavour, h.port, proc.pid, argv, str(h.console), time.time())
+    return HostState(h.name, h.kind.name, h.port, proc.pid, argv, str(h.console), time.time())
 
 
 def wait_ready(states: Sequence[HostState], timeout: float, poll: float = 0.5) -> None:
@@ -269,12 +273,16 @@ def last_lines(text: str, n: int = 3) -> str:
 
 REMOTE_FACTS = """
 import json, platform
+from pytest_kvmmm.allure_report import host_environment
 from pytest_kvmmm.discovery import Found, find_binary, search_roots
+from pytest_kvmmm.emulation import emulated_by
 from pytest_kvmmm.guest_modes import read_help_modes
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.provision.cache import default_cache_root
 
-facts = probe_host().to_json()
+host = probe_host()
+facts = host.to_json()
+facts["environment"] = host_environment(host, None, emulated_by())
 found = find_binary("kvm_page_table_test", search_roots(None, default_cache_root(), platform.release()))
 if isinstance(found, Found):
     modes = read_help_modes(found.path).modes
@@ -297,21 +305,14 @@ def remote_facts(port: int, timeout: float = 120.0) -> dict[str, Any]:
 
 
 def summary(facts: Mapping[str, Any]) -> str:
-    """One line of the facts the lab is about: page size, TTRem, KVM mode, IPA, granules."""
-    kvm = facts.get("kvm") or {}
-    arm = kvm.get("arm64") or {}
-    parts = [
-        f"{facts.get('hostname')}: {facts.get('machine')} {facts.get('kernel_release')}",
-        f"page {int(facts.get('page_size') or 0) // 1024}K",
-        f"KVM {kvm.get('flavour')}",
-        f"TTRem {kvm.get('ttrem')}",
-        f"IPA {kvm.get('ipa_size')} bits",
-        f"PARange {arm.get('parange_bits')}",
-        f"granules {arm.get('granules')}", f"stage-2 {arm.get('s2_granules')}",
-        f"FWB {arm.get('fwb')}", f"HAFDBS {arm.get('hafdbs')}", f"IDC/DIC {arm.get('idc')}/{arm.get('dic')}",
-    ]  # fmt: skip
+    """One line of the facts the lab is about (the results' host facts: TDP, TDP MMU, 1 GiB
+    guest pages, FWB, KVM mode, TTRem, page_idle ...) and the guest modes it supports."""
+    from .table import FACT_KEYS
+
+    env = facts.get("environment") or {}
+    parts = [f"{facts.get('hostname')}: {env.get('arch')} {env.get('kernel')}"]
+    parts += [f"{k} {env[k]}" for k in FACT_KEYS if k in env and k not in ("arch", "kernel")]
     modes = facts.get("lab_supported_modes")
     if modes is not None:
         parts.append(f"{len(modes)} guest modes supported ({' '.join(modes)})")
     return ", ".join(parts)
-
