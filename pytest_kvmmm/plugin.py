@@ -206,8 +206,10 @@ class KvmmmPlugin:
         return self._host
 
     def refresh_host(self) -> None:
-        """Probe again after the plugin changed the host (--kvm-allow-host-changes)."""
+        """Probe again after the plugin changed the host (--kvm-allow-host-changes, a parameter
+        value): the records of the tests after it carry the facts as they are now."""
         self._host = probe_host(self.settings.host_root)
+        self._host_facts = None
 
     def refresh_pools(self) -> None:
         """Read the hugetlb pools again (before a hugetlb case: others change them)."""

@@ -117,6 +117,17 @@ def test_max_guest_memory_two_spaces_and_carriage_return_progress() -> None:
     }
 
 
+def test_max_guest_memory_real_pass_on_the_x86_tdp_lab_host() -> None:
+    """Captured on lab-x86-tdp (capture.py --lab): 1 GiB, one vCPU, TDP MMU with 1 GiB guest pages."""
+    text = raw("max_guest_memory_test.pass.lab-x86-tdp.stdout")
+    assert "Running with 1gb of guest memory and 1 vCPUs" in text and "\r" in text
+    assert metrics("max_guest_memory_test.pass.lab-x86-tdp") == {
+        "run1": 209.284835880,
+        "reset": 0.014939060,
+        "run2": 1.081399710,
+    }
+
+
 def test_mmu_stress_test_adds_ro_and_rw() -> None:
     assert metrics("mmu_stress_test.pass.synthetic-6.16") == {
         "run1": 1.234567890,

@@ -55,7 +55,7 @@ PERMUTATIONS = (
     ("split", "test_dirty_log_page_splitting", ("kvm.eager_page_split=Y,N",)),
     ("nx", "test_nx_huge_pages", ("kvm.nx_huge_pages=Y", "kvm.nx_huge_pages_recovery_ratio=1",
                                   "kvm.nx_huge_pages_recovery_period_ms=100")),
-    ("tdp-mmu", "test_kvm_page_table and anonymous and pxxv48", ("kvm.tdp_mmu=N,Y",)),
+    ("tdp-mmu", "test_kvm_page_table", ("kvm.tdp_mmu=N,Y",)),
 )
 
 
@@ -133,7 +133,7 @@ def run_batches(args: argparse.Namespace, kinds: Sequence[str]) -> tuple[list[st
             for label, k, axes in PERMUTATIONS if x86 else ():
                 values = [arg for axis in axes for arg in ("--kvm-param-values", axis)]
                 runs.append((f"lab-{n + 1}-{label}", cli.tx_args(x86), ["--pyargs", "pytest_kvmmm.suite", "--kvm-scale",
-                             "lab", "-k", k, *values], False))  # fmt: skip
+                             "lab", "--kvm-backing-srcs", "anonymous", "-k", k, *values], False))  # fmt: skip
             for label, hosts_tx, pytest_args, local in runs:
                 status = cli.run_pytest(cli.pytest_argv(hosts_tx, pytest_args, share, label, local), REPO)
                 if status not in (0, 1):

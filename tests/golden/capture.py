@@ -2,6 +2,11 @@
 """Re-capture the golden selftest outputs in this directory from a real build.
 
     python tests/golden/capture.py ~/.cache/pytest-kvmmm/selftests/6.12.117
+    python tests/golden/capture.py --lab lab-x86-idle=socket=127.0.0.1:47011 ...
+
+With ``--lab HOST=TX``, the cases of ``LAB_CASES`` for that lab host run there instead, through
+an execnet gateway to a host of ``kvmmm-lab up`` (their build is the host's own kvmmm-build
+cache): outputs no host here can give (page_idle, TDP, 1 GiB guest pages), captured for real.
 
 Each case writes ``<case>.stdout``, ``<case>.stderr`` and ``<case>.rc`` (exit code). The
 unit tests replay them through fake binaries, so they pin the parsers and the outcome
@@ -66,6 +71,60 @@ CASES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Cases captured on lab hosts (``--lab``): lab host -> case -> program and arguments.
+LAB_CASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "lab-x86-idle": {
+        "access_tracking_perf_test.page_idle.lab-x86-idle": ("access_tracking_perf_test", "-b", "16M", "-v", "1"),
+        "access_tracking_perf_test.page_idle_overlap.lab-x86-idle": (
+            "access_tracking_perf_test", "-b", "16M", "-v", "1", "-o"
+        ),
+    },
+    "lab-x86-tdp": {
+        "max_guest_memory_test.pass.lab-x86-tdp": ("max_guest_memory_test", "-c", "1", "-m", "1", "-s", "1"),
+        "pre_fault_memory_test.pass.lab-x86-tdp": ("pre_fault_memory_test",),
+    },
+}
+REMOTE = """
+import json, platform
+from pathlib import Path
+from pytest_kvmmm.discovery import Found, find_binary, search_roots
+from pytest_kvmmm.provision.cache import default_cache_root
+from pytest_kvmmm.runner import run
+
+roots = search_roots(None, default_cache_root(), platform.release())
+for name, args in channel.receive():
+    found = find_binary(name, roots)
+    if not isinstance(found, Found):
+        channel.send([None, found.reason(), 0, 0.0])
+        continue
+    res = run([str(found.path), *args], timeout=600)
+    channel.send([res.stdout, res.stderr, res.returncode, res.duration_s])
+"""
+
+
+def capture_lab(host: str, tx: str) -> int:
+    import execnet
+
+    here = Path(__file__).parent
+    cases = LAB_CASES[host]
+    gw = execnet.makegateway(tx)
+    try:
+        channel = gw.remote_exec(REMOTE)
+        channel.send([(name, list(args)) for name, *args in cases.values()])
+        for case in cases:
+            stdout, stderr, rc, seconds = channel.receive(900)
+            if stdout is None:
+                print(f"skip {case}: {stderr}", file=sys.stderr)
+                continue
+            (here / f"{case}.stdout").write_text(stdout)
+            (here / f"{case}.stderr").write_text(stderr)
+            (here / f"{case}.rc").write_text(f"{rc}\n")
+            print(f"{case}: rc={rc} {seconds:.2f}s on {host}")
+    finally:
+        gw.exit()
+    return 0
+
+
 def main(build: str) -> int:
     root = SearchRoot(Path(build), "capture")
     here = Path(__file__).parent
@@ -83,6 +142,13 @@ def main(build: str) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--lab":
+        for spec in sys.argv[2:]:
+            host, _, tx = spec.partition("=")
+            if host not in LAB_CASES or not tx:
+                sys.exit(f"--lab HOST=TX with HOST one of {', '.join(LAB_CASES)}")
+            capture_lab(host, tx)
+        sys.exit(0)
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     sys.exit(main(sys.argv[1]))
