@@ -312,6 +312,20 @@ def test_another_machine_refuses_verdicts_unless_forced() -> None:
     assert any("WARNING: host vm differs (online CPUs 2 -> 8): " in line for line in terminal_lines(refused))
 
 
+def test_an_emulated_side_refuses_verdicts_even_when_forced() -> None:
+    """A lab host's timings (QEMU TCG) are never compared with a physical host's, forced or not."""
+    lab = dataclasses.replace(AFTER, hosts={"vm": dataclasses.replace(AFTER.hosts["vm"], fingerprint=dataclasses.replace(VM, emulated="tcg"))})
+    for force in (False, True):
+        c = compare(BEFORE, lab, force=force)
+        assert c.mismatched and {r.change.verdict for r in c.rows} == {Verdict.REFUSED}
+        assert any("WARNING: host vm differs (emulated unknown -> tcg): timings from an emulated host are never "
+                   "compared with a physical host's, so no verdicts, forced or not" in line for line in terminal_lines(c))
+    both = dataclasses.replace(BEFORE, hosts={"vm": dataclasses.replace(BEFORE.hosts["vm"], fingerprint=dataclasses.replace(VM, emulated="tcg"))})
+    same = compare(both, lab)
+    assert not same.mismatched and Verdict.IMPROVED in {r.change.verdict for r in same.rows}, "emulated vs emulated is fine"
+    assert Fingerprint.from_json(dataclasses.replace(VM, emulated="tcg").to_json()).emulated == "tcg"
+
+
 # --- tables ------------------------------------------------------------------------------------------------
 
 

@@ -586,3 +586,85 @@ def test_lab_cli_help_runs_without_the_lab() -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest_kvmmm.lab.cli", "build", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "x86-tdp: x86 AMD SVM+NPT" in " ".join(proc.stdout.split())
     assert stat.S_IMODE((REPO / "ci/lab/lab.py").stat().st_mode) & 0o111
+
+
+class TestKernelsBuiltToOrder:
+    def test_fragment_checks_name_what_kconfig_dropped(self) -> None:
+        from pytest_kvmmm.lab import kbuild
+
+        fragment = "# why\nCONFIG_KVM=y\nCONFIG_IDLE_PAGE_TRACKING=y\nCONFIG_DRM=n\n# CONFIG_SOUND is not set\n"
+        config = "CONFIG_KVM=y\n# CONFIG_IDLE_PAGE_TRACKING is not set\nCONFIG_SOUND=m\n"
+        assert kbuild.parse_config(fragment) == {"CONFIG_KVM": "y", "CONFIG_IDLE_PAGE_TRACKING": "y",
+                                                 "CONFIG_DRM": "n", "CONFIG_SOUND": "n"}  # fmt: skip
+        assert kbuild.fragment_mismatches(fragment, config) == [
+            "CONFIG_IDLE_PAGE_TRACKING=y (got n)", "CONFIG_SOUND=n (got m)"]
+
+    def test_the_shipped_fragment_asks_for_what_access_tracking_needs(self) -> None:
+        from pytest_kvmmm.lab import kbuild
+
+        wanted = kbuild.parse_config(kbuild.fragment_text(hosts.KERNEL_BUILDS["x86-idle"]))
+        for option in ("CONFIG_IDLE_PAGE_TRACKING", "CONFIG_KVM", "CONFIG_KVM_AMD", "CONFIG_HUGETLBFS",
+                       "CONFIG_TRANSPARENT_HUGEPAGE", "CONFIG_9P_FS", "CONFIG_NET_9P_VIRTIO", "CONFIG_VIRTIO_NET"):
+            assert wanted[option] == "y", option
+
+    def test_the_cache_key_follows_tree_and_fragment(self, tmp_path: Path) -> None:
+        from pytest_kvmmm.lab import kbuild
+
+        build = hosts.KERNEL_BUILDS["x86-idle"]
+        key = kbuild.build_key("linux-source:a:1:2", build, "CONFIG_KVM=y\n")
+        assert key == kbuild.build_key("linux-source:a:1:2", build, "CONFIG_KVM=y\n")
+        assert key != kbuild.build_key("linux-source:a:1:3", build, "CONFIG_KVM=y\n")
+        assert key != kbuild.build_key("linux-source:a:1:2", build, "CONFIG_KVM=m\n")
+        (tmp_path / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 117\n")
+        assert kbuild.tree_revision(tmp_path) == f"tree:{tmp_path.resolve()}:6.12.117"
+        with pytest.raises(LabError, match="not a kernel tree"):
+            kbuild.tree_revision(tmp_path / "nowhere")
+
+    def test_git_trees_are_keyed_by_head_and_diff(self, tmp_path: Path) -> None:
+        from pytest_kvmmm.lab import kbuild
+
+        if shutil.which("git") is None:
+            pytest.skip("no git")
+        git = ["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t"]
+        subprocess.run([*git, "init", "-q"], check=True)
+        (tmp_path / "Makefile").write_text("VERSION = 6\n")
+        subprocess.run([*git, "add", "Makefile"], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+        clean = kbuild.tree_revision(tmp_path)
+        assert clean.startswith("git:") and clean.endswith(":clean")
+        (tmp_path / "Makefile").write_text("VERSION = 7\n")
+        assert kbuild.tree_revision(tmp_path) != clean
+
+    def test_prebuilt_images(self, tmp_path: Path) -> None:
+        from pytest_kvmmm.lab import kbuild
+
+        assert kbuild.parse_kernel_images(["x86-idle=/k/bzImage"]) == {"x86-idle": Path("/k/bzImage")}
+        with pytest.raises(ValueError, match="expected NAME=PATH"):
+            kbuild.parse_kernel_images(["x86-idle"])
+        with pytest.raises(LabError, match="no such file"):
+            kbuild.prebuilt_kernel(tmp_path / "bzImage", hosts.KERNEL_BUILDS["x86-idle"])
+        (tmp_path / "bzImage").write_bytes(b"MZ")
+        assert kbuild.prebuilt_kernel(tmp_path / "bzImage", hosts.KERNEL_BUILDS["x86-idle"])["source"] == "prebuilt"
+
+
+def test_emulated_by_knows_only_tcg() -> None:
+    from pytest_kvmmm.emulation import emulated_by
+
+    assert emulated_by({"KVMMM_EMULATED": "tcg"}) == "tcg"
+    assert emulated_by({"KVMMM_EMULATED": "anything"}) is None and emulated_by({}) is None
+
+
+def test_an_entry_unfit_for_tcg_skips_on_an_emulated_host_only(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_kvmmm.catalogue import BY_NAME
+
+    assert BY_NAME["set_memory_region_test"].emulated_unfit
+    fake = pytester.path / "bin"
+    fake.mkdir()
+    (fake / "set_memory_region_test").write_text("#!/bin/sh\necho 'Testing KVM_RUN'\nexit 0\n")
+    (fake / "set_memory_region_test").chmod(0o755)
+    args = ["--pyargs", "pytest_kvmmm.suite", "-k", "test_set_memory_region", f"--kvm-selftests={fake}",
+            "-p", "no:cacheprovider", "-rs"]  # fmt: skip
+    monkeypatch.setenv("KVMMM_EMULATED", "tcg")
+    res = pytester.runpytest_subprocess(*args)
+    res.stdout.fnmatch_lines(["*not on an emulated host (tcg): it adds every memslot KVM offers*"])
+    res.assert_outcomes(skipped=1)
