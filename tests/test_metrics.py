@@ -272,7 +272,8 @@ def test_names_are_ascii_snake_case_and_announce_their_unit(case: str) -> None:
         assert re.fullmatch(r"[a-z0-9_]+(/[a-z0-9_]+)*", name), name
         unit = metric_unit(name)
         if unit == "s":
-            assert 0 <= value < 60, name  # seconds, from 10-second runs
+            # seconds, from 10-second runs; captures from emulated lab hosts (".lab-") take minutes
+            assert 0 <= value < (3600 if ".lab-" in case else 60), name
         else:
             assert value == int(value) or unit == "pgs_per_s", name
 
