@@ -83,6 +83,8 @@ def test_count_verdicts_need_a_change_that_holds_across_repeats() -> None:
     assert count_verdict([1000, 1001], [1100, 1102])[1] is CountVerdict.MORE
     assert count_verdict([1000, 1200, 1000], [1100, 1050, 1090])[1] is CountVerdict.NO_CHANGE  # ranges overlap
     assert count_verdict([1000, 1001], [1010, 1011])[1] is CountVerdict.NO_CHANGE  # 1 %: within the threshold
+    # apart, but by less than the sides' own spread (tlb:tlb_flush between identical runs here)
+    assert count_verdict([659, 850, 858, 870, 877], [881, 885, 886, 890, 898])[1] is CountVerdict.NO_CHANGE
     assert count_verdict([2, 2], [4, 4])[1] is CountVerdict.NO_CHANGE  # +100 % of two events
     assert count_verdict([1000], [10])[1] is CountVerdict.TOO_FEW
 

@@ -7,7 +7,10 @@ a margin (``stats.py``). Counts of the same binary with the same arguments barel
 
 * the medians differ by ``COUNT_MIN_PCT`` or more, and by ``COUNT_MIN_ABS`` events or more
   (2 zaps against 4 is +100 % and means nothing);
-* the change holds across repeats: every run of one side lies beyond every run of the other.
+* the change holds across repeats: every run of one side lies beyond every run of the other,
+  and the gap between the two sides is at least as wide as either side's own spread (most
+  KVM counts do not move at all between identical runs; host-side events such as
+  ``tlb:tlb_flush`` and MMU-notifier calls do, by tens of percent, and must not cry wolf).
 
 Counts have no better side here: fewer faults may be the point of a series, or a sign that a
 path stopped being taken. The verdict says which way they went; the reader judges.
@@ -56,9 +59,10 @@ def count_verdict(before: Sequence[float], after: Sequence[float]) -> tuple[floa
     if min(len(before), len(after)) < MIN_COUNT_SAMPLES:
         return change, CountVerdict.TOO_FEW
     big = abs(change) >= COUNT_MIN_PCT and abs(a.median - b.median) >= COUNT_MIN_ABS
-    if big and a.high < b.low:
+    noise = max(b.high - b.low, a.high - a.low)
+    if big and b.low - a.high > 0 and b.low - a.high >= noise:
         return change, CountVerdict.FEWER
-    if big and a.low > b.high:
+    if big and a.low - b.high > 0 and a.low - b.high >= noise:
         return change, CountVerdict.MORE
     return change, CountVerdict.NO_CHANGE
 

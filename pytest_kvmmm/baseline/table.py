@@ -22,7 +22,8 @@ LEGEND = (
 )
 COUNT_LEGEND = (
     "counts (subsys:event, per stage as stage/subsys:event): change relative to before, + = more events; "
-    f"fewer/more needs {MIN_COUNT_SAMPLES}+ runs a side, every run beyond every run of the other side, "
+    f"fewer/more needs {MIN_COUNT_SAMPLES}+ runs a side, every run beyond every run of the other side "
+    "by at least either side's own spread, "
     f"and a change of {COUNT_MIN_PCT:g}% and {COUNT_MIN_ABS} events or more",
 )
 
