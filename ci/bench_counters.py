@@ -2,7 +2,8 @@
 """What does --kvm-counters cost, how much do counts move between identical runs, and do they see
 larger pages?
 
-    .venv/bin/python ci/bench_counters.py [--rounds 6] [--scale smoke] [-k EXPR]
+    .venv/bin/python ci/bench_counters.py [--rounds 6] [--scale smoke] [-k EXPR] [--keep DIR]
+    .venv/bin/python ci/bench_counters.py --analyse DIR     # the numbers again, from a --keep run
 
 Round by round it runs the smoke suite's cases (by default the page-table, dirty-log-perf and
 demand-paging ones) twice, with and without ``--kvm-counters`` (the order alternates), and
@@ -64,11 +65,11 @@ def ensure_tracefs() -> None:
     os.execv(unshare, [unshare, "--mount", "--propagation", "private", sys.executable, *sys.argv])
 
 
-def run_arm(scale: str, k: str, results: Path, counting: bool) -> list[dict[str, Any]]:
+def run_arm(scale: str, k: str, results: Path, counting: str | None) -> list[dict[str, Any]]:
     argv = [sys.executable, "-m", "pytest", "--pyargs", "pytest_kvmmm.suite", "-k", k, "--kvm-scale", scale,
             "--kvm-results", str(results), "--kvm-kernel-log", "report", "-q", "-p", "no:cacheprovider"]
     if counting:
-        argv.append("--kvm-counters")
+        argv.append(f"--kvm-counters={counting}")
     subprocess.run(argv, check=False, stdout=subprocess.DEVNULL, cwd=tempfile.gettempdir())
     return read_results(results)
 
@@ -173,20 +174,34 @@ def times_by_test(runs: Sequence[list[dict[str, Any]]]) -> dict[str, Series]:
     return out
 
 
+def measure(n: int, scale: str, k: str, keep: Path | None, sets: str) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        where = keep or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            order = (True, False) if i % 2 == 0 else (False, True)
+            got = {c: run_arm(scale, k, where / f"{i}-{c}.jsonl", sets if c else None) for c in order}
+            rounds.append((got[True], got[False]))
+            print(f"round {i + 1}/{n} done", file=sys.stderr)
+    return rounds
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--scale", default="smoke")
     ap.add_argument("-k", default=DEFAULT_K, help=f"which suite cases (default: {DEFAULT_K!r}; '' for all)")
+    ap.add_argument("--counters", default="default", help="what the counting arm counts (default: default)")
+    ap.add_argument("--keep", metavar="DIR", type=Path, help="keep the rounds' --kvm-results files in DIR")
+    ap.add_argument("--analyse", metavar="DIR", type=Path, help="run nothing: analyse the files a --keep run left")
     args = ap.parse_args()
-    ensure_tracefs()
-    rounds = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.rounds):
-            order = (True, False) if i % 2 == 0 else (False, True)
-            got = {c: run_arm(args.scale, args.k, Path(tmp) / f"{i}-{c}.jsonl", c) for c in order}
-            rounds.append((got[True], got[False]))
-            print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
+    if args.analyse:
+        rounds = [(read_results(t), read_results(t.with_name(t.name.replace("-True", "-False"))))
+                  for t in sorted(args.analyse.glob("*-True.jsonl"))]
+    else:
+        ensure_tracefs()
+        rounds = measure(args.rounds, args.scale, args.k, args.keep, args.counters)
     counted = [w for w, _ in rounds]
     if not any(isinstance(r.get("counters"), dict) for recs in counted for r in recs):
         sys.exit("bench_counters: the counting arm counted nothing (see pytest's header with --kvm-counters)")

@@ -30,7 +30,7 @@ from pytest_kvmmm.counters.perf import (
 from pytest_kvmmm.counters.report import COUNTERS_OFF, count_tables, counters_header, off_lines
 from pytest_kvmmm.counters.sets import resolve
 from pytest_kvmmm.counters.stages import StageTracker
-from pytest_kvmmm.counters.tracefs import find_tracefs, read_ids
+from pytest_kvmmm.counters.tracefs import EventIds, find_tracefs, read_ids
 
 
 def session(root: Path, selection: str = "default", arch: str = "x86_64", perf: FakePerf | None = None) -> CounterSession:
@@ -301,3 +301,11 @@ def test_a_stage_that_cannot_be_read_is_left_out_with_the_next_not_the_run(tmp_p
     assert counts is not None and counts.stages == {"KVM_ADJUST_MAPPINGS": {"kvm:kvm_exit": 103}}
     assert counts.total == {"kvm:kvm_exit": 309}  # exact: read after the exit
     assert note == "no counts for stage(s) KVM_CREATE_MAPPINGS, KVM_UPDATE_MAPPINGS: reading the perf counters failed: No child processes"
+
+
+def test_the_x86_default_leaves_out_what_fires_per_guest_pte() -> None:
+    ids = EventIds(X86_EVENTS)
+    got = resolve(parse_selection("default"), "x86_64", ids)
+    assert "kvmmmu:kvm_mmu_pagetable_walk" in got.counters and "kvm:kvm_page_fault" in got.counters
+    assert "kvmmmu:kvm_mmu_paging_element" not in got.counters and "kvm:kvm_emulate_insn" not in got.counters
+    assert "kvmmmu:kvm_mmu_paging_element" in resolve(parse_selection("mmu"), "x86_64", ids).counters
