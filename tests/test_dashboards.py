@@ -68,6 +68,13 @@ def flaky_fake(directory: Path, name: str, state: Path, fails: int, stderr: str 
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_kernel_log_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These runs are about reports: another session's kernel lines on this shared host must not
+    fail their fake selftests (tests/test_kernel_health.py covers the watch)."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-o kvm_kernel_log=off")
+
+
 @pytest.fixture
 def bins(tmp_path: Path) -> Path:
     d = tmp_path / "selftests"
