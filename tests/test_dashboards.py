@@ -4,6 +4,7 @@ that is never green by accident, KCIDB/SQUAD files, LAVA results, pytest-html an
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -371,6 +372,23 @@ def test_multi_host_run_gives_a_testcase_per_host(pytester: pytest.Pytester, bin
     kcidb_io.schema.LATEST.validate(doc)
     assert {b["architecture"] for b in doc["builds"]} == {"aarch64", "x86_64"}
     assert {p.name for p in (pytester.path / "sq").iterdir()} == {"lab-arm64", live}
+
+    # the CI lab stage's check of these files: clean here, and it notices a broken one
+    spec = importlib.util.spec_from_file_location("kvmmm_lab_ci", Path(__file__).parent.parent / "ci" / "lab" / "lab.py")
+    assert spec is not None and spec.loader is not None
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    share = tmp_path / "share"
+    share.mkdir()
+    shutil.copy(pytester.path / "j.xml", share / "lab-1.junit.xml")
+    shutil.copy(pytester.path / "k.json", share / "lab-1.kcidb.json")
+    shutil.copytree(pytester.path / "sq", share / "lab-1.squad")
+    assert stage.export_problems(share, ["lab-arm64", live]) == []
+    shutil.rmtree(share / "lab-1.squad" / "lab-arm64")
+    (share / "lab-1.kcidb.json").write_text(json.dumps({**doc, "tests": [{"id": "bad"}]}))
+    problems = stage.export_problems(share, ["lab-arm64", live])
+    assert len(problems) == 2 and problems[0].startswith("lab-1.kcidb.json is not valid KCIDB: ")
+    assert problems[1] == "lab-1.squad has no submission for lab-arm64"
 
 
 def test_xdist_workers_get_the_known_issues_from_the_controller(pytester: pytest.Pytester, bins: Path) -> None:

@@ -438,7 +438,9 @@ class TestWrapper:
         argv = lab.pytest_argv(["--tx", "socket=127.0.0.1:47011"], [], Path("/r/lab"), "lab-1", local=True)
         assert argv[1:] == ["-m", "pytest", "-p", "no:cacheprovider", "--dist", "each", "--tx", "popen",
                             "--tx", "socket=127.0.0.1:47011", *lab.default_pytest_args(),
-                            "--kvm-results=/r/lab/lab-1.jsonl", "--alluredir=/r/lab/allure"]  # fmt: skip
+                            "--kvm-results=/r/lab/lab-1.jsonl", "--alluredir=/r/lab/allure",
+                            "--junitxml=/r/lab/lab-1.junit.xml", "--kvm-kcidb=/r/lab/lab-1.kcidb.json",
+                            "--kvm-squad=/r/lab/lab-1.squad"]  # fmt: skip
         assert "popen" not in lab.pytest_argv([], [], None, "x", local=False)
 
     def test_default_selection_is_the_installed_suite_at_the_lab_scale(self) -> None:

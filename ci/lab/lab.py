@@ -111,13 +111,55 @@ def must_pass_problems(records: Sequence[Mapping[str, Any]], hosts: Sequence[str
     return problems
 
 
+def export_problems(share: Path, hosts: Sequence[str]) -> list[str]:
+    """The dashboards' files of every pytest run validate (JUnit against the Jenkins/GitLab model,
+    KCIDB against kcidb-io's schema), and each suite run has a testcase, facts and SQUAD
+    submission per host that ran in it."""
+    import json
+    import xml.etree.ElementTree as ET
+
+    import kcidb_io  # type: ignore[import-untyped]
+    import xmlschema
+
+    schema = xmlschema.XMLSchema(str(REPO / "tests" / "schemas" / "junit-jenkins.xsd"))
+    problems = []
+    for junit in sorted(share.glob("lab*.junit.xml")):
+        errors = [str(e).splitlines()[0] for e in schema.iter_errors(str(junit))]
+        if errors:
+            problems.append(f"{junit.name} is not valid JUnit: {errors[0]}")
+            continue
+        label = junit.name.removesuffix(".junit.xml")
+        kcidb = share / f"{label}.kcidb.json"
+        try:
+            kcidb_io.schema.LATEST.validate(json.loads(kcidb.read_text()))
+        except Exception as exc:  # a missing file, bad JSON or a schema error: all say the export is wrong
+            problems.append(f"{kcidb.name} is not valid KCIDB: {str(exc).splitlines()[0]}")
+        if "-" in label.removeprefix("lab-"):
+            continue  # a permutation run: one host, no per-host testcases
+        by_host: dict[str, dict[str, str]] = {}
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            props = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+            if props.get("kvm.host"):
+                by_host.setdefault(props["kvm.host"], {}).update(props)
+                if not str(case.get("classname", "")).startswith(props["kvm.host"].replace(".", "_") + "."):
+                    problems.append(f"{junit.name}: a testcase of {props['kvm.host']} is not named after its host")
+                    break
+        for host in sorted(set(by_host) & set(hosts)):
+            if "kvm.fact.arch" not in by_host[host]:
+                problems.append(f"{junit.name}: {host}'s testcases carry no host facts")
+            if not (share / f"{label}.squad" / host / "tests.json").is_file():
+                problems.append(f"{label}.squad has no submission for {host}")
+        if not any(k.startswith("kvm.metric.") for props in by_host.values() for k in props):
+            problems.append(f"{junit.name}: no testcase carries a metric")
+    return problems
+
+
 def run_batches(args: argparse.Namespace, kinds: Sequence[str]) -> tuple[list[str], list[str]]:
     """Every batch: up, the suite (+ permutations when x86-tdp is up), down. Returns the hosts
     that ran and the problems of pytest itself."""
     share = cli.results_dir(args)
     assert share is not None
-    for stale in share.glob("lab*.jsonl"):
-        stale.unlink()
+    cli.remove_stale(share)
     ran, problems = [], []
     for n, batch in enumerate(b for b in ([k for k in b if k in kinds] for b in BATCHES) if b):
         try:
@@ -176,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems += must_pass_problems(records, ran)
     if "lab-x86-tdp" in ran:
         problems += permutation_checks(records)
+    problems += export_problems(share, [*ran, *{str(r.get("host")) for r in records}])
     for p in problems:
         err(f"FAILED: {p}")
     err(f"builds (cached parts reused) {built:.1f} s; lab stage {time.monotonic() - start:.1f} s")

@@ -222,7 +222,20 @@ def pytest_argv(tx: Sequence[str], user: Sequence[str], share: Path | None, labe
         argv.append(f"--kvm-results={share / f'{label}.jsonl'}")
     if share is not None and not has_option(argv, "--alluredir"):
         argv.append(f"--alluredir={share / 'allure'}")
+    # what a lab's dashboards read: JUnit (per-host testcases), KCIDB, SQUAD (one folder per host)
+    for option, name in (("--junitxml", f"{label}.junit.xml"), ("--kvm-kcidb", f"{label}.kcidb.json"),
+                         ("--kvm-squad", f"{label}.squad")):
+        if share is not None and not has_option(argv, option):
+            argv.append(f"{option}={share / name}")
     return argv
+
+
+def remove_stale(share: Path) -> None:
+    """An earlier run's results and exports: a run's files describe that run only."""
+    for stale in (*share.glob("lab*.jsonl"), *share.glob("lab*.junit.xml"), *share.glob("lab*.kcidb.json")):
+        stale.unlink()
+    for folder in share.glob("lab*.squad"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def stop_pytest(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
@@ -259,8 +272,7 @@ def run_lab(args: argparse.Namespace) -> tuple[int, float, list[qemu.HostState]]
     share = results_dir(args)
     if share is not None:
         shutil.rmtree(share / "allure", ignore_errors=True)
-        for stale in share.glob("lab*.jsonl"):
-            stale.unlink()
+        remove_stale(share)
     rdir, rootdir = run_dir(args), Path(os.path.abspath(args.rootdir))
     status, every = 0, []
     start = time.monotonic()
