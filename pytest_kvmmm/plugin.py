@@ -534,3 +534,5 @@ class KvmmmPlugin:
         with self.signals.quiet():
             self.host_changes.restore()  # idempotent: a session that never finished still restores
         self.signals.uninstall()
+        if self._testrunuid:  # again, now that xdist has stopped the workers: an interrupted
+            remove_run_dirs(self._testrunuid)  # worker may have written into it during the first removal

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from fakes import make_fake, make_host_root, process_gone, records
+from pytest_kvmmm.rundir import run_dir
 
 SUITE = """
     import pytest
@@ -132,7 +134,8 @@ def test_a_dead_workers_changes_are_restored_and_listed(
     tests = tests[::-1] if dies_last else tests
     pytester.makepyfile("import os, pathlib, signal\nimport pytest\n" + "".join(textwrap.dedent(t) for t in tests))
     no_replacement = ["--max-worker-restart", "0"] if dies_last else []
-    res = pytester.runpytest_subprocess("-n", "1", *no_replacement, f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+    uid = uuid.uuid4().hex
+    res = pytester.runpytest_subprocess("-n", "1", "--testrunuid", uid, *no_replacement, f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
                                         "-p", "no:cacheprovider")
     out = res.stdout.str()
     res.assert_outcomes(passed=1, failed=1)
@@ -143,6 +146,7 @@ def test_a_dead_workers_changes_are_restored_and_listed(
     assert len(lines) == 1 and "[left by killed process " in lines[0], out
     assert lines[0].endswith("] [by worker gw1]") is not dies_last, out
     assert not list((tmp_path / "cache").rglob("*.json")) and "INTERNALERROR" not in out
+    assert not run_dir(uid, str(root)).exists(), "the run directory is removed"
 
 
 def test_sigterm_to_the_xdist_controller_restores_the_workers_changes(
@@ -163,8 +167,9 @@ def test_sigterm_to_the_xdist_controller_restores_the_workers_changes(
         def test_changes_then_hangs():
             pass
     """)
+    uid = uuid.uuid4().hex
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-n", "2", f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+        [sys.executable, "-m", "pytest", "-n", "2", "--testrunuid", uid, f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
          "-p", "no:cacheprovider"],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -185,3 +190,4 @@ def test_sigterm_to_the_xdist_controller_restores_the_workers_changes(
         time.sleep(0.05)
     assert process_gone(child), "the worker's selftest does not outlive the run"
     assert not list((tmp_path / "cache").rglob("*.json")), "nothing left for the next session to replay"
+    assert not run_dir(uid, str(root)).exists(), "the run directory is removed, interrupted or not"
