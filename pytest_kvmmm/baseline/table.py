@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ..metrics import metric_unit
 from .compare import Comparison, CountRow, Row
-from .counts import COUNT_MIN_ABS, COUNT_MIN_PCT, MIN_COUNT_SAMPLES, CountVerdict
+from .counts import COUNT_MIN_ABS, COUNT_MIN_PCT, MIN_COUNT_SAMPLES, STAGE_MIN_PCT, CountVerdict
 from .fingerprint import unforceable
 from .stats import CONFIDENCE, MIN_EFFECT_PCT, MetricChange, Spread, Verdict
 
@@ -24,7 +24,7 @@ COUNT_LEGEND = (
     "counts (subsys:event, per stage as stage/subsys:event): change relative to before, + = more events; "
     f"fewer/more needs {MIN_COUNT_SAMPLES}+ runs a side, every run beyond every run of the other side "
     "by at least either side's own spread, "
-    f"and a change of {COUNT_MIN_PCT:g}% and {COUNT_MIN_ABS} events or more",
+    f"and a change of {COUNT_MIN_PCT:g}% ({STAGE_MIN_PCT:g}% for a stage) and {COUNT_MIN_ABS} events or more",
 )
 
 
