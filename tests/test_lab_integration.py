@@ -73,3 +73,9 @@ def test_the_x86_tdp_host_and_this_host_from_a_users_directory(tmp_path: Path) -
     table = (results / "table.txt").read_text()
     assert "pre_fault_memory_test" in table and "lab-x86-tdp" in table
     assert "lab-x86-tdp: stopped (pid" in proc.stderr and not (tmp_path / "run/state.json").exists()
+    # the dashboards' files validate and name both hosts (pre_fault_memory_test prints no metrics)
+    from test_lab import load_ci_stage
+
+    problems = load_ci_stage().export_problems(results, ["lab-x86-tdp", here])
+    assert problems == ["lab-1.junit.xml: no testcase carries a metric"], problems
+    assert {p.name for p in (results / "lab-1.squad").iterdir()} == {"lab-x86-tdp", here}
