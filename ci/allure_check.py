@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from fakes import make_host_root  # noqa: E402
-from pytest_kvmmm.allure_files import CATEGORIES, categorize, parse_properties  # noqa: E402
 from pytest_kvmmm.provision.cache import default_cache_root  # noqa: E402
+from pytest_kvmmm.reports.allure_files import CATEGORIES, categorize, parse_properties  # noqa: E402
 
 SUITE = ["--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", "-p", "no:cacheprovider", "-q"]
 ARM_HOST = "lab-arm64"

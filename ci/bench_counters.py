@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from pytest_kvmmm.baseline.counts import CountVerdict, count_changes
-from pytest_kvmmm.counters.model import Counters, split_series
-from pytest_kvmmm.counters.sets import FAULT_EVENTS
-from pytest_kvmmm.counters.tracefs import TRACEFS_DIRS, find_tracefs
-from pytest_kvmmm.host_changes import mount_fs
-from pytest_kvmmm.metrics import metric_unit
-from pytest_kvmmm.results import read_results
+from pytest_kvmmm.coordination.host_changes import mount_fs
+from pytest_kvmmm.engine.counters.model import Counters, split_series
+from pytest_kvmmm.engine.counters.sets import FAULT_EVENTS
+from pytest_kvmmm.engine.counters.tracefs import TRACEFS_DIRS, find_tracefs
+from pytest_kvmmm.engine.metrics import metric_unit
+from pytest_kvmmm.reports.results import read_results
 
 INNER = "KVMMM_BENCH_COUNTERS_NS"
 DEFAULT_K = "kvm_page_table or dirty_log_perf or demand_paging"

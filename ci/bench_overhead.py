@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_kvmmm.results import read_results
+from pytest_kvmmm.reports.results import read_results
 
 
 def run_suite(scale: str, results: Path) -> float:

@@ -40,7 +40,7 @@ from pytest_kvmmm.baseline.compare import Comparison, compare
 from pytest_kvmmm.baseline.plugin import DEFAULT_REPEAT
 from pytest_kvmmm.baseline.stats import Verdict
 from pytest_kvmmm.baseline.table import terminal_lines
-from pytest_kvmmm.results import read_results
+from pytest_kvmmm.reports.results import read_results
 
 SUITE = ("--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", "-p", "no:cacheprovider", "-q")
 PAGE_TABLE = "kvm_page_table and (anonymous or shmem) and not hugetlb"

@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_kvmmm.catalogue import CATALOGUE
-from pytest_kvmmm.results import read_results
+from pytest_kvmmm.reports.results import read_results
+from pytest_kvmmm.suite.catalogue import CATALOGUE
 
 PERF_TESTS = {e.test_name for e in CATALOGUE if "perf" in e.markers}
 

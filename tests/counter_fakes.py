@@ -7,7 +7,7 @@ import struct
 from collections.abc import Mapping
 from pathlib import Path
 
-from pytest_kvmmm.counters.perf import ATTR_FORMAT
+from pytest_kvmmm.engine.counters.perf import ATTR_FORMAT
 
 #: Events of a PVM x86 host (a subset), with ids.
 X86_EVENTS = {

@@ -181,6 +181,6 @@ def process_gone(pid: int) -> bool:
 
 def records(path: Path) -> dict[str, dict[str, object]]:
     """A --kvm-results file by test name (the part of the node id after ``::``)."""
-    from pytest_kvmmm.results import read_results
+    from pytest_kvmmm.reports.results import read_results
 
     return {str(rec["nodeid"]).split("::")[-1]: rec for rec in read_results(path)}

@@ -22,16 +22,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pytest_kvmmm import guest_modes, metrics, outcome, output_checks
-from pytest_kvmmm.runner import ProcessResult
+from pytest_kvmmm.engine import guest_modes, metrics, outcome, output_checks
+from pytest_kvmmm.engine.process import ProcessResult
 
 try:
-    from pytest_kvmmm import textsafe
+    from pytest_kvmmm.engine import textsafe
 except ImportError:  # the code before textsafe existed, for the benchmark's "before" numbers
     textsafe = None  # type: ignore[assignment]
 try:
-    from pytest_kvmmm.counters.stages import StageTracker
-    from pytest_kvmmm.runner import MAX_TAPPED_LINE
+    from pytest_kvmmm.engine.counters.stages import StageTracker
+    from pytest_kvmmm.engine.process import MAX_TAPPED_LINE
 except ImportError:  # the code before --kvm-counters
     StageTracker = None  # type: ignore[assignment,misc]
 

@@ -14,8 +14,12 @@ from typing import Any
 import pytest
 
 from fakes import golden, make_fake, make_golden_fake, make_host_root
-from pytest_kvmmm import allure_report
-from pytest_kvmmm.allure_files import (
+from pytest_kvmmm.engine.engine import SelftestResult
+from pytest_kvmmm.engine.metrics import parse_metrics
+from pytest_kvmmm.engine.outcome import Status
+from pytest_kvmmm.host import probe_host
+from pytest_kvmmm.reports import allure_report
+from pytest_kvmmm.reports.allure_files import (
     CATEGORIES,
     ENV_KEYS,
     categories_json,
@@ -27,13 +31,9 @@ from pytest_kvmmm.allure_files import (
     split_environment,
     write_session_files,
 )
-from pytest_kvmmm.allure_report import describe
-from pytest_kvmmm.cases import Case, cases
-from pytest_kvmmm.catalogue import BY_NAME
-from pytest_kvmmm.host import probe_host
-from pytest_kvmmm.metrics import parse_metrics
-from pytest_kvmmm.outcome import Status
-from pytest_kvmmm.selftest import SelftestResult
+from pytest_kvmmm.reports.allure_report import describe
+from pytest_kvmmm.suite.cases import Case, cases
+from pytest_kvmmm.suite.catalogue import BY_NAME
 
 BIN = "/cache/selftests/6.12.117"
 PT_ARGV = (f"{BIN}/kvm_page_table_test", "-s", "anonymous_thp", "-b", "64M", "-v", "2")

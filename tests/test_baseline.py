@@ -36,7 +36,7 @@ from pytest_kvmmm.baseline.table import (
     regression_message,
     terminal_lines,
 )
-from pytest_kvmmm.discovery import SearchRoot
+from pytest_kvmmm.engine.discovery import SearchRoot
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.provision.cache import BuildManifest, write_manifest
 

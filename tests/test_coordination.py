@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvmmm.coordination import HostCoordinator, NeverFits
+from pytest_kvmmm.coordination.ledger import HostCoordinator, NeverFits
 
 MP = multiprocessing.get_context("fork")
 

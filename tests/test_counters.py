@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from counter_fakes import ARM64_EVENTS, X86_EVENTS, FakePerf, make_tracefs
-from pytest_kvmmm.counters import (
+from pytest_kvmmm.engine.counters import (
     Counters,
     CounterSession,
     RunCounts,
     guest_memory_bytes,
     parse_selection,
 )
-from pytest_kvmmm.counters.model import combined, is_count, split_series
-from pytest_kvmmm.counters.perf import (
+from pytest_kvmmm.engine.counters.model import combined, is_count, split_series
+from pytest_kvmmm.engine.counters.perf import (
     ATTR_SIZE,
     INHERIT,
     PERF_FORMAT_GROUP,
@@ -27,10 +27,15 @@ from pytest_kvmmm.counters.perf import (
     CountingError,
     OpenCounters,
 )
-from pytest_kvmmm.counters.report import COUNTERS_OFF, count_tables, counters_header, off_lines
-from pytest_kvmmm.counters.sets import resolve
-from pytest_kvmmm.counters.stages import StageTracker
-from pytest_kvmmm.counters.tracefs import EventIds, find_tracefs, read_ids
+from pytest_kvmmm.engine.counters.report import (
+    COUNTERS_OFF,
+    count_tables,
+    counters_header,
+    off_lines,
+)
+from pytest_kvmmm.engine.counters.sets import resolve
+from pytest_kvmmm.engine.counters.stages import StageTracker
+from pytest_kvmmm.engine.counters.tracefs import EventIds, find_tracefs, read_ids
 
 
 def session(root: Path, selection: str = "default", arch: str = "x86_64", perf: FakePerf | None = None) -> CounterSession:

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from test_integration import CACHE_ROOT, _real_build
 
-from pytest_kvmmm.counters.tracefs import find_tracefs
+from pytest_kvmmm.engine.counters.tracefs import find_tracefs
 
 SCRIPT = """
 import sys
 from pathlib import Path
-from pytest_kvmmm.counters.tracefs import find_tracefs
-from pytest_kvmmm.host_changes import mount_fs
+from pytest_kvmmm.engine.counters.tracefs import find_tracefs
+from pytest_kvmmm.coordination.host_changes import mount_fs
 if find_tracefs(Path("/")).path is None:
     why = mount_fs("tracefs", Path("/sys/kernel/tracing"))
     if why:

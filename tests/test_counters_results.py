@@ -9,19 +9,20 @@ import pytest
 
 from counter_fakes import X86_EVENTS, FakePerf, make_tracefs
 from fakes import make_fake, make_golden_fake, make_host_root
-from pytest_kvmmm import journal_check, runner
-from pytest_kvmmm.allure_report import describe
 from pytest_kvmmm.baseline.compare import compare
 from pytest_kvmmm.baseline.counts import CountVerdict, count_changes, count_verdict
 from pytest_kvmmm.baseline.fingerprint import Fingerprint
 from pytest_kvmmm.baseline.store import Baseline, BaselineError, HostRun, from_json, from_records
 from pytest_kvmmm.baseline.store import TestRun as SavedTest
 from pytest_kvmmm.baseline.table import markdown, terminal_lines
-from pytest_kvmmm.counters import CounterSession, parse_selection
-from pytest_kvmmm.discovery import SearchRoot
+from pytest_kvmmm.coordination import journal_check
+from pytest_kvmmm.coordination.host_changes import HostChanges
+from pytest_kvmmm.engine import process as runner
+from pytest_kvmmm.engine.counters import CounterSession, parse_selection
+from pytest_kvmmm.engine.discovery import SearchRoot
+from pytest_kvmmm.engine.engine import SelftestEngine
 from pytest_kvmmm.host import probe_host
-from pytest_kvmmm.host_changes import HostChanges
-from pytest_kvmmm.selftest import SelftestEngine
+from pytest_kvmmm.reports.allure_report import describe
 
 
 def counting_engine(tmp_path: Path, perf: FakePerf) -> SelftestEngine:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fakes import golden, make_fake, make_host_root
-from pytest_kvmmm.results import read_results
+from pytest_kvmmm.reports.results import read_results
 
 SCHEMA = Path(__file__).parent / "schemas" / "junit-jenkins.xsd"
 PT_STDOUT = golden("kvm_page_table_test.anonymous.stdout")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fakes import make_fake
-from pytest_kvmmm.discovery import (
+from pytest_kvmmm.engine.discovery import (
     Found,
     NotFound,
     SearchRoot,

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fakes import make_fake, make_host_root
-from pytest_kvmmm.discovery import SearchRoot
+from pytest_kvmmm.engine.discovery import SearchRoot
+from pytest_kvmmm.engine.engine import SelftestEngine
+from pytest_kvmmm.engine.outcome import Status
+from pytest_kvmmm.engine.requirements import Arch, IdleTracking
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.host.model import HostFacts
-from pytest_kvmmm.outcome import Status
-from pytest_kvmmm.requirements import Arch, IdleTracking
-from pytest_kvmmm.selftest import SelftestEngine
 
 X86 = Arch(("x86_64",))
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fakes import make_fake, make_host_root, process_gone, records
-from pytest_kvmmm.host_changes import HostChanges
+from pytest_kvmmm.coordination.host_changes import HostChanges
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the refusal applies when running as root")
 
@@ -129,7 +129,7 @@ def test_pool_that_shrinks_during_the_session_gives_a_skip(pytester: pytest.Pyte
             pathlib.Path({str(free)!r}).write_text("0\\n")
 
         def test_needs_pool(kvm_selftests):
-            from pytest_kvmmm.requirements import HugetlbPages
+            from pytest_kvmmm.engine.requirements import HugetlbPages
             kvm_selftests.run("uses_pool", requires=[HugetlbPages(2048, 32)])
     """)
     res = pytester.runpytest(f"--kvm-host-snapshot={root}", "--kvm-selftests", str(tmp_path / "b"), "-rs")

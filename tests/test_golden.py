@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from fakes import golden, make_golden_fake
-from pytest_kvmmm.metrics import guest_mode_name, parse_metrics
-from pytest_kvmmm.outcome import Status, classify
-from pytest_kvmmm.runner import run
+from pytest_kvmmm.engine.metrics import guest_mode_name, parse_metrics
+from pytest_kvmmm.engine.outcome import Status, classify
+from pytest_kvmmm.engine.process import run
 
 EXPECTED = {
     "kvm_page_table_test.anonymous": (Status.PASSED, ""),

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from fakes import golden, make_fake, make_golden_fake
-from pytest_kvmmm import guest_modes as gm
-from pytest_kvmmm.guest_modes import (
+from pytest_kvmmm.engine import guest_modes as gm
+from pytest_kvmmm.engine.guest_modes import (
     BY_NAME,
     DEFAULT_MODE,
     GUEST_MODES,
@@ -30,8 +30,8 @@ from pytest_kvmmm.guest_modes import (
     parse_mode_selection,
     resolve_mode,
 )
+from pytest_kvmmm.engine.metrics import guest_mode_name
 from pytest_kvmmm.host.kvmdecode import ARM64_GUEST_MODES, Arm64KvmCpu, supported_guest_modes_arm64
-from pytest_kvmmm.metrics import guest_mode_name
 
 HELP = Path(__file__).parent / "golden" / "help"
 REAL = "real-6.12.117-x86_64"

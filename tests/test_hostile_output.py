@@ -25,9 +25,9 @@ import pytest
 
 import hostile
 from fakes import golden, make_fake, records
-from pytest_kvmmm import assertions, guest_modes, output_checks, textsafe
-from pytest_kvmmm.outcome import TAIL_LINES, Status, classify, skip_reason
-from pytest_kvmmm.runner import ProcessResult
+from pytest_kvmmm.engine import assertions, guest_modes, output_checks, textsafe
+from pytest_kvmmm.engine.outcome import TAIL_LINES, Status, classify, skip_reason
+from pytest_kvmmm.engine.process import ProcessResult
 
 BOUND_S = 5.0
 CSI_RED, CSI_RESET, OSC_TITLE, BEL = "\x1b[31;1m", "\x1b[0m", "\x1b]0;pwned", "\x07"
@@ -295,8 +295,8 @@ def test_what_the_terminal_results_and_junit_show_is_clean_and_short(pytester: p
 
 
 def test_allure_shows_the_clean_reason_and_still_attaches_the_full_output() -> None:
-    from pytest_kvmmm.allure_report import describe
-    from pytest_kvmmm.selftest import SelftestResult
+    from pytest_kvmmm.engine.engine import SelftestResult
+    from pytest_kvmmm.reports.allure_report import describe
 
     out = classify(proc(254, "", HOSTILE_STDERR))
     res = SelftestResult("evil", ("/x/evil",), out.status, out.reason, out.details, binary="/x/evil",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvmmm.discovery import Found, explicit_root, find_binary, search_roots
+from pytest_kvmmm.engine.discovery import Found, explicit_root, find_binary, search_roots
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.provision.cache import CACHE_ENV, default_cache_root
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvmmm.kernel_health import (
+from pytest_kvmmm.engine.kernel_health import (
     KernelLine,
     KernelWatch,
     classify_lines,
     parse_kmsg_record,
-    read_kmsg_records,
     taint_flags,
 )
+from pytest_kvmmm.host.kmsg import read_kmsg_records
 
 PVM_LINE = "kvm-pvm: INTERNAL_ERROR in batch emul: rip=0xfff0 cpl=0 cr3=0x0"
 

@@ -444,7 +444,7 @@ class TestWrapper:
         assert "popen" not in lab.pytest_argv([], [], None, "x", local=False)
 
     def test_default_selection_is_the_installed_suite_at_the_lab_scale(self) -> None:
-        from pytest_kvmmm.scale import SCALES
+        from pytest_kvmmm.suite.scale import SCALES
 
         args = lab.default_pytest_args()
         assert args[:4] == ["--pyargs", "pytest_kvmmm.suite", "--kvm-scale", "lab"] and args[-2:] == ["-k", lab.LAB_K]
@@ -650,14 +650,14 @@ class TestKernelsBuiltToOrder:
 
 
 def test_emulated_by_knows_only_tcg() -> None:
-    from pytest_kvmmm.emulation import emulated_by
+    from pytest_kvmmm.host.emulation import emulated_by
 
     assert emulated_by({"KVMMM_EMULATED": "tcg"}) == "tcg"
     assert emulated_by({"KVMMM_EMULATED": "anything"}) is None and emulated_by({}) is None
 
 
 def test_an_entry_unfit_for_tcg_skips_on_an_emulated_host_only(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_kvmmm.catalogue import BY_NAME
+    from pytest_kvmmm.suite.catalogue import BY_NAME
 
     assert BY_NAME["set_memory_region_test"].emulated_unfit
     fake = pytester.path / "bin"

@@ -20,7 +20,7 @@ import pytest
 from pytest_kvmmm.lab.build import load_image
 from pytest_kvmmm.lab.image import LabPaths, LabUnavailable
 from pytest_kvmmm.provision.cache import default_cache_root
-from pytest_kvmmm.results import read_results
+from pytest_kvmmm.reports.results import read_results
 
 #: The real cache root, read at import: pytester fixtures move HOME.
 CACHE = Path(os.path.abspath(default_cache_root()))

@@ -12,9 +12,9 @@ import re
 import pytest
 
 from fakes import GOLDEN, golden
-from pytest_kvmmm.metrics import PARSERS, UNIT_SUFFIXES, metric_unit, parse_metrics
-from pytest_kvmmm.output_checks import OutputVerdict, check_output, output_notes
-from pytest_kvmmm.runner import _Capture
+from pytest_kvmmm.engine.metrics import PARSERS, UNIT_SUFFIXES, metric_unit, parse_metrics
+from pytest_kvmmm.engine.output_checks import OutputVerdict, check_output, output_notes
+from pytest_kvmmm.engine.process import _Capture
 
 CASES = sorted(p.name[: -len(".stdout")] for p in GOLDEN.glob("*.stdout"))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvmmm import host_changes, modreload
-from pytest_kvmmm.host_changes import HostChanges
+from pytest_kvmmm.coordination import host_changes, modreload
+from pytest_kvmmm.coordination.host_changes import HostChanges
 
 TDP_MMU = "/sys/module/kvm/parameters/tdp_mmu"
 

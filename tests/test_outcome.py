@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from pytest_kvmmm.outcome import Status, assertion_summary, classify, skip_reason
-from pytest_kvmmm.runner import ProcessResult
+from pytest_kvmmm.engine.outcome import Status, assertion_summary, classify, skip_reason
+from pytest_kvmmm.engine.process import ProcessResult
 
 ASSERT_BLOCK = """\
 ==== Test Assertion Failure ====

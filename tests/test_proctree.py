@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from fakes import make_fake, process_gone
-from pytest_kvmmm import proctree, runner
+from pytest_kvmmm.engine import process as runner
+from pytest_kvmmm.engine import proctree
 
 
 def _gone_soon(pid: int, within: float = 3.0) -> bool:

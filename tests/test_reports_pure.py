@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_kvmmm.reports import junit, kcidb, known_issues, lava, squad, verdict
-from pytest_kvmmm.results import ResultsWriter
+from pytest_kvmmm.reports.results import ResultsWriter
 
 FACTS = {"arch": "x86_64", "kernel": "6.18.44-fc-v669", "kvm": "kvm_pvm", "tdp": "no", "tdp_mmu": "no", "page_size": "4K"}
 

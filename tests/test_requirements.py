@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from fakes import make_host_root
-from pytest_kvmmm.backing import backing_requirements, format_size, hugetlb_pages_needed, parse_size
+from pytest_kvmmm.engine.requirements import first_unmet
 from pytest_kvmmm.host import probe_host
-from pytest_kvmmm.requirements import first_unmet
+from pytest_kvmmm.host.units import format_size, parse_size
+from pytest_kvmmm.suite.backing import backing_requirements, hugetlb_pages_needed
 
 MIB = 1024 * 1024
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fakes import make_fake, make_host_root, process_gone, records
-from pytest_kvmmm.rundir import run_dir
+from pytest_kvmmm.coordination.rundir import run_dir
 
 SUITE = """
     import pytest

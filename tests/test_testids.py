@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvmmm.testids import collection_problem, short_key, stable_nodeid
+from pytest_kvmmm.coordination.testids import collection_problem, short_key, stable_nodeid
 
 SUITE = "pytest_kvmmm/suite/test_mm.py::test_kvm_page_table[anonymous]"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from fakes import make_fake, make_host_root
-from pytest_kvmmm import journal_check, safefs
-from pytest_kvmmm.host_changes import Change
+from pytest_kvmmm.coordination import journal_check, safefs
+from pytest_kvmmm.coordination.host_changes import Change
 from pytest_kvmmm.provision.cache import journal_dir
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand files to another user")
@@ -391,7 +391,7 @@ def _xdist_args(host: Host, uid: str) -> list[str]:
 def test_run_directory_is_private_and_removed_at_the_end(
     pytester: pytest.Pytester, host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_kvmmm.rundir import run_dir
+    from pytest_kvmmm.coordination.rundir import run_dir
 
     uid = uuid.uuid4().hex  # a run of its own: other sessions on this host use the same /tmp
     monkeypatch.setenv("SEEN_DIR", str(tmp_path))
@@ -421,7 +421,7 @@ def _symlinked_run_dir(path: Path) -> str:
 def test_a_run_directory_made_by_someone_else_stops_the_run(
     pytester: pytest.Pytester, host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: object
 ) -> None:
-    from pytest_kvmmm.rundir import run_dir
+    from pytest_kvmmm.coordination.rundir import run_dir
 
     monkeypatch.setenv("SEEN_DIR", str(tmp_path))
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))

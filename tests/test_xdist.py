@@ -8,7 +8,7 @@ import pytest
 
 from fakes import golden, make_fake, make_host_root
 from pytest_kvmmm.host import probe_host
-from pytest_kvmmm.results import read_results
+from pytest_kvmmm.reports.results import read_results
 
 PT = ["--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", "-p", "no:cacheprovider"]
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..baseline.stats import MIN_EFFECT_PCT, Spread, change_pct, direction, is_headline
-from ..counters.model import Counters
+from ..engine.counters.model import Counters
 
 MIN_ROUNDS = 3
 #: Event counts barely move between runs of the same binaries: a 2 % change that holds in every

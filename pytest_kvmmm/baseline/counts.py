@@ -26,7 +26,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..counters.model import split_series
+from ..engine.counters.model import split_series
 from .stats import Spread, change_pct, is_headline
 
 MIN_COUNT_SAMPLES = 3

@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..backing import GIB
-from ..discovery import SearchRoot
+from ..engine.discovery import SearchRoot
 from ..host.model import HostFacts
+from ..host.units import GIB
 from ..provision.cache import read_manifest
 
 #: MemTotal moves by a few MiB between kernel versions (reserved memory): a match allows this much.

@@ -7,7 +7,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from ..metrics import metric_unit
+from ..engine.metrics import metric_unit
 from .compare import Comparison
 from .table import format_change, row_label
 

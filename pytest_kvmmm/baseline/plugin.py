@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from ..emulation import emulated_by
-from ..fixtures import RECORD_PROPERTY, RESULTS_KEY, SCALE_KEY
+from ..coordination.safefs import target_problem
+from ..engine.engine import SelftestEngine, SelftestResult
+from ..host.emulation import emulated_by
 from ..host.model import HostFacts
+from ..pytest.keys import RECORD_PROPERTY, RESULTS_KEY, SCALE_KEY
 from ..reports.verdict import first_line
-from ..safefs import target_problem
-from ..selftest import SelftestEngine, SelftestResult
 from . import store
 from .compare import compare, failing, find_test, metric_changes, pair_hosts
 from .fingerprint import Fingerprint, fingerprint, machine_differences, selftests_build, unforceable

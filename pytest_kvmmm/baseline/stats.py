@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..metrics import metric_unit
+from ..engine.metrics import metric_unit
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..counters.model import Counters
+from ..coordination.safefs import UnsafePath, replace_file
+from ..engine.counters.model import Counters
 from ..provision.cache import default_cache_root
-from ..safefs import UnsafePath, replace_file
 from .fingerprint import Fingerprint
 
 KIND = "pytest-kvmmm-baseline"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..metrics import metric_unit
+from ..engine.metrics import metric_unit
 from .compare import Comparison, CountRow, Row
 from .counts import COUNT_MIN_ABS, COUNT_MIN_PCT, MIN_COUNT_SAMPLES, STAGE_MIN_PCT, CountVerdict
 from .fingerprint import unforceable

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..kernel_health import read_kmsg_records
+from .kmsg import read_kmsg_records
 from .kvmapi import KvmAnswers
 from .kvmdecode import Arm64KvmCpu, X86KvmCpu, decode_arm64_regs, decode_x86_cpuid
 from .sysfs import FactReader

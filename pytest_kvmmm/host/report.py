@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..backing import format_size
 from .kvm import MMU_PARAMS
 from .mm import HugetlbPool
 from .model import HostFacts
+from .units import format_size
 
 
 def yes_no(value: bool | None) -> str:

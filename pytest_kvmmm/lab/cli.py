@@ -95,7 +95,7 @@ def results_dir(args: argparse.Namespace) -> Path | None:
 def memory_shortfall(mems: Sequence[str], available: int | None, margin: int = 1 << 30) -> str | None:
     """Why this machine cannot hold guests of ``mems`` (QEMU takes the memory as the guests
     touch it, so a short machine would die mid-run); None when it can or cannot tell."""
-    from ..backing import parse_size
+    from ..host.units import parse_size
 
     need = sum(parse_size(m) for m in mems) + margin
     if available is None or available >= need:
@@ -290,7 +290,7 @@ def run_lab(args: argparse.Namespace) -> tuple[int, float, list[qemu.HostState]]
 
 
 def read_all_results(share: Path) -> list[dict[str, Any]]:
-    from ..results import read_results
+    from ..reports.results import read_results
 
     records: list[dict[str, Any]] = []
     for path in sorted(share.glob("lab*.jsonl")):

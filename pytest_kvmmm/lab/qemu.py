@@ -273,10 +273,10 @@ def last_lines(text: str, n: int = 3) -> str:
 
 REMOTE_FACTS = """
 import json, platform
-from pytest_kvmmm.allure_report import host_environment
-from pytest_kvmmm.discovery import Found, find_binary, search_roots
-from pytest_kvmmm.emulation import emulated_by
-from pytest_kvmmm.guest_modes import read_help_modes
+from pytest_kvmmm.reports.allure_report import host_environment
+from pytest_kvmmm.engine.discovery import Found, find_binary, search_roots
+from pytest_kvmmm.host.emulation import emulated_by
+from pytest_kvmmm.engine.guest_modes import read_help_modes
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.provision.cache import default_cache_root
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..catalogue import CATALOGUE
+from ..suite.catalogue import CATALOGUE
 
 _TEST = re.compile(r"::(test_[A-Za-z0-9_]+)")
 _BY_TEST = {e.test_name: e.name for e in CATALOGUE}

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..metrics import metric_unit
+from ..engine.metrics import metric_unit
 
 PREFIX = "kvm"
 #: Facts shown per testcase (the rest are in --kvm-results): what decides a KVM MMU outcome.

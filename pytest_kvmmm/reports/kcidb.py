@@ -15,7 +15,7 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..metrics import metric_unit
+from ..engine.metrics import metric_unit
 from .names import case_path, segment
 
 SCHEMA_VERSION = {"major": 5, "minor": 3}

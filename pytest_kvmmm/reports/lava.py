@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from ..metrics import metric_unit
+from ..engine.metrics import metric_unit
 from .names import segment, split_nodeid
 
 HELPER = "lava-test-case"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pytest_kvmmm.discovery import Found, SearchRoot, find_binary  # noqa: E402
-from pytest_kvmmm.runner import run  # noqa: E402
+from pytest_kvmmm.engine.discovery import Found, SearchRoot, find_binary  # noqa: E402
+from pytest_kvmmm.engine.process import run  # noqa: E402
 
 PT = "kvm_page_table_test"
 CASES: dict[str, tuple[str, ...]] = {
@@ -87,9 +87,9 @@ LAB_CASES: dict[str, dict[str, tuple[str, ...]]] = {
 REMOTE = """
 import json, platform
 from pathlib import Path
-from pytest_kvmmm.discovery import Found, find_binary, search_roots
+from pytest_kvmmm.engine.discovery import Found, find_binary, search_roots
 from pytest_kvmmm.provision.cache import default_cache_root
-from pytest_kvmmm.runner import run
+from pytest_kvmmm.engine.process import run
 
 roots = search_roots(None, default_cache_root(), platform.release())
 for name, args in channel.receive():

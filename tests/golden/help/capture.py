@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from pytest_kvmmm.discovery import Found, SearchRoot, find_binary  # noqa: E402
-from pytest_kvmmm.runner import run  # noqa: E402
+from pytest_kvmmm.engine.discovery import Found, SearchRoot, find_binary  # noqa: E402
+from pytest_kvmmm.engine.process import run  # noqa: E402
 
 BINARIES = (
     # Take -m and print the guest-mode table.

@@ -1,0 +1,372 @@
+"""One selftest invocation, from a name to a ``SelftestResult``: the engine behind the marker.
+
+Resolve the binary, check the host requirements, run it, classify the exit and parse the
+metrics. No pytest here: the pytest layer (``fixtures.py``, ``plugin.py``) turns the
+result into a pass, skip or failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import statistics
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..coordination.host_changes import HostChanges
+from ..coordination.ledger import HostCoordinator, NeverFits
+from ..host.model import HostFacts
+from . import process as runner
+from .counters import Counters, CounterSession, guest_memory_bytes
+from .counters.model import combined
+from .discovery import Found, NotFound, SearchRoot, find_binary
+from .kernel_health import Health, KernelWatch
+from .metrics import Metrics, parse_metrics
+from .outcome import Outcome, Status, classify
+from .output_checks import check_output, notes_without_verdict
+from .requirements import HugetlbPages, Requirement, ThpMadvise, first_unmet, specialise, wrong_arch
+
+
+@dataclass(frozen=True)
+class SelftestResult:
+    """Everything known about one run of one selftest (or why it did not run)."""
+
+    name: str
+    argv: tuple[str, ...]
+    status: Status
+    reason: str = ""
+    details: str = ""
+    binary: str | None = None
+    returncode: int | None = None
+    duration_s: float = 0.0
+    stdout: str = ""
+    stderr: str = ""
+    metrics: Metrics = field(default_factory=dict)
+    started_at: float | None = None
+    #: Notes a reader of the result should see (e.g. "-v capped from 8 to 2 online CPUs").
+    notes: tuple[str, ...] = ()
+    #: Every value of every metric over the repeated runs (``--kvm-repeat``); ``metrics`` holds
+    #: their medians. A single run has one sample per metric.
+    samples: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    #: Kernel complaints (and known-noise lines) logged during the run.
+    kernel_log: tuple[str, ...] = ()
+    #: ``--kvm-counters``: event counts per run and stage (None when not counted).
+    counters: Counters | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASSED
+
+    @property
+    def all_samples(self) -> Mapping[str, tuple[float, ...]]:
+        """``samples``, or for a result without repeats each metric as its one sample."""
+        return self.samples or {k: (v,) for k, v in self.metrics.items()}
+
+    def record(self) -> dict[str, object]:
+        """The ``--kvm-results`` fields of this run (JSON-ready)."""
+        ended = None if self.started_at is None else self.started_at + self.duration_s
+        return {
+            "binary": self.name,
+            "path": self.binary,
+            "argv": list(self.argv),
+            "status": self.status.value,
+            "returncode": self.returncode,
+            "duration_s": round(self.duration_s, 6),
+            "reason": self.reason,
+            "metrics": dict(self.metrics),
+            "samples": {k: list(v) for k, v in self.all_samples.items()},
+            "started_at": self.started_at,
+            "ended_at": ended,
+            "notes": list(self.notes),
+            "kernel_log": list(self.kernel_log),
+            **({} if self.counters is None else {"counters": self.counters_json()}),
+        }
+
+    def counters_json(self) -> dict[str, Any]:
+        """The ``counters`` of the record: per run and stage, medians, derived figures."""
+        if self.counters is None:
+            return {}
+        return self.counters.to_json(self.metrics, guest_memory_bytes(self.name, self.argv[1:]))
+
+
+@dataclass
+class SelftestEngine:
+    """Runs selftests for one pytest process. Host facts and search roots are computed once;
+    the hugetlb pools are read again before each hugetlb case (``pools_changed``)."""
+
+    roots: Callable[[], Sequence[SearchRoot]]
+    host: Callable[[], HostFacts]
+    default_timeout: float
+    machine: str | None = None
+    env: Mapping[str, str] | None = None
+    #: Set with --kvm-allow-host-changes: grows pools / sets THP, journalled.
+    host_changes: HostChanges | None = None
+    #: Re-probes the host after the plugin changed it.
+    host_changed: Callable[[], None] | None = None
+    #: Re-reads only the hugetlb pools, which others change during a session.
+    pools_changed: Callable[[], None] | None = None
+    #: The kernel-log watch, when it can watch; ``kernel_mode`` "fail" or "report".
+    kernel: KernelWatch | None = None
+    kernel_mode: str = "fail"
+    #: Runs per timing-sensitive test (``--kvm-repeat``); callers pass it for perf tests.
+    perf_repeat: int = 1
+    #: Where a missing program fails instead of skipping: set when the user named the selftests
+    #: directory (a lab's build that lacks a program is misconfigured); never with --kvm-allow-missing.
+    missing_fails: bool = False
+    #: A program that exists but cannot be executed fails (off with --kvm-allow-missing).
+    unrunnable_fails: bool = False
+    #: Set under xdist: shares hugetlb pools and the host between the run's workers.
+    coordinator: HostCoordinator | None = None
+    #: ``--kvm-counters``: counts each run's tracepoints (None: not asked for).
+    counters: CounterSession | None = None
+    _roots_cache: Sequence[SearchRoot] | None = field(default=None, init=False, repr=False)
+
+    def prepare_host(self, requires: Sequence[Requirement]) -> str | None:
+        """--kvm-allow-host-changes: grow hugetlb pools / enable THP for what the case lacks."""
+        assert self.host_changes is not None
+        host = self.host()
+        for req in requires:
+            if req.unmet(host) is None:
+                continue
+            pool = host.hugetlb_pool(req.size_kb) if isinstance(req, HugetlbPages) and req.size_kb else None
+            if isinstance(req, HugetlbPages) and pool is not None:
+                added, why = self.host_changes.grow_hugetlb(
+                    pool.nr_path, f"{pool.dir}/free_hugepages", f"{pool.dir}/resv_hugepages", req.pages
+                )
+                if added and self.coordinator is not None:
+                    self.coordinator.add_budget(pool.size_kb, added)
+            elif isinstance(req, ThpMadvise):
+                why = self.host_changes.set_thp("madvise")
+            else:
+                continue  # nothing the plugin may change: no need to look at the host again
+            if why:
+                return f"{req.unmet(host)}; --kvm-allow-host-changes tried: {why}"
+            if self.host_changed is not None:
+                self.host_changed()
+                host = self.host()
+        return first_unmet(list(requires), host)
+
+    @contextlib.contextmanager
+    def _slot(self, pages: dict[int, int], exclusive: bool, who: str) -> Iterator[float]:
+        """Under xdist: this run's share of the host (hugetlb grant, then shared/exclusive use)."""
+        if self.coordinator is None:
+            yield 0.0
+            return
+        with self.coordinator.hugetlb(pages, who) as waited_pages, self.coordinator.host(exclusive) as waited_host:
+            yield waited_pages + waited_host
+
+    def search_roots(self) -> Sequence[SearchRoot]:
+        if self._roots_cache is None:
+            self._roots_cache = tuple(self.roots())
+        return self._roots_cache
+
+    def resolve(self, name: str) -> Found | NotFound:
+        if os.sep in name:  # an explicit path to a binary of the user's own
+            path = Path(name)
+            ok = path.is_file() and os.access(path, os.X_OK)
+            root = SearchRoot(path.parent, "explicit path")
+            if ok:
+                return Found(path, root, path.name)
+            return NotFound(path.name, (root,), path if path.is_file() else None)
+        return find_binary(name, self.search_roots(), self.machine)
+
+    def misconfigured(self, found: NotFound) -> str | None:
+        """Why a missing program fails the run rather than skipping: never green by accident."""
+        hint = "--kvm-allow-missing skips instead"
+        if found.not_executable is not None and self.unrunnable_fails:
+            return f"{found.reason()}; a build whose program cannot run is broken ({hint})"
+        if found.not_executable is None and self.missing_fails and not found.absent_by_design():
+            named = found.searched[0].origin if found.searched else "the option"
+            return f"{found.reason()}; {named} names this build, and it lacks the program ({hint})"
+        return None
+
+    @staticmethod
+    def unsafe(path: Path) -> str | None:
+        """As root, never run what anyone could have replaced: a world-writable binary or one in a
+        world-writable directory without the sticky bit (like /tmp has)."""
+        if os.geteuid() != 0:
+            return None
+        st = path.stat()
+        if st.st_mode & 0o002:
+            return f"refusing to run {path} as root: it is world-writable (chmod o-w {path})"
+        parent = path.parent.stat()
+        if parent.st_mode & 0o002 and not parent.st_mode & 0o1000:
+            return f"refusing to run {path} as root: its directory is world-writable (chmod o-w {path.parent})"
+        return None
+
+    def run(
+        self,
+        name: str,
+        args: Sequence[str] = (),
+        *,
+        timeout: float | None = None,
+        requires: Sequence[Requirement] = (),
+        notes: Sequence[str] = (),
+        exclusive: bool = False,
+        who: str = "",
+        repeat: int = 1,
+    ) -> SelftestResult:
+        """Run ``name`` ``repeat`` times (stopping at the first run that does not pass) and keep
+        every sample: single runs lie on shared hosts, medians over samples lie less."""
+        results = []
+        for _ in range(max(repeat, 1)):
+            results.append(self._run_once(name, args, timeout, requires, notes, exclusive, who))
+            if not results[-1].passed:
+                break
+        return combine(results)
+
+    def _run_once(
+        self,
+        name: str,
+        args: Sequence[str],
+        timeout: float | None,
+        requires: Sequence[Requirement],
+        notes: Sequence[str],
+        exclusive: bool,
+        who: str,
+    ) -> SelftestResult:
+        """One run; ``exclusive`` (perf tests) keeps every other selftest of the run off the host."""
+        args = tuple(str(a) for a in args)
+        short = Path(name).name
+        found = self.resolve(name)
+        if isinstance(found, NotFound):
+            arch = wrong_arch(list(requires), self.host())
+            if arch:
+                return SelftestResult(short, (name, *args), Status.SKIPPED, arch, notes=tuple(notes))
+            broken = self.misconfigured(found)
+            unmet = first_unmet(list(requires), self.host()) if broken and requires else None
+            if unmet:  # a host that cannot run the case at all (no usable /dev/kvm) says so first
+                return SelftestResult(short, (name, *args), Status.SKIPPED, unmet, notes=tuple(notes))
+            if broken:
+                return SelftestResult(short, (name, *args), Status.ERROR, broken, notes=tuple(notes))
+            return SelftestResult(short, (name, *args), Status.MISSING, found.reason(), notes=tuple(notes))
+        requires = specialise(list(requires), found.path)
+        argv = (str(found.path), *args)
+        unsafe = self.unsafe(found.path)
+        if unsafe:
+            return SelftestResult(short, argv, Status.ERROR, unsafe, binary=str(found.path), notes=tuple(notes))
+        if self.coordinator is None and self.pools_changed is not None and any(
+            isinstance(r, HugetlbPages) for r in requires
+        ):
+            # Pools change under us (other users, other runs): check the pool as it is now, so a
+            # pool that shrank since the session started gives a skip, not an ENOMEM failure.
+            # Under xdist the ledger decides instead (the live pool includes our own workers).
+            self.pools_changed()
+        unmet = first_unmet(list(requires), self.host()) if requires else None
+        if unmet and self.host_changes is not None:
+            unmet = self.prepare_host(requires)
+        if unmet:
+            return SelftestResult(
+                short, argv, Status.SKIPPED, unmet, binary=str(found.path), notes=tuple(notes)
+            )
+        limit = self.default_timeout if timeout is None else timeout
+        pages = {r.size_kb: r.pages for r in requires if isinstance(r, HugetlbPages) and r.size_kb}
+        try:
+            with self._slot(pages, exclusive, who) as waited:
+                taint = self.kernel.start() if self.kernel else 0
+                proc, counts, counting_note = self._run_counted(found.name, argv, limit, found.path.parent)
+                health = self.kernel.finish(taint) if self.kernel else Health()
+        except NeverFits as exc:
+            return SelftestResult(short, argv, Status.SKIPPED, str(exc), binary=str(found.path), notes=tuple(notes))
+        if counting_note:
+            notes = (*notes, counting_note)
+        if waited >= 0.5:
+            notes = (*notes, f"waited {waited:.1f}s for the host ({'alone' if exclusive else 'shared'}) and hugetlb pages")
+        outcome: Outcome = classify(proc, limit)
+        verdict = check_output(found.name, proc.stdout, proc.stderr)
+        extra_notes = () if verdict is not None else notes_without_verdict(found.name, proc.stdout, proc.stderr)
+        if outcome.status is Status.PASSED and verdict is not None:
+            # Some binaries exit 0 after a logical failure or a skip (memslot_perf_test's
+            # "Memslot count too high", dirty_log_test's unsupported log mode).
+            outcome = Outcome(Status(verdict.status), f"{short} exit 0 but: {verdict.reason}"
+                              if verdict.status == "failed" else verdict.reason)
+        outcome = left_behind(outcome, short, proc.left_behind)
+        if health.bad and self.kernel_mode == "fail":
+            if outcome.status is Status.PASSED:
+                outcome = Outcome(Status.FAILED, f"{short} passed, but {health.summary()}", health.report())
+            else:
+                outcome = Outcome(outcome.status, outcome.reason,
+                                  f"{outcome.details}\n\nkernel log during the run:\n{health.report()}")
+        elif health.bad or health.noise:
+            extra_notes = (*extra_notes, *(f"kernel: {line}" for line in (health.report() or "").splitlines()),
+                           *(f"kernel (known noise): {line}" for line in health.noise))
+        return SelftestResult(
+            name=short,
+            argv=argv,
+            status=outcome.status,
+            reason=outcome.reason,
+            details=outcome.details,
+            binary=str(found.path),
+            returncode=proc.returncode,
+            duration_s=proc.duration_s,
+            stdout=proc.stdout,
+            stderr=proc.stderr,
+            metrics=parse_metrics(found.name, proc.stdout),
+            started_at=proc.started_at,
+            notes=(
+                *notes,
+                *extra_notes,
+                *(("output truncated to its head and tail",) if proc.truncated else ()),
+            ),
+            kernel_log=(*(line for _, line in health.complaints), *health.noise),
+            counters=counts,
+        )
+
+    def _run_counted(
+        self, binary: str, argv: tuple[str, ...], limit: float, cwd: Path
+    ) -> tuple[runner.ProcessResult, Counters | None, str]:
+        """``runner.run``, with the counters (if any) opened just before the fork and read at
+        each stage's line; returns the counts and a note when counting this run failed."""
+        counting = self.counters.start(binary) if self.counters is not None else None
+        if counting is None:
+            proc = runner.run(argv, timeout=limit, cwd=cwd, env=self.env)
+            return proc, None, ""
+        try:
+            proc = runner.run(argv, timeout=limit, cwd=cwd, env=self.env, on_line=counting.on_line)
+            runs = counting.finish()
+        finally:
+            counting.close()
+        assert self.counters is not None
+        if runs is None or counting.error:
+            return proc, None, f"not counted: {counting.error}"
+        return proc, self.counters.counters(runs), counting.note
+
+
+def left_behind(outcome: Outcome, short: str, left: Sequence[str]) -> Outcome:
+    """A selftest that leaves processes running fails (they were killed): a passing one with
+    ``left N processes behind: PID CMDLINE``, a failing one keeps its reason and says it too."""
+    if not left:
+        return outcome
+    shown = "; ".join(left[:5]) + (f"; and {len(left) - 5} more" if len(left) > 5 else "")
+    line = f"left {len(left)} processes behind: {shown}"
+    if outcome.status in (Status.PASSED, Status.SKIPPED):
+        return Outcome(Status.FAILED, f"{short} {line}", outcome.details)
+    return Outcome(outcome.status, f"{outcome.reason}; {line}", outcome.details)
+
+
+def combine(results: Sequence[SelftestResult]) -> SelftestResult:
+    """One result for repeated runs: the last run's outcome, medians of every metric, all samples.
+
+    A failing repetition decides the outcome (the loop stops there); the samples are those of
+    the runs that passed.
+    """
+    last = results[-1]
+    if len(results) == 1:
+        return last
+    passed = [r for r in results if r.passed]
+    samples: dict[str, tuple[float, ...]] = {}
+    for r in passed:
+        for k, v in r.metrics.items():
+            samples[k] = (*samples.get(k, ()), v)
+    return dataclasses.replace(
+        last,
+        metrics={k: statistics.median(v) for k, v in samples.items()},
+        samples=samples,
+        counters=combined([r.counters for r in passed]),
+        started_at=results[0].started_at,
+        duration_s=sum(r.duration_s for r in results),
+        notes=(*last.notes, f"{len(results)} runs: metrics are medians, samples in the results"),
+    )

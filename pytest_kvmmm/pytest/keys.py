@@ -1,0 +1,29 @@
+"""The ``StashKey``s of pytest-kvmmm: what the adapter keeps on ``config`` and on items.
+
+State lives in ``config.stash`` and ``item.stash``, never in attributes hung on pytest's
+objects, so every piece of state has one typed name, here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ..coordination.host_changes import HostChanges
+from ..engine.engine import SelftestEngine, SelftestResult
+from ..engine.requirements import Requirement
+from .markers import SelftestCall
+
+#: The session's engine (fixtures and the baseline plugin run selftests through it).
+ENGINE_KEY = pytest.StashKey[SelftestEngine]()
+#: The ``--kvm-scale`` in force.
+SCALE_KEY = pytest.StashKey[str]()
+#: The journal of host changes (``kvm_params`` sets module parameters through it).
+CHANGES_KEY = pytest.StashKey[HostChanges]()
+#: The selftest runs of one test item, in order; the last one is the test's record.
+RESULTS_KEY = pytest.StashKey[list[SelftestResult]]()
+#: An item's parsed ``kvm_selftest`` marker.
+CALL_KEY = pytest.StashKey[SelftestCall]()
+#: An item's parsed ``kvm_requires`` markers.
+REQUIRES_KEY = pytest.StashKey[tuple[Requirement, ...]]()
+#: The name of a test's selftest record in ``report.user_properties`` (see ``session.py``).
+RECORD_PROPERTY = "kvm_selftest"

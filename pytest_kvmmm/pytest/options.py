@@ -1,0 +1,247 @@
+"""The plugin's settings: option and ini definitions, and the one place that resolves them.
+
+Help texts are shared by the option and its ini key. Precedence is command line >
+environment > ini > default; a bad value raises ``pytest.UsageError`` naming where it
+came from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ..coordination.safefs import target_problem
+from ..engine.counters import SET_NAMES, parse_selection
+from ..engine.discovery import ENV_VAR, SearchRoot, explicit_root
+from ..engine.guest_modes import DEFAULT_MODE, parse_mode_selection
+from ..host.snapshot import open_snapshot
+from ..suite.backing import BACKING_SOURCES
+from ..suite.params import ParamSetting, parse_option
+from ..suite.scale import SCALES
+
+DEFAULT_TIMEOUT_S = 120.0  # tools/testing/selftests/kvm/settings: timeout=120
+SNAPSHOT_ENV = "KVMMM_HOST_SNAPSHOT"
+
+HELP_SELFTESTS = (
+    f"directory of built KVM selftests (build or `make install` layout); also ${ENV_VAR} "
+    "and ini kvm_selftests. Default: the kvmmm-build cache, then distro kselftests"
+)
+HELP_TIMEOUT = f"seconds before a selftest's process group is killed (default {DEFAULT_TIMEOUT_S:g})"
+HELP_SCALE = "sizes for the shipped suite: " + ", ".join(f"{s.name} ({s.help})" for s in SCALES.values())
+HELP_RESULTS = "write one JSON object per selftest to FILE (JSON lines), as each test finishes"
+HELP_SNAPSHOT = (
+    "read host facts from a snapshot (a directory standing in for /, or a kvmmm-snapshot tarball) "
+    f"instead of the live host; also ${SNAPSHOT_ENV} (per xdist gateway: --tx popen//env:{SNAPSHOT_ENV}=DIR)"
+)
+HELP_MODES = (
+    "guest modes of the suite, by the kernel's stable names: 'default' (each binary's own supported "
+    "modes, the default), 'all', 'arch:aarch64', or a list such as p40v48_4k,p48v48_64k"
+)
+HELP_BACKINGS = (
+    "backing sources of the suite: a list such as anonymous,anonymous_thp or 'all' "
+    "(default: each test's own set)"
+)
+HELP_REPEAT = (
+    "run each timing (perf) test N times and keep every sample; metrics become medians "
+    "(default 1; with --kvm-save or --kvm-compare 20 at the smoke scale, 3 at stress, 5 otherwise: "
+    "comparisons use the spread)"
+)
+HELP_KERNEL_LOG = (
+    "watch the kernel log and taint around each selftest: 'fail' (default) fails a test during "
+    "which the kernel logged a WARN/BUG/Oops/lockup/RCU stall/KVM internal error or got tainted, "
+    "'report' only notes it, 'off' does not watch"
+)
+HELP_KERNEL_NOISE = "kernel log lines (regular expressions) that are known noise: reported, never failing"
+HELP_HOST_CHANGES = (
+    "let the plugin prepare the host for a case: grow a hugetlb pool, set THP to madvise; every "
+    "change is journalled and undone at the end (a killed run is undone by the next one)"
+)
+HELP_PARAM_VALUES = (
+    "run the suite's cases under each value of a KVM module parameter, e.g. kvm.eager_page_split=Y,N "
+    "(repeatable); set per test and restored; a read-only parameter skips those cases"
+)
+HELP_COUNTERS = (
+    "count KVM events per selftest run and per stage with perf tracepoint counters: sets ("
+    + ", ".join(SET_NAMES) + ") and/or subsys:event names (kvmmmu:* globs), comma-separated; "
+    "alone: the default set of this architecture. Needs tracefs (mounted for the run with "
+    "--kvm-allow-host-changes) and root or a low kernel.perf_event_paranoid"
+)
+HELP_HOST_INFO = "print the host facts (text, or json) and exit"
+HELP_ALLOW_MISSING = (
+    "skip tests whose selftest program is missing or not executable; without it, such a program "
+    "fails its test when the selftests directory was named (option, environment or ini), and a "
+    "program that is not executable fails anywhere"
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kvmmm", "KVM selftests (pytest-kvmmm)")
+    group.addoption("--kvm-selftests", metavar="DIR", help=HELP_SELFTESTS)
+    group.addoption("--kvm-timeout", metavar="SECONDS", help=HELP_TIMEOUT)
+    group.addoption("--kvm-scale", metavar="SCALE", help=HELP_SCALE)
+    group.addoption("--kvm-results", metavar="FILE", help=HELP_RESULTS)
+    group.addoption("--kvm-repeat", metavar="N", help=HELP_REPEAT)
+    group.addoption("--kvm-allow-host-changes", action="store_true", help=HELP_HOST_CHANGES)
+    group.addoption("--kvm-param-values", action="append", default=[], metavar="NAME=V1,V2", help=HELP_PARAM_VALUES)
+    group.addoption("--kvm-kernel-log", choices=("fail", "report", "off"), help=HELP_KERNEL_LOG)
+    group.addoption("--kvm-guest-modes", metavar="MODES", help=HELP_MODES)
+    group.addoption("--kvm-backing-srcs", metavar="SRCS", help=HELP_BACKINGS)
+    group.addoption("--kvm-host-snapshot", metavar="DIR", help=HELP_SNAPSHOT)
+    group.addoption("--kvm-counters", nargs="?", const="default", metavar="SETS", help=HELP_COUNTERS)
+    group.addoption("--kvm-allow-missing", action="store_true", default=None, help=HELP_ALLOW_MISSING)
+    group.addoption(
+        "--kvm-host-info", nargs="?", const="text", choices=("text", "json"), metavar="FORMAT", help=HELP_HOST_INFO
+    )
+    parser.addini("kvm_selftests", HELP_SELFTESTS)
+    parser.addini("kvm_timeout", HELP_TIMEOUT)
+    parser.addini("kvm_scale", HELP_SCALE)
+    parser.addini("kvm_repeat", HELP_REPEAT)
+    parser.addini("kvm_kernel_log", HELP_KERNEL_LOG)
+    parser.addini("kvm_kernel_log_noise", HELP_KERNEL_NOISE, type="linelist")
+    parser.addini("kvm_guest_modes", HELP_MODES)
+    parser.addini("kvm_backing_srcs", HELP_BACKINGS)
+    parser.addini("kvm_counters", HELP_COUNTERS)
+    parser.addini("kvm_allow_missing", HELP_ALLOW_MISSING, type="bool", default=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    explicit_root: SearchRoot | None
+    timeout_s: float
+    scale: str
+    results: Path | None
+    host_root: Path
+    #: The snapshot as the user named it ("/" for the live host): equal on every worker.
+    host_source: str = "/"
+    #: Guest-mode names to parametrize over (``("default",)`` unless chosen).
+    modes: tuple[str, ...] = ("default",)
+    #: Backing sources chosen by the user, or None for each test's own set.
+    backings: tuple[str, ...] | None = None
+    #: Runs per perf test (``--kvm-repeat``).
+    repeat: int = 1
+    kernel_log: str = "fail"
+    kernel_noise: tuple[re.Pattern[str], ...] = ()
+    #: --kvm-param-values: one axis (list of settings) per parameter.
+    param_axes: tuple[tuple[ParamSetting, ...], ...] = ()
+    #: --kvm-counters: set and event names to count (empty: no counting).
+    counters: tuple[str, ...] = ()
+    #: --kvm-allow-missing: a missing or unrunnable program skips (today's behaviour) instead of failing.
+    allow_missing: bool = False
+
+
+def _timeout(value: str, origin: str) -> float:
+    """A finite positive number of seconds. ``nan`` would never time out (every comparison
+    with the deadline is false) and ``inf`` never either: both are refused with 0 and below."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise pytest.UsageError(f"{origin}: {value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise pytest.UsageError(f"{origin}: the timeout must be a finite positive number of seconds, got {value!r}")
+    return seconds
+
+
+def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    opt = config.getoption
+
+    timeout = DEFAULT_TIMEOUT_S
+    if opt("kvm_timeout") is not None:  # "" is a mistake, not "use the default"
+        timeout = _timeout(opt("kvm_timeout"), "--kvm-timeout")
+    elif config.getini("kvm_timeout"):
+        timeout = _timeout(config.getini("kvm_timeout"), "ini kvm_timeout")
+
+    scale = opt("kvm_scale") or config.getini("kvm_scale") or "default"
+    if scale not in SCALES:
+        raise pytest.UsageError(f"--kvm-scale: unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+
+    host_root = Path("/")
+    snapshot = opt("kvm_host_snapshot") or env.get(SNAPSHOT_ENV)
+    if snapshot:
+        try:
+            host_root = open_snapshot(Path(snapshot))
+        except (OSError, ValueError) as exc:
+            raise pytest.UsageError(f"--kvm-host-snapshot: {exc}") from None
+
+    explicit = explicit_root(opt("kvm_selftests"), env, config.getini("kvm_selftests") or None)
+    if explicit is not None and not explicit.path.is_dir():
+        raise pytest.UsageError(f"{explicit.origin}: {explicit.path} is not a directory")
+
+    modes_value = opt("kvm_guest_modes") or config.getini("kvm_guest_modes") or DEFAULT_MODE
+    try:
+        modes = parse_mode_selection(modes_value)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--kvm-guest-modes: {exc}") from None
+    backings = _backings(opt("kvm_backing_srcs") or config.getini("kvm_backing_srcs") or None)
+
+    repeat_value = opt("kvm_repeat") or config.getini("kvm_repeat") or "1"
+    if not str(repeat_value).isdigit() or int(repeat_value) < 1:
+        raise pytest.UsageError(f"--kvm-repeat: {repeat_value!r} is not a positive number of runs")
+
+    kernel_log = opt("kvm_kernel_log") or config.getini("kvm_kernel_log") or "fail"
+    if kernel_log not in ("fail", "report", "off"):
+        raise pytest.UsageError(f"ini kvm_kernel_log: {kernel_log!r} is not one of fail, report, off")
+    try:
+        noise = tuple(re.compile(p) for p in config.getini("kvm_kernel_log_noise"))
+    except re.error as exc:
+        raise pytest.UsageError(f"ini kvm_kernel_log_noise: {exc}") from None
+
+    try:
+        param_axes = tuple(tuple(axis) for axis in parse_option(opt("kvm_param_values") or []))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--kvm-param-values: {exc}") from None
+
+    counters: tuple[str, ...] = ()
+    counters_value = opt("kvm_counters") or config.getini("kvm_counters")
+    if counters_value:
+        try:
+            counters = parse_selection(counters_value)
+        except ValueError as exc:
+            origin = "--kvm-counters" if opt("kvm_counters") else "ini kvm_counters"
+            hint = ""
+            if os.path.exists(counters_value):  # "--kvm-counters tests/" took the path as its value
+                hint = f" ({counters_value} is a path: write --kvm-counters=default, or put the option last)"
+            raise pytest.UsageError(f"{origin}: {exc}{hint}") from None
+
+    results = opt("kvm_results")
+    if results and not hasattr(config, "workerinput"):  # only the controller writes it
+        problem = target_problem(Path(results))
+        if problem:
+            raise pytest.UsageError(f"--kvm-results: {problem}")
+    return Settings(
+        explicit_root=explicit,
+        timeout_s=timeout,
+        scale=scale,
+        results=Path(results) if results else None,
+        host_root=host_root,
+        host_source=str(snapshot or "/"),
+        modes=modes,
+        backings=backings,
+        repeat=int(repeat_value),
+        kernel_log=kernel_log,
+        kernel_noise=noise,
+        param_axes=param_axes,
+        counters=counters,
+        allow_missing=bool(opt("kvm_allow_missing") or config.getini("kvm_allow_missing")),
+    )
+
+
+def _backings(value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    if value == "all":
+        return tuple(BACKING_SOURCES)
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [n for n in names if n not in BACKING_SOURCES]
+    if unknown:
+        raise pytest.UsageError(
+            f"--kvm-backing-srcs: unknown backing source(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(BACKING_SOURCES)} or 'all'"
+        )
+    return names

@@ -1,0 +1,434 @@
+"""The session object of pytest-kvmmm: one per pytest process, registered by ``pytest_configure``.
+
+Lifecycle: built in ``pytest_configure`` from the resolved settings, touching nothing on the
+host. It activates when the run needs the host (its first selftest test, or a named
+``--kvm-*`` option): undo what a killed earlier session left changed, watch the kernel log,
+count events, join the xdist run's shared state. Per test it checks ``kvm_requires``, runs a
+``kvm_selftest`` marker's binary and attaches the test's record to its report; the controller
+collects the records, writes ``--kvm-results`` and prints the summary. At session finish it
+restores the host and writes Allure's and the dashboards' files; ``pytest_unconfigure``
+closes what it opened.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..coordination import testids
+from ..coordination.host_changes import HostChanges
+from ..coordination.ledger import HostCoordinator
+from ..coordination.rundir import remove_run_dirs, run_dir, shared_probe
+from ..coordination.safefs import UnsafePath, private_dir
+from ..coordination.signals import SignalGuard
+from ..engine.counters.report import COUNTERS_OFF, count_tables, counters_header, off_lines
+from ..engine.counters.setup import counter_session
+from ..engine.discovery import search_roots
+from ..engine.engine import SelftestEngine
+from ..engine.kernel_health import KernelWatch
+from ..engine.requirements import Requirement, first_unmet
+from ..host import HostFacts, probe_host
+from ..host.emulation import emulated_by
+from ..host.probe import with_fresh_pools
+from ..host.report import summary_line
+from ..provision.cache import default_cache_root, journal_dir
+from ..reports import allure_report
+from ..reports.results import ResultsWriter
+from ..reports.summary import quiet_lines, summary_lines
+from . import dashboards, parametrize
+from .activation import is_selftest_item, named_option
+from .fixtures import SelftestRunner
+from .keys import CALL_KEY, CHANGES_KEY, RECORD_PROPERTY, REQUIRES_KEY, RESULTS_KEY
+from .markers import SELFTEST_SIGNATURE, parse_requires, parse_selftest_marker
+from .options import Settings
+from .xdist import WORKEROUTPUT, handed_host
+
+#: Exit statuses of sessions that did not run: their --kvm-results file is left as it was.
+NOT_A_RUN = (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR)
+
+
+class KvmmmPlugin:
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.is_worker = hasattr(config, "workerinput")
+        self._label: str | None = None
+        self.records: list[dict[str, Any]] = []
+        self._host: HostFacts | None = None
+        self._host_facts: dict[str, str] | None = None
+        self.engine = SelftestEngine(
+            roots=lambda: search_roots(
+                settings.explicit_root, default_cache_root(), platform.release(), platform.machine()
+            ),
+            host=self.host,
+            default_timeout=settings.timeout_s,
+        )
+        self.engine.perf_repeat = settings.repeat
+        self.engine.missing_fails = settings.explicit_root is not None and not settings.allow_missing
+        self.engine.unrunnable_fails = not settings.allow_missing
+        self.host_changes = HostChanges(settings.host_root, journal_dir(settings.host_root))
+        #: Set once the run needs the host (``_activate``): nothing before touches it.
+        self.active = False
+        self.named = named_option(config)
+        self.restored: list[str] = []
+        self.engine.host_changed = self.refresh_host
+        self.engine.pools_changed = self.refresh_pools
+        config.stash[CHANGES_KEY] = self.host_changes
+        if config.getoption("kvm_allow_host_changes"):
+            self.engine.host_changes = self.host_changes
+        self.restored_at_end: list[str] = []
+        self.kernel_watch: KernelWatch | None = None
+        # Opened by the first record (or at the end): a usage error found later in configure
+        # (a typo in another --kvm-* option) must not empty the previous run's file.
+        self.writer = ResultsWriter(settings.results) if settings.results and not self.is_worker else None
+        self.results_error: str | None = None
+        self.allure_error: str | None = None
+        self._reported_ignored: str | None = None
+        #: Set by xdist's hooks on the controller: its workers' run directories go at the end.
+        self.testrunuid = ""
+        self.signals = SignalGuard()
+        self.run_dir_error: str | None = None
+        #: Controller: a worker used the host or crashed (its journal may be left to restore).
+        self.workers_used_host = False
+        self.dash = dashboards.Dashboards(config, lambda: self.host().to_json())
+
+    def _activate(self) -> None:
+        """The run needs the host (its first selftest test, in this process): undo what an
+        earlier, killed session changed (flag or not), start watching the kernel log and, under
+        xdist, join the run's shared state. Before this, the plugin touches nothing."""
+        if self.active:
+            return
+        self.active = True
+        self.signals.install()
+        with self.signals.quiet():
+            self.restored += self.host_changes.restore_stale()
+        self._watch_kernel()
+        self._start_counters()
+        if self.is_worker:
+            self.engine.coordinator = self._coordinator()
+
+    def _start_counters(self) -> None:
+        """--kvm-counters: resolve the counters against this host's tracefs, once (mounting it
+        only with --kvm-allow-host-changes)."""
+        if not self.settings.counters or self.engine.counters is not None:
+            return
+        allowed = self.host_changes if self.config.getoption("kvm_allow_host_changes") else None
+        self.engine.counters = counter_session(self.settings.counters, platform.machine(), allowed)
+
+    def _watch_kernel(self) -> None:
+        if self.kernel_watch is not None or self.settings.kernel_log == "off" or self.settings.host_root != Path("/"):
+            return
+        kmsg = Path(os.environ.get("KVMMM_KMSG", "/dev/kmsg"))  # another log device, for tests
+        self.kernel_watch = KernelWatch(kmsg=kmsg, noise=self.settings.kernel_noise)
+        if self.kernel_watch.active:
+            self.engine.kernel, self.engine.kernel_mode = self.kernel_watch, self.settings.kernel_log
+
+    @property
+    def host_label(self) -> str:
+        """The host results are attributed to: the (snapshot's) hostname."""
+        if self._label is None:
+            self._label = self.host().hostname or socket.gethostname()
+        return self._label
+
+    def host(self) -> HostFacts:
+        """Probed once per host per run, when first needed: by the controller (or single process),
+        handed to local xdist workers through ``workerinput`` when it probed before they started;
+        else by the first worker on the machine that needs it, for the others (the run directory)."""
+        if self._host is None:
+            handed = handed_host(self.config, self.settings.host_source)
+            if handed is not None:
+                self._host = HostFacts.from_json(handed)
+            else:
+                self._host = shared_probe(self._run_dir(), lambda: probe_host(self.settings.host_root))
+        return self._host
+
+    def refresh_host(self) -> None:
+        """Probe again after the plugin changed the host (--kvm-allow-host-changes, a parameter
+        value): the records of the tests after it carry the facts as they are now."""
+        self._host = probe_host(self.settings.host_root)
+        self._host_facts = None
+
+    def refresh_pools(self) -> None:
+        """Read the hugetlb pools again (before a hugetlb case: others change them)."""
+        self._host = with_fresh_pools(self.host(), self.settings.host_root)
+
+    @property
+    def probed(self) -> bool:
+        """Whether this process probed (or was handed) the host already."""
+        return self._host is not None
+
+    def _run_dir(self) -> Path | None:
+        """Under xdist, the run's private directory on this machine for this host (0700, ours);
+        a link or someone else's directory there stops the run."""
+        uid = getattr(self.config, "workerinput", {}).get("testrunuid")
+        if uid is None:
+            return None
+        path = run_dir(str(uid), self.settings.host_source)
+        try:
+            return private_dir(path)
+        except OSError as exc:  # made by someone else after the controller looked: the tests fail
+            self.run_dir_error = f"kvmmm: xdist run directory: {exc}"
+            return None
+
+    def _coordinator(self) -> HostCoordinator | None:
+        """Under xdist, the run's shared state on this host (hugetlb ledger, perf lock)."""
+        path = self._run_dir()
+        if path is None:
+            return None
+        host = self.host()
+        return HostCoordinator(path, {p.size_kb: p.usable for p in host.hugetlb})
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        """With a --kvm-* option named, the host before collection; else nothing (see
+        ``pytest_report_collectionfinish``)."""
+        return self._header_lines() if self.named else []
+
+    def pytest_report_collectionfinish(self, config: pytest.Config, items: Sequence[pytest.Item]) -> list[str]:
+        """After collection: the header of a run that named no --kvm-* option but collected selftest
+        tests, and the host-change journal entries that were not replayed."""
+        lines = self._header_lines() if self.active and not self.named else []
+        ignored = self.host_changes.ignored_line()
+        self._reported_ignored = ignored
+        return [*lines, *([f"kvmmm: {ignored}"] if ignored else [])]
+
+    def _header_lines(self) -> list[str]:
+        self._watch_kernel()
+        self._start_counters()
+        host = self.host()
+        roots = self.engine.search_roots()
+        source = f"{roots[0].path} ({roots[0].origin})" if roots else "none found (run kvmmm-build)"
+        where = "" if self.settings.host_root == Path("/") else f" [snapshot {self.settings.host_root}]"
+        lines = [
+            f"kvmmm: {host.hostname}{where}: {summary_line(host)}",
+            f"kvmmm: selftests {source}; scale {self.settings.scale}; timeout {self.settings.timeout_s:g}s",
+        ]
+        if self.kernel_watch is not None and not self.kernel_watch.active:
+            lines.append(f"kvmmm: kernel log watch off: {self.kernel_watch.reason}")
+        if self.engine.counters is not None:
+            lines.append(counters_header(self.engine.counters))
+        if self.engine.host_changes is not None:
+            lines.append("kvmmm: host changes allowed: hugetlb pools and THP may be changed, and are restored after the run")
+        return lines
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        parametrize.generate(metafunc, self.settings)
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Validate every kvm_selftest and kvm_requires marker up front: a wrong one is a usage error.
+
+        Under xdist, functional tests go first and perf tests last: perf tests run alone on
+        the host, so interleaving them would serialize the functional ones behind them.
+        Every worker sorts the same way, so their collections still agree.
+        """
+        if self.is_worker:
+            items.sort(key=lambda item: item.get_closest_marker("perf") is not None)
+        for item in items:
+            requires = [r for mark in item.iter_markers("kvm_requires") for r in parse_requires(mark)]
+            if requires:
+                item.stash[REQUIRES_KEY] = tuple(requires)
+            mark = item.get_closest_marker("kvm_selftest")
+            if mark is not None:
+                item.stash[CALL_KEY] = parse_selftest_marker(mark)
+            elif "kvm_result" in getattr(item, "fixturenames", ()):
+                raise pytest.UsageError(
+                    f"{item.nodeid}: the kvm_result fixture needs a "
+                    f"@pytest.mark.{SELFTEST_SIGNATURE} marker on the test"
+                )
+
+    @pytest.hookimpl(tryfirst=True)  # tryfirst: before the terminal prints the collection's header lines
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """A run that will run a selftest test (after -k/-m deselection) needs the host."""
+        if any(is_selftest_item(item) for item in session.items):
+            self._activate()
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """kvm_requires: skip before any fixture or binary runs when the host lacks a fact."""
+        if is_selftest_item(item):
+            self._activate()
+            if self.run_dir_error:
+                pytest.fail(self.run_dir_error, pytrace=False)
+        requires = item.stash.get(REQUIRES_KEY, ())
+        reason = first_unmet(requires, self.host()) if requires else None
+        if reason and self.engine.host_changes is not None:
+            reason = self.engine.prepare_host(requires)
+        if reason:
+            call = item.stash.get(CALL_KEY, None)
+            if call is not None:  # a selftest test: keep a record of the skip for the results
+                SelftestRunner(item, self.engine).skip(call.name, reason, call.args)
+            pytest.skip(reason)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)  # tryfirst: the binary runs before the test body
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        call = item.stash.get(CALL_KEY, None)
+        if call is not None:
+            # checked at setup already; passed on so its hugetlb pages are granted under xdist
+            requires: tuple[Requirement, ...] = item.stash.get(REQUIRES_KEY, ())
+            result = SelftestRunner(item, self.engine).run(call.name, *call.args, timeout=call.timeout, requires=requires)
+            funcargs = getattr(item, "funcargs", {})
+            if "kvm_result" in funcargs:
+                funcargs["kvm_result"] = result
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True)  # wraps the report to attach this test's selftest record
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        results = item.stash.get(RESULTS_KEY, None)
+        deciding = report.when == "call" or (report.when == "setup" and not report.passed)
+        if results and deciding:
+            record = {
+                "nodeid": testids.stable_nodeid(item.path, item.nodeid),
+                "host": self.host_label,
+                "outcome": report.outcome,
+                **results[-1].record(),
+            }
+            # The facts of the host that ran it: the controller describes hosts it never probed
+            # (xdist workers on lab hosts) in the terminal, --kvm-results and Allure.
+            record[allure_report.RECORD_FACTS] = self.host_facts()
+            counting = self.engine.counters
+            if counting is not None and not counting.active and results[-1].returncode is not None:
+                record[COUNTERS_OFF] = counting.note  # why, for a controller that never saw this host's header
+            record = self.dash.decide(item, report, record)  # pytest's verdict, known issues
+            if allure_report.enabled(self.config):
+                # annotate while allure-pytest still holds the result open
+                allure_report.annotate_test(item, results, scale=self.settings.scale, host=self.host_label)
+            # A fresh list: item.user_properties is shared by the setup/call/teardown reports.
+            report.user_properties = [*report.user_properties, (RECORD_PROPERTY, record)]
+            if report.skipped and isinstance(report.longrepr, tuple):
+                # Point the skip at the test, not at the plugin line that raised it. A catalogue
+                # test's function is made in cases.py: name its suite module instead.
+                path, line = item.reportinfo()[:2]
+                if Path(path) != item.path:
+                    path, line = item.path, 0
+                report.longrepr = (os.fspath(path), (line or 0) + 1, report.longrepr[2])
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.is_worker:  # the controller writes, once, from the forwarded report
+            return
+        for name, value in report.user_properties:
+            if name == RECORD_PROPERTY and isinstance(value, dict):
+                record = self.dash.final(report, value)  # None: an attempt pytest-rerunfailures reruns
+                if record is None:
+                    continue
+                self.records.append(record)
+                self._write_record(record)
+
+    def _write_record(self, record: dict[str, Any] | None) -> None:
+        """Append ``record`` to --kvm-results (None: only create the file); a file that cannot
+        be written is reported once, at the end, and the run goes on."""
+        if self.writer is None or self.results_error is not None:
+            return
+        try:
+            if record is None:
+                self.writer.open()
+            else:
+                self.writer.write(record)
+        except OSError as exc:
+            self.results_error = str(exc) if isinstance(exc, UnsafePath) else f"cannot write {self.writer.path}: {exc.strerror or exc}"
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.results_error is not None:
+            terminalreporter.write_line(f"kvmmm: --kvm-results: {self.results_error}", red=True)
+        if self.allure_error is not None:
+            terminalreporter.write_line(f"kvmmm: --alluredir: {self.allure_error}", red=True)
+        for line in [*self.restored, *self.restored_at_end]:
+            terminalreporter.write_line(f"kvmmm: restored {line}")
+        ignored = self.host_changes.ignored_line()
+        if ignored and ignored != self._reported_ignored:
+            terminalreporter.write_line(f"kvmmm: {ignored}", yellow=True)
+        verbosity = self.config.get_verbosity()
+        extra = [*self.dash.exports, *self.dash.problems]
+        if self.writer is not None and self.writer.problem:
+            extra.append(self.writer.problem)
+        if not self.records or verbosity <= -2:
+            for line in extra:
+                terminalreporter.write_line(f"kvmmm: {line}", red=line.startswith("could not"))
+            return
+        hosts = sorted({str(r.get("host")) for r in self.records})
+        terminalreporter.write_sep("=", f"kvm selftests on {', '.join(hosts)}")
+        lines = quiet_lines(self.records) if verbosity < 0 else summary_lines(
+            self.records, verbose=verbosity > 0, facts_key=allure_report.RECORD_FACTS
+        )
+        for line in lines:
+            terminalreporter.write_line(line)
+        for line in count_tables(self.records) if verbosity >= 0 else []:
+            terminalreporter.write_line(line)
+        for line in off_lines(self.records, self.host_label if self.engine.counters is not None else None):
+            terminalreporter.write_line(line)
+        if self.engine.counters is not None and self.engine.counters.failures:
+            failures = self.engine.counters.failures
+            terminalreporter.write_line(f"kvmmm: counters: {len(failures)} run(s) not counted: {failures[0]}")
+        if self.writer is not None and self.results_error is None and verbosity >= 0:
+            terminalreporter.write_line(f"results: {os.fspath(self.writer.path)}")
+        for line in extra:
+            terminalreporter.write_line(line, red=line.startswith("could not") or line.startswith("--kvm-results"))
+
+    def host_facts(self) -> dict[str, str]:
+        """This host's facts as strings, computed once per process: in every record, the terminal's
+        per-host lines and Allure's environment.properties."""
+        if self._host_facts is None:
+            build = allure_report.selftests_build(self.engine.search_roots())
+            self._host_facts = allure_report.host_environment(self.host(), build, emulated_by())
+        return self._host_facts
+
+    @pytest.hookimpl(tryfirst=True)  # tryfirst: the host is restored before anything else can fail
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Undo this process's host changes (also after failures and Ctrl-C); the controller also
+        undoes those of workers that were killed. Then, Allure's session files."""
+        if self.writer is not None and not self.writer.opened and session.exitstatus not in NOT_A_RUN:
+            self._write_record(None)  # a run without records still replaces the previous file
+        with self.signals.quiet():  # a SIGTERM now must not cut a restoration in half
+            self.restored_at_end += self.host_changes.restore()
+            if not self.is_worker and (self.active or self.records or self.workers_used_host):
+                self.restored_at_end += self.host_changes.restore_stale()  # workers that died
+        if self.is_worker:  # for the controller's summary (xdist sends workeroutput after this hook)
+            self.config.workeroutput[WORKEROUTPUT] = {  # type: ignore[attr-defined]
+                "active": self.active, "restored": [*self.restored, *self.restored_at_end], "ignored": self.host_changes.ignored,
+            }
+        if self.active or self.records:
+            self._allure_session_files()
+        if self.testrunuid:
+            remove_run_dirs(self.testrunuid)
+        if not self.is_worker and not self.config.option.collectonly:
+            self.dash.exports = self.dash.write_exports(self.records)
+            self.dash.html_environment(self.records)
+            if self.writer is not None and self.writer.problem and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED  # results are missing: not green
+
+    @pytest.hookimpl(optionalhook=True)  # pytest-html's hook: a column with each test's host and metrics
+    def pytest_html_results_table_header(self, cells: list[str]) -> None:
+        cells.append('<th class="col-kvm">kvm host, metrics</th>')
+
+    @pytest.hookimpl(optionalhook=True)  # pytest-html's hook
+    def pytest_html_results_table_row(self, report: pytest.TestReport, cells: list[str]) -> None:
+        self.dash.html_row(report, cells)
+
+    def _allure_session_files(self) -> None:
+        """Allure: categories.json and environment.properties, once, by the process that owns the session."""
+        target = allure_report.alluredir(self.config)
+        if self.is_worker or target is None or self.config.option.collectonly:
+            return
+        hosts = allure_report.hosts_from_records(self.records) or {self.host_label: self.host_facts()}
+        try:
+            allure_report.write_session_files(target, hosts)
+        except OSError as exc:  # a link or directory in the results folder: one line, no INTERNALERROR
+            self.allure_error = str(exc) if isinstance(exc, UnsafePath) else f"cannot write in {target}: {exc.strerror or exc}"
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.kernel_watch is not None:
+            self.kernel_watch.close()
+        with self.signals.quiet():
+            self.host_changes.restore()  # idempotent: a session that never finished still restores
+        self.signals.uninstall()
+        if self.testrunuid:  # again, now that xdist has stopped the workers: an interrupted
+            remove_run_dirs(self.testrunuid)  # worker may have written into it during the first removal
