@@ -9,7 +9,6 @@ from pytest_kvmmm.engine.discovery import (
     Found,
     NotFound,
     SearchRoot,
-    explicit_root,
     find_binary,
     search_roots,
 )
@@ -85,14 +84,6 @@ def test_non_executable_file_is_named(tmp_path: Path) -> None:
     nf = find_binary("kvm_page_table_test", [root(tmp_path)], "x86_64")
     assert isinstance(nf, NotFound) and nf.not_executable == fake
     assert "is not executable" in nf.reason()
-
-
-def test_explicit_root_precedence() -> None:
-    env = {"KVM_SELFTESTS_DIR": "/from/env"}
-    assert explicit_root("/from/opt", env, "/from/ini") == SearchRoot(Path("/from/opt"), "--kvm-selftests")
-    assert explicit_root(None, env, "/from/ini") == SearchRoot(Path("/from/env"), "KVM_SELFTESTS_DIR")
-    assert explicit_root(None, {}, "/from/ini") == SearchRoot(Path("/from/ini"), "ini kvm_selftests")
-    assert explicit_root(None, {}, None) is None
 
 
 def _cached_build(cache: Path, version: str, arch: str = "x86_64") -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvmmm.engine.discovery import Found, explicit_root, find_binary, search_roots
+from pytest_kvmmm.engine.discovery import ENV_VAR, Found, SearchRoot, find_binary, search_roots
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.provision.cache import CACHE_ENV, default_cache_root
 
@@ -27,7 +27,7 @@ def _real_build() -> Path:
         pytest.skip("no /dev/kvm on this host: load kvm_intel/kvm_amd (or run on a KVM host)")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("no read/write access to /dev/kvm: add this user to the kvm group or run as root")
-    explicit = explicit_root(None, os.environ, None)  # KVM_SELFTESTS_DIR, as the plugin reads it
+    explicit = SearchRoot(Path(os.environ[ENV_VAR]), ENV_VAR) if os.environ.get(ENV_VAR) else None  # as the plugin reads it
     roots = search_roots(explicit, CACHE_ROOT, platform.release(), platform.machine())
     found = find_binary("kvm_page_table_test", roots)
     if not isinstance(found, Found):

@@ -96,16 +96,6 @@ class NotFound:
         return f"{self.name} not found in {where}; {BUILD_HINT}"
 
 
-def explicit_root(
-    option: str | None, env: Mapping[str, str], ini: str | None
-) -> SearchRoot | None:
-    """The user's own selftests directory, if one is set: option > environment > ini."""
-    for value, origin in ((option, "--kvm-selftests"), (env.get(ENV_VAR), ENV_VAR), (ini, "ini kvm_selftests")):
-        if value:
-            return SearchRoot(Path(value).expanduser(), origin)
-    return None
-
-
 def search_roots(
     explicit: SearchRoot | None,
     cache_root: Path,

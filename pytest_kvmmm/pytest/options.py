@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
 from ..coordination.safefs import target_problem
 from ..engine.counters import SET_NAMES, parse_selection
-from ..engine.discovery import ENV_VAR, SearchRoot, explicit_root
+from ..engine.discovery import ENV_VAR, SearchRoot
 from ..engine.guest_modes import DEFAULT_MODE, parse_mode_selection
 from ..host.snapshot import open_snapshot
 from ..suite.backing import BACKING_SOURCES
@@ -135,113 +136,149 @@ class Settings:
     allow_missing: bool = False
 
 
-def _timeout(value: str, origin: str) -> float:
+class Options(Protocol):
+    """What the resolver reads: a ``pytest.Config`` (a stand-in in the unit tests)."""
+
+    def getoption(self, name: str) -> Any: ...
+
+    def getini(self, name: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A setting as the user gave it, and where: the message about a bad value names it."""
+
+    value: str
+    origin: str
+
+
+def pick(config: Options, env: Mapping[str, str], dest: str, *, env_var: str | None = None, ini: str | None = None) -> Raw | None:
+    """Command line > environment > ini: the first of option ``dest``, ``$env_var`` and ini ``ini``
+    that is set ("" on the command line is set: a mistake, not "use the default")."""
+    value = config.getoption(dest)
+    if value is not None and value is not False and value != []:
+        return Raw(str(value), "--" + dest.replace("_", "-"))
+    if env_var and env.get(env_var):
+        return Raw(env[env_var], f"${env_var}")
+    if ini and config.getini(ini):
+        return Raw(str(config.getini(ini)), f"ini {ini}")
+    return None
+
+
+def _timeout(raw: Raw | None) -> float:
     """A finite positive number of seconds. ``nan`` would never time out (every comparison
     with the deadline is false) and ``inf`` never either: both are refused with 0 and below."""
+    if raw is None:
+        return DEFAULT_TIMEOUT_S
     try:
-        seconds = float(value)
+        seconds = float(raw.value)
     except ValueError:
-        raise pytest.UsageError(f"{origin}: {value!r} is not a number of seconds") from None
+        raise pytest.UsageError(f"{raw.origin}: {raw.value!r} is not a number of seconds") from None
     if not math.isfinite(seconds) or seconds <= 0:
-        raise pytest.UsageError(f"{origin}: the timeout must be a finite positive number of seconds, got {value!r}")
+        raise pytest.UsageError(f"{raw.origin}: the timeout must be a finite positive number of seconds, got {raw.value!r}")
     return seconds
 
 
-def resolve(config: pytest.Config, env: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
-    opt = config.getoption
+def _one_of(raw: Raw | None, allowed: Sequence[str], default: str, what: str) -> str:
+    if raw is not None and raw.value not in allowed:
+        raise pytest.UsageError(f"{raw.origin}: unknown {what} {raw.value!r}; choose one of {', '.join(allowed)}")
+    return default if raw is None else raw.value
 
-    timeout = DEFAULT_TIMEOUT_S
-    if opt("kvm_timeout") is not None:  # "" is a mistake, not "use the default"
-        timeout = _timeout(opt("kvm_timeout"), "--kvm-timeout")
-    elif config.getini("kvm_timeout"):
-        timeout = _timeout(config.getini("kvm_timeout"), "ini kvm_timeout")
 
-    scale = opt("kvm_scale") or config.getini("kvm_scale") or "default"
-    if scale not in SCALES:
-        raise pytest.UsageError(f"--kvm-scale: unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-
-    host_root = Path("/")
-    snapshot = opt("kvm_host_snapshot") or env.get(SNAPSHOT_ENV)
-    if snapshot:
-        try:
-            host_root = open_snapshot(Path(snapshot))
-        except (OSError, ValueError) as exc:
-            raise pytest.UsageError(f"--kvm-host-snapshot: {exc}") from None
-
-    explicit = explicit_root(opt("kvm_selftests"), env, config.getini("kvm_selftests") or None)
-    if explicit is not None and not explicit.path.is_dir():
-        raise pytest.UsageError(f"{explicit.origin}: {explicit.path} is not a directory")
-
-    modes_value = opt("kvm_guest_modes") or config.getini("kvm_guest_modes") or DEFAULT_MODE
+def _host_root(raw: Raw | None) -> Path:
+    if raw is None:
+        return Path("/")
     try:
-        modes = parse_mode_selection(modes_value)
+        return open_snapshot(Path(raw.value))
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"{raw.origin}: {exc}") from None
+
+
+def _explicit_root(raw: Raw | None) -> SearchRoot | None:
+    if raw is None:
+        return None
+    root = SearchRoot(Path(raw.value).expanduser(), raw.origin)
+    if not root.path.is_dir():
+        raise pytest.UsageError(f"{raw.origin}: {root.path} is not a directory")
+    return root
+
+
+def _modes(raw: Raw | None) -> tuple[str, ...]:
+    try:
+        return parse_mode_selection(DEFAULT_MODE if raw is None else raw.value)
     except ValueError as exc:
-        raise pytest.UsageError(f"--kvm-guest-modes: {exc}") from None
-    backings = _backings(opt("kvm_backing_srcs") or config.getini("kvm_backing_srcs") or None)
+        raise pytest.UsageError(f"{raw.origin if raw else '--kvm-guest-modes'}: {exc}") from None
 
-    repeat_value = opt("kvm_repeat") or config.getini("kvm_repeat") or "1"
-    if not str(repeat_value).isdigit() or int(repeat_value) < 1:
-        raise pytest.UsageError(f"--kvm-repeat: {repeat_value!r} is not a positive number of runs")
 
-    kernel_log = opt("kvm_kernel_log") or config.getini("kvm_kernel_log") or "fail"
-    if kernel_log not in ("fail", "report", "off"):
-        raise pytest.UsageError(f"ini kvm_kernel_log: {kernel_log!r} is not one of fail, report, off")
+def _backings(raw: Raw | None) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if raw.value == "all":
+        return tuple(BACKING_SOURCES)
+    names = tuple(v.strip() for v in raw.value.split(",") if v.strip())
+    unknown = [n for n in names if n not in BACKING_SOURCES]
+    if unknown or not names:
+        raise pytest.UsageError(
+            f"{raw.origin}: unknown backing source(s) {', '.join(unknown) or repr(raw.value)}; "
+            f"choose from {', '.join(BACKING_SOURCES)} or 'all'"
+        )
+    return names
+
+
+def _repeat(raw: Raw | None) -> int:
+    if raw is not None and (not raw.value.isdigit() or int(raw.value) < 1):
+        raise pytest.UsageError(f"{raw.origin}: {raw.value!r} is not a positive number of runs")
+    return 1 if raw is None else int(raw.value)
+
+
+def _counters(raw: Raw | None) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    try:
+        return parse_selection(raw.value)
+    except ValueError as exc:
+        hint = ""
+        if os.path.exists(raw.value):  # "--kvm-counters tests/" took the path as its value
+            hint = f" ({raw.value} is a path: write --kvm-counters=default, or put the option last)"
+        raise pytest.UsageError(f"{raw.origin}: {exc}{hint}") from None
+
+
+def _results(config: Options, raw: Raw | None) -> Path | None:
+    if raw is None or not raw.value:
+        return None
+    if not hasattr(config, "workerinput"):  # only the controller writes it
+        problem = target_problem(Path(raw.value))
+        if problem:
+            raise pytest.UsageError(f"{raw.origin}: {problem}")
+    return Path(raw.value)
+
+
+def resolve(config: Options, env: Mapping[str, str] | None = None) -> Settings:
+    """Every setting of the session plugin, from ``config`` and ``env`` (default ``os.environ``)."""
+    env = os.environ if env is None else env
     try:
         noise = tuple(re.compile(p) for p in config.getini("kvm_kernel_log_noise"))
     except re.error as exc:
         raise pytest.UsageError(f"ini kvm_kernel_log_noise: {exc}") from None
-
     try:
-        param_axes = tuple(tuple(axis) for axis in parse_option(opt("kvm_param_values") or []))
+        param_axes = tuple(tuple(axis) for axis in parse_option(config.getoption("kvm_param_values") or []))
     except ValueError as exc:
         raise pytest.UsageError(f"--kvm-param-values: {exc}") from None
-
-    counters: tuple[str, ...] = ()
-    counters_value = opt("kvm_counters") or config.getini("kvm_counters")
-    if counters_value:
-        try:
-            counters = parse_selection(counters_value)
-        except ValueError as exc:
-            origin = "--kvm-counters" if opt("kvm_counters") else "ini kvm_counters"
-            hint = ""
-            if os.path.exists(counters_value):  # "--kvm-counters tests/" took the path as its value
-                hint = f" ({counters_value} is a path: write --kvm-counters=default, or put the option last)"
-            raise pytest.UsageError(f"{origin}: {exc}{hint}") from None
-
-    results = opt("kvm_results")
-    if results and not hasattr(config, "workerinput"):  # only the controller writes it
-        problem = target_problem(Path(results))
-        if problem:
-            raise pytest.UsageError(f"--kvm-results: {problem}")
+    snapshot = pick(config, env, "kvm_host_snapshot", env_var=SNAPSHOT_ENV)
     return Settings(
-        explicit_root=explicit,
-        timeout_s=timeout,
-        scale=scale,
-        results=Path(results) if results else None,
-        host_root=host_root,
-        host_source=str(snapshot or "/"),
-        modes=modes,
-        backings=backings,
-        repeat=int(repeat_value),
-        kernel_log=kernel_log,
+        explicit_root=_explicit_root(pick(config, env, "kvm_selftests", env_var=ENV_VAR, ini="kvm_selftests")),
+        timeout_s=_timeout(pick(config, env, "kvm_timeout", ini="kvm_timeout")),
+        scale=_one_of(pick(config, env, "kvm_scale", ini="kvm_scale"), tuple(SCALES), "default", "scale"),
+        results=_results(config, pick(config, env, "kvm_results")),
+        host_root=_host_root(snapshot),
+        host_source="/" if snapshot is None else snapshot.value,
+        modes=_modes(pick(config, env, "kvm_guest_modes", ini="kvm_guest_modes")),
+        backings=_backings(pick(config, env, "kvm_backing_srcs", ini="kvm_backing_srcs")),
+        repeat=_repeat(pick(config, env, "kvm_repeat", ini="kvm_repeat")),
+        kernel_log=_one_of(pick(config, env, "kvm_kernel_log", ini="kvm_kernel_log"), ("fail", "report", "off"),
+                           "fail", "kernel log mode"),
         kernel_noise=noise,
         param_axes=param_axes,
-        counters=counters,
-        allow_missing=bool(opt("kvm_allow_missing") or config.getini("kvm_allow_missing")),
+        counters=_counters(pick(config, env, "kvm_counters", ini="kvm_counters")),
+        allow_missing=bool(config.getoption("kvm_allow_missing") or config.getini("kvm_allow_missing")),
     )
-
-
-def _backings(value: str | None) -> tuple[str, ...] | None:
-    if not value:
-        return None
-    if value == "all":
-        return tuple(BACKING_SOURCES)
-    names = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = [n for n in names if n not in BACKING_SOURCES]
-    if unknown:
-        raise pytest.UsageError(
-            f"--kvm-backing-srcs: unknown backing source(s) {', '.join(unknown)}; "
-            f"choose from {', '.join(BACKING_SOURCES)} or 'all'"
-        )
-    return names
