@@ -382,3 +382,21 @@ def test_patch_info_names_each_patch_by_subject_and_hash(tmp_path: Path) -> None
     assert info["subject"] == "[PATCH] KVM: x86/mmu: slow down faults" and len(info["sha256"]) == 64
     with pytest.raises(ProvisionError, match="cannot read patch"):
         kvm_modules.patch_info([tmp_path / "absent.patch"])
+
+
+def test_a_config_that_olddefconfig_changed_is_refused_with_the_missing_tool() -> None:
+    target = "CONFIG_KVM=m\nCONFIG_DEBUG_INFO_BTF=y\nCONFIG_DEBUG_INFO_BTF_MODULES=y\nCONFIG_CC_VERSION_TEXT=\"x86_64-linux-gnu-gcc-12\"\nCONFIG_PAHOLE_VERSION=124\n"
+    built = "CONFIG_KVM=m\n# CONFIG_DEBUG_INFO_BTF is not set\nCONFIG_CC_VERSION_TEXT=\"gcc\"\nCONFIG_PAHOLE_VERSION=0\n"
+    drift = kvm_modules.config_drift(target, built)
+    assert drift == ["CONFIG_DEBUG_INFO_BTF: y -> unset", "CONFIG_DEBUG_INFO_BTF_MODULES: y -> unset"]
+    err = kvm_modules.drift_error(drift, "6.12.117+deb12-amd64")
+    assert "modules built so would not load (install dwarves (pahole) and build again)" in str(err)
+    assert kvm_modules.config_drift(target, target.replace("gcc-12", "gcc")) == []
+
+
+def test_pahole_is_needed_only_for_a_kernel_with_btf() -> None:
+    def have(tool: str) -> str | None:
+        return None if tool == "pahole" else f"/usr/bin/{tool}"
+
+    assert kvm_modules.needed_packages({"CONFIG_DEBUG_INFO_BTF": "y"}, have) == ["dwarves"]
+    assert kvm_modules.needed_packages({}, have) == []

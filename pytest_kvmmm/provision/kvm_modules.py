@@ -35,12 +35,12 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from .source import ProvisionError, locate_source, run, tar_error, tree_version
+from .source import ProvisionError, apt_install, locate_source, run, tar_error, tree_version
 
 #: The KVM modules of x86, as files (``kvm-amd.ko``) and as loaded modules (``kvm_amd``).
 MODULE_FILES = ("kvm.ko", "kvm-amd.ko", "kvm-intel.ko")
@@ -169,9 +169,29 @@ def localversion(tree_ver: str, release: str) -> str:
     )
 
 
+def needed_packages(config: Mapping[str, str], which: Callable[[str], str | None] = shutil.which) -> list[str]:
+    """Debian packages of the tools configuring and building KVM for ``config`` needs and PATH lacks."""
+    tools = {"make": "make", "gcc": "gcc", "flex": "flex", "bison": "bison", "bc": "bc", "patch": "patch", "strip": "binutils"}
+    if config.get("CONFIG_DEBUG_INFO_BTF") == "y":
+        tools["pahole"] = "dwarves"
+    return sorted({pkg for tool, pkg in tools.items() if which(tool) is None})
+
+
+def ensure_tools(target: Target, progress: TextIO | None) -> None:
+    """Install what is missing with apt as root (like kvmmm-build); otherwise say what to install."""
+    missing = needed_packages(read_config((target.kbuild / ".config").read_text()))
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise ProvisionError(f"building KVM modules needs {', '.join(missing)}: apt-get install {' '.join(missing)}")
+    _say(progress, f"apt-get install {' '.join(missing)}")
+    apt_install(" ".join(missing))
+
+
 def prepared_tree(source_arg: Path, target: Target, cache_root: Path, progress: TextIO | None = None) -> Path:
     """The source unpacked, configured for ``target`` and ``modules_prepare``d (cached)."""
     source = locate_source(source_arg, cache_root)
+    ensure_tools(target, progress)
     key = hashlib.sha256(f"{source.identity}\0{target.identity}".encode()).hexdigest()[:16]
     tree = cache_root / "kvm-modules" / "trees" / key
     if (tree / _DONE).is_file():
@@ -198,6 +218,9 @@ def prepared_tree(source_arg: Path, target: Target, cache_root: Path, progress: 
     _say(progress, f"configuring for {target.release} (olddefconfig, modules_prepare)")
     jobs = f"-j{os.cpu_count() or 1}"
     _logged(["make", "-C", str(partial), "-s", f"LOCALVERSION={local}", "olddefconfig"], log)
+    drift = config_drift((target.kbuild / ".config").read_text(), (partial / ".config").read_text())
+    if drift:
+        raise drift_error(drift, target.release)
     _logged(["make", "-C", str(partial), "-s", jobs, f"LOCALVERSION={local}", "modules_prepare"], log)
     shutil.copyfile(target.kbuild / "Module.symvers", partial / "Module.symvers")
     # KVM built once, unpatched: a variant recompiles only what its patches touch.
@@ -210,6 +233,46 @@ def prepared_tree(source_arg: Path, target: Target, cache_root: Path, progress: 
     shutil.rmtree(tree, ignore_errors=True)
     os.replace(partial, tree)
     return tree
+
+
+#: Options that only describe the build machine's toolchain: they may differ without changing the kernel.
+_TOOLCHAIN_INFO = ("CONFIG_CC_VERSION_TEXT", "CONFIG_GCC_VERSION", "CONFIG_CLANG_VERSION", "CONFIG_AS_VERSION",
+                   "CONFIG_LD_VERSION", "CONFIG_RUSTC_", "CONFIG_PAHOLE_", "CONFIG_CC_HAS_", "CONFIG_AS_HAS_", "CONFIG_LD_HAS_",
+                   "CONFIG_TOOLS_SUPPORT_", "CONFIG_BINDGEN_VERSION")  # fmt: skip
+#: Options the kernel's config drops when the build machine lacks a tool, and the package with it.
+_TOOL_FOR = {"CONFIG_DEBUG_INFO_BTF": "dwarves (pahole)", "CONFIG_DEBUG_INFO_BTF_MODULES": "dwarves (pahole)"}
+
+
+def read_config(text: str) -> dict[str, str]:
+    """``CONFIG_X=value`` lines of a kernel ``.config`` (``# CONFIG_X is not set`` is absence)."""
+    out = {}
+    for line in text.splitlines():
+        key, eq, value = line.partition("=")
+        if eq and key.startswith("CONFIG_"):
+            out[key] = value
+    return out
+
+
+def config_drift(target: str, built: str) -> list[str]:
+    """Options ``olddefconfig`` changed from the target's ``.config``, toolchain descriptions aside.
+
+    Any such change can move fields of ``struct module`` or other shared structures (a kernel with
+    ``CONFIG_DEBUG_INFO_BTF_MODULES`` has four more), and the modules then fail to load with
+    "Invalid relocation target" or, worse, load and misbehave.
+    """
+    a, b = read_config(target), read_config(built)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(_TOOLCHAIN_INFO))
+    return [f"{k}: {a.get(k, 'unset')} -> {b.get(k, 'unset')}" for k in keys]
+
+
+def drift_error(drift: Sequence[str], release: str) -> ProvisionError:
+    keys = [d.split(":", 1)[0] for d in drift]
+    tools = sorted({_TOOL_FOR[k] for k in keys if k in _TOOL_FOR})
+    hint = f"install {', '.join(tools)} and build again" if tools else "build on a machine with the target's toolchain"
+    return ProvisionError(
+        f"this machine cannot configure a kernel exactly like {release}: olddefconfig changed "
+        f"{'; '.join(drift[:4])}{' ...' if len(drift) > 4 else ''}; modules built so would not load ({hint})"
+    )
 
 
 def patch_info(patches: Sequence[Path]) -> list[dict[str, str]]:
