@@ -73,6 +73,9 @@ def test_the_selftests_directory_keeps_where_it_came_from(tmp_path: Path) -> Non
         ({"kvm_host_snapshot": "/nonexistent/snapshot"}, {}, {}, "--kvm-host-snapshot: "),
         ({}, {"kvm_kernel_log_noise": ["("]}, {}, "ini kvm_kernel_log_noise: "),
         ({"kvm_param_values": ["eager_page_split"]}, {}, {}, "--kvm-param-values: "),
+        ({"kvm_sweep": "vcpus=1,x"}, {}, {}, "--kvm-sweep: 'vcpus=1,x': give vcpus=N,N,..."),
+        ({}, {"kvm_sweep": "memory=1G"}, {}, "ini kvm_sweep: 'memory=1G': give vcpus=N,N,..."),
+        ({}, {"kvm_sweep": "vcpus=0"}, {}, "ini kvm_sweep: 'vcpus=0'"),
     ],
 )
 def test_a_bad_value_names_where_it_came_from(
@@ -90,3 +93,8 @@ def test_good_values_from_each_source(tmp_path: Path) -> None:
     assert s.backings is not None and "anonymous_thp" in s.backings
     s = resolve(Config({"kvm_results": str(tmp_path / "r.jsonl"), "kvm_allow_missing": True}), env={})
     assert s.results == tmp_path / "r.jsonl" and s.allow_missing
+
+
+def test_a_vcpu_sweep_is_parsed_in_order_without_repeats() -> None:
+    assert resolve(Config({"kvm_sweep": "vcpus=4, 1,2,4"}, {}), {}).sweep_vcpus == (4, 1, 2)
+    assert resolve(Config({}, {}), {}).sweep_vcpus == ()

@@ -48,6 +48,10 @@ HELP_BACKINGS = (
     "backing sources of the suite: a list such as anonymous,anonymous_thp or 'all' "
     "(default: each test's own set)"
 )
+HELP_SWEEP = (
+    "vCPU sweep of the suite: 'vcpus=1,2,4' runs every vCPU-scaled case once per count (ids gain "
+    "'-vcpus4'), at the scale's memory; a count above the online CPUs skips"
+)
 HELP_REPEAT = (
     "run each timing (perf) test N times and keep every sample; metrics become medians "
     "(default 1; with --kvm-save or --kvm-compare 20 at the smoke scale, 3 at stress, 5 otherwise: "
@@ -93,6 +97,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kvm-kernel-log", choices=("fail", "report", "off"), help=HELP_KERNEL_LOG)
     group.addoption("--kvm-guest-modes", metavar="MODES", help=HELP_MODES)
     group.addoption("--kvm-backing-srcs", metavar="SRCS", help=HELP_BACKINGS)
+    group.addoption("--kvm-sweep", metavar="vcpus=N,N", help=HELP_SWEEP)
     group.addoption("--kvm-host-snapshot", metavar="DIR", help=HELP_SNAPSHOT)
     group.addoption("--kvm-counters", nargs="?", const="default", metavar="SETS", help=HELP_COUNTERS)
     group.addoption("--kvm-allow-missing", action="store_true", default=None, help=HELP_ALLOW_MISSING)
@@ -107,6 +112,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("kvm_kernel_log_noise", HELP_KERNEL_NOISE, type="linelist")
     parser.addini("kvm_guest_modes", HELP_MODES)
     parser.addini("kvm_backing_srcs", HELP_BACKINGS)
+    parser.addini("kvm_sweep", HELP_SWEEP)
     parser.addini("kvm_counters", HELP_COUNTERS)
     parser.addini("kvm_allow_missing", HELP_ALLOW_MISSING, type="bool", default=False)
 
@@ -124,6 +130,8 @@ class Settings:
     modes: tuple[str, ...] = ("default",)
     #: Backing sources chosen by the user, or None for each test's own set.
     backings: tuple[str, ...] | None = None
+    #: --kvm-sweep vcpus=1,2,4: the vCPU counts every vCPU-scaled case runs at (empty: the scale's).
+    sweep_vcpus: tuple[int, ...] = ()
     #: Runs per perf test (``--kvm-repeat``).
     repeat: int = 1
     kernel_log: str = "fail"
@@ -225,6 +233,16 @@ def _backings(raw: Raw | None) -> tuple[str, ...] | None:
     return names
 
 
+def _sweep(raw: Raw | None) -> tuple[int, ...]:
+    if raw is None or not raw.value.strip():
+        return ()
+    axis, eq, values = raw.value.partition("=")
+    counts = [v.strip() for v in values.split(",") if v.strip()]
+    if axis.strip() != "vcpus" or not eq or not counts or not all(c.isdigit() and 0 < int(c) <= 4096 for c in counts):
+        raise pytest.UsageError(f"{raw.origin}: {raw.value!r}: give vcpus=N,N,... (e.g. vcpus=1,2,4), counts from 1 to 4096")
+    return tuple(dict.fromkeys(int(c) for c in counts))
+
+
 def _repeat(raw: Raw | None) -> int:
     if raw is not None and (not raw.value.isdigit() or int(raw.value) < 1):
         raise pytest.UsageError(f"{raw.origin}: {raw.value!r} is not a positive number of runs")
@@ -274,6 +292,7 @@ def resolve(config: Options, env: Mapping[str, str] | None = None) -> Settings:
         host_source="/" if snapshot is None else snapshot.value,
         modes=_modes(pick(config, env, "kvm_guest_modes", ini="kvm_guest_modes")),
         backings=_backings(pick(config, env, "kvm_backing_srcs", ini="kvm_backing_srcs")),
+        sweep_vcpus=_sweep(pick(config, env, "kvm_sweep", ini="kvm_sweep")),
         repeat=_repeat(pick(config, env, "kvm_repeat", ini="kvm_repeat")),
         kernel_log=_one_of(pick(config, env, "kvm_kernel_log", ini="kvm_kernel_log"), ("fail", "report", "off"),
                            "fail", "kernel log mode"),

@@ -18,11 +18,13 @@ from ..suite.params import PARAM_SIGNATURE, ParamSetting, full_name
 from .options import Settings
 
 
-def case_params(entry: Entry, modes: Sequence[str], backings: Sequence[str] | None) -> list[object]:
+def case_params(
+    entry: Entry, modes: Sequence[str], backings: Sequence[str] | None, sweep_vcpus: Sequence[int] = ()
+) -> list[object]:
     """One ``pytest.param`` per case of ``entry``, with its id and its markers."""
     return [
         pytest.param(case, id=case.id, marks=[getattr(pytest.mark, m) for m in case.markers])
-        for case in cases(entry, modes, backings)
+        for case in cases(entry, modes, backings, sweep_vcpus)
     ]
 
 
@@ -31,7 +33,7 @@ def generate(metafunc: pytest.Metafunc, settings: Settings) -> None:
     ``--kvm-param-values`` and the ``kvm_param_values`` marker add one axis per parameter."""
     entry = getattr(metafunc.function, "kvm_entry", None)
     if entry is not None and "kvm_case" in metafunc.fixturenames:
-        metafunc.parametrize("kvm_case", case_params(entry, settings.modes, settings.backings))
+        metafunc.parametrize("kvm_case", case_params(entry, settings.modes, settings.backings, settings.sweep_vcpus))
     axes = [list(a) for a in settings.param_axes] if entry is not None else []
     for mark in metafunc.definition.iter_markers("kvm_param_values"):
         if len(mark.args) != 2 or not isinstance(mark.args[0], str) or not mark.args[1]:

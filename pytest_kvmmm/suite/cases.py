@@ -9,7 +9,7 @@ every requirement, runs the binary and checks that a pass printed its metrics.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..engine.discovery import Found
 from ..engine.guest_modes import DEFAULT_MODE, ModeUnavailable, arch_mismatch, mode_args
@@ -27,6 +27,8 @@ class Case:
     variant: Variant
     backing: str | None
     mode: str
+    #: The vCPU count of a ``--kvm-sweep`` point (None: the scale's).
+    vcpus: int | None = None
 
     def __repr__(self) -> str:
         # Reports hash the parameter's repr into a test's identity (allure-pytest's historyId).
@@ -36,7 +38,8 @@ class Case:
 
     @property
     def id(self) -> str:
-        parts = [self.variant.id, self.backing or "", "" if self.mode == DEFAULT_MODE else self.mode]
+        parts = [self.variant.id, self.backing or "", "" if self.mode == DEFAULT_MODE else self.mode,
+                 "" if self.vcpus is None else f"vcpus{self.vcpus}"]  # fmt: skip
         return "-".join(p for p in parts if p) or "default"
 
     @property
@@ -61,13 +64,20 @@ def _backings(entry: Entry, variant: Variant, selected: Sequence[str] | None) ->
     return list(selected)
 
 
-def cases(entry: Entry, modes: Sequence[str], backings: Sequence[str] | None) -> list[Case]:
-    """Every case of ``entry`` for the selected guest modes and backing sources (None: the defaults)."""
+def vcpu_scaled(entry: Entry) -> bool:
+    """Whether an entry's vCPU count is one of its sizes (some scale asks for more than one)."""
+    return any(sizes.vcpus > 1 for sizes in entry.sizes.values())
+
+
+def cases(entry: Entry, modes: Sequence[str], backings: Sequence[str] | None, sweep_vcpus: Sequence[int] = ()) -> list[Case]:
+    """Every case of ``entry`` for the selected guest modes and backing sources (None: the defaults),
+    once per ``sweep_vcpus`` count when the entry is vCPU-scaled."""
+    points: Sequence[int | None] = tuple(sweep_vcpus) if sweep_vcpus and vcpu_scaled(entry) else (None,)
     out = []
     for variant in entry.variants:
         for backing in _backings(entry, variant, backings):
             for mode in modes if entry.takes_modes else (DEFAULT_MODE,):
-                out.append(Case(entry, variant, backing, mode))
+                out += [Case(entry, variant, backing, mode, v) for v in points]
     return out
 
 
@@ -76,9 +86,12 @@ def run_case(case: Case, runner: SelftestRunner, host: HostFacts, scale: Scale) 
     entry = case.entry
     src = BACKING_SOURCES.get(case.backing or "")
     # hugetlb memory comes from its pool, not from MemAvailable: the pool check covers it.
-    sizing = fit(
-        entry.sizes[scale.name], host.cpus_online, None if src and src.hugetlb else host.mem_available, entry.per_vcpu
-    )
+    want = entry.sizes[scale.name]
+    if case.vcpus is not None:
+        if host.cpus_online is not None and case.vcpus > host.cpus_online:
+            runner.skip(entry.name, f"the sweep's {case.vcpus} vCPUs exceed the {host.cpus_online} online CPUs (a sweep point is never capped)")
+        want = replace(want, vcpus=case.vcpus)
+    sizing = fit(want, host.cpus_online, None if src and src.hugetlb else host.mem_available, entry.per_vcpu)
     if sizing.unfit:
         runner.skip(entry.name, sizing.unfit)
     emulated = emulated_by()
