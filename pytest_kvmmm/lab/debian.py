@@ -8,6 +8,7 @@ A kernel part is ``kernels/<package>_<version>-<modules key>/``: the kernel imag
 
 from __future__ import annotations
 
+import functools
 import lzma
 import os
 import shutil
@@ -61,7 +62,9 @@ def ensure_tools(s: BuildSettings, arches: list[Arch]) -> None:
         raise LabUnavailable(f"`{command}` did not provide {', '.join(missing_tools(tools)) or 'them'}")
 
 
+@functools.lru_cache(maxsize=64)
 def apt_show(package: str, arch: str) -> str | None:
+    """``apt-cache show`` of one package (seconds each on a loaded machine: asked once per run)."""
     proc = run(["apt-cache", "show", "--no-all-versions", f"{package}:{arch}"], capture_output=True)
     return proc.stdout if proc.returncode == 0 and proc.stdout.strip() else None
 
@@ -84,6 +87,7 @@ def ensure_archive(s: BuildSettings, arch: str, probe: str) -> None:
         if add:
             checked(["dpkg", "--add-architecture", arch], "dpkg --add-architecture")
         run(["apt-get", "update", "-q"], capture_output=True)
+    apt_show.cache_clear()  # apt-get update ran: what it knows now
     if apt_show(probe, arch) is None:
         raise LabUnavailable(f"Debian's {arch} package {probe} cannot be had from the configured apt sources")
 
