@@ -499,10 +499,14 @@ class TestWrapper:
         perms += [rec("lab-x86-tdp", "test_kvm_page_table", f"anonymous-pxxv48_4k-tdp_mmu={v}", "passed",
                       tdp_mmu="no" if v == "N" else "yes") for v in "NY"]  # fmt: skip
         assert ci.permutation_checks(perms) == []
-        perms[1] = rec("lab-x86-tdp", "test_dirty_log_page_splitting", "eager_page_split=N", "skipped", "read-only")
+        perms[1] = rec("lab-x86-tdp", "test_dirty_log_page_splitting", "eager_page_split=N", "skipped",
+                       "needs KVM parameter kvm.eager_page_split=Y, it is N: echo Y > ...")  # set for real: decided
+        assert ci.permutation_checks(perms) == []
+        perms[1] = rec("lab-x86-tdp", "test_dirty_log_page_splitting", "eager_page_split=N", "skipped",
+                       "kvm.eager_page_split is read-only here")
         perms[3]["host_facts"] = {"tdp_mmu": "yes"}
         assert ci.permutation_checks(perms) == [
-            "lab-x86-tdp: no case under eager_page_split=N ran its selftest",
+            "lab-x86-tdp: no case under eager_page_split=N was decided with the value set",
             "lab-x86-tdp: cases under tdp_mmu=N passed, but the host facts never said tdp_mmu no"]
 
     def test_read_all_results_skips_a_broken_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -155,7 +155,7 @@ def up(args: argparse.Namespace, hosts: Sequence[str]) -> list[qemu.HostState]:
         qemu.wait_ready(states, args.timeout)
         err(f"ready after {time.monotonic() - start:.1f} s; asking each host for its facts")
         for s in states:
-            s.facts = qemu.remote_facts(s.port)
+            s.facts = qemu.facts_of(s)
             err(qemu.summary(s.facts))
         qemu.save_state(rdir, states)
     except BaseException:

@@ -122,10 +122,9 @@ class KbuildSettings:
 
 
 def _make(s: KbuildSettings, tree: Path, out: Path, build: KernelBuild, *targets: str) -> None:
-    arch = "arm64" if build.arch == "aarch64" else "x86_64"
-    args = ["nice", "-n", str(s.nice), "make", "-C", str(tree), f"O={out}", f"ARCH={arch}", *targets]
-    if build.arch == "aarch64" and os.uname().machine != "aarch64":
-        args.append("CROSS_COMPILE=aarch64-linux-gnu-")
+    args = ["nice", "-n", str(s.nice), "make", "-C", str(tree), f"O={out}", *targets]
+    if build.arch != os.uname().machine:  # a cross build; a native one takes make's defaults
+        args += ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"] if build.arch == "aarch64" else ["ARCH=x86_64"]
     log = out / "kvmmm-build.log"
     with log.open("a") as fh:
         proc = subprocess.run(args, stdout=fh, stderr=subprocess.STDOUT)

@@ -73,7 +73,10 @@ def qemu_args(h: HostSpec) -> list[str]:
 
 
 def port_is_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port. SO_REUSEADDR as QEMU's hostfwd has it: the closed
+    connections of the previous batch (TIME_WAIT for a minute) do not make the port busy."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -302,6 +305,19 @@ def remote_facts(port: int, timeout: float = 120.0) -> dict[str, Any]:
         return dict(json.loads(channel.receive(timeout)))
     finally:
         gw.exit()
+
+
+def facts_of(h: HostState, tries: int = 3) -> dict[str, Any]:
+    """``remote_facts`` of a host that is up, tried again when the gateway drops (a loaded
+    machine: the first connection after boot was seen to end early); a LabError after that."""
+    why = ""
+    for _ in range(tries):
+        try:
+            return remote_facts(h.port)
+        except Exception as exc:  # execnet raises EOFError, OSError, its own errors, and timeouts
+            why = f"{type(exc).__name__}: {exc}"[:300]
+            time.sleep(2)
+    raise LabError(f"{h.name}: its gateway did not answer for its facts ({why}); console: {h.console}")
 
 
 def summary(facts: Mapping[str, Any]) -> str:

@@ -39,6 +39,11 @@ def _case(nodeid: str) -> str:
     return nodeid.split("[", 1)[1].rstrip("]") if "[" in nodeid else ""
 
 
+def _mode_skip(cell: Cell) -> bool:
+    """A skip for a guest mode of another host: the least telling reason an entry has."""
+    return cell.outcome == "skipped" and cell.reason.startswith("guest mode ")
+
+
 def entry_table(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Cell]]:
     """entry -> host -> the deciding cell."""
     table: dict[str, dict[str, Cell]] = {}
@@ -49,7 +54,7 @@ def entry_table(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Cel
             continue
         cell = Cell(outcome, _case(nodeid), str(r.get("reason") or ""))
         old = table.setdefault(entry, {}).get(host)
-        if old is None or _RANK[outcome] < _RANK[old.outcome]:
+        if old is None or (_RANK[outcome], _mode_skip(cell)) < (_RANK[old.outcome], _mode_skip(old)):
             table[entry][host] = cell
     return table
 

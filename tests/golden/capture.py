@@ -82,6 +82,7 @@ LAB_CASES: dict[str, dict[str, tuple[str, ...]]] = {
     "lab-x86-tdp": {
         "max_guest_memory_test.pass.lab-x86-tdp": ("max_guest_memory_test", "-c", "1", "-m", "1", "-s", "1"),
         "pre_fault_memory_test.pass.lab-x86-tdp": ("pre_fault_memory_test",),
+        "set_memory_region_test.two_loops.lab-x86-tdp": ("set_memory_region_test", "2"),
     },
 }
 REMOTE = """
@@ -97,7 +98,7 @@ for name, args in channel.receive():
     if not isinstance(found, Found):
         channel.send([None, found.reason(), 0, 0.0])
         continue
-    res = run([str(found.path), *args], timeout=600)
+    res = run([str(found.path), *args], timeout=2400)
     channel.send([res.stdout, res.stderr, res.returncode, res.duration_s])
 """
 
@@ -112,7 +113,7 @@ def capture_lab(host: str, tx: str) -> int:
         channel = gw.remote_exec(REMOTE)
         channel.send([(name, list(args)) for name, *args in cases.values()])
         for case in cases:
-            stdout, stderr, rc, seconds = channel.receive(900)
+            stdout, stderr, rc, seconds = channel.receive(2500)
             if stdout is None:
                 print(f"skip {case}: {stderr}", file=sys.stderr)
                 continue
