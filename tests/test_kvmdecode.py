@@ -9,14 +9,10 @@ import pytest
 
 from pytest_kvmmm.host.kvmapi import KvmAnswers
 from pytest_kvmmm.host.kvmdecode import (
-    ARM64_GUEST_MODES,
     Arm64KvmCpu,
     X86KvmCpu,
-    arm64_ipa_per_granule,
     decode_arm64_regs,
     decode_x86_cpuid,
-    default_guest_mode_arm64,
-    supported_guest_modes_arm64,
 )
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "kvm"
@@ -138,61 +134,3 @@ def test_registers_that_could_not_be_read_are_none() -> None:
     cpu = decode_arm64_regs({"CTR_EL0": 1 << 29})
     assert (cpu.dic, cpu.idc) == (True, False)
     assert (cpu.ttrem, cpu.fwb, cpu.parange_bits, cpu.hafdbs, cpu.granules, cpu.s2_granules) == (None,) * 6
-
-
-# -- arm64 guest modes (6.12 lib/guest_modes.c + lib/aarch64/processor.c) ---------------------
-
-ALL_GRANULES = decode_arm64_regs({"ID_AA64MMFR0_EL1": mmfr0(5, 0x0, 0x1, 0x0)})
-FOUR_AND_64K = decode_arm64_regs({"ID_AA64MMFR0_EL1": mmfr0(2, 0x0, 0x0, 0x0)})
-ONLY_16K = decode_arm64_regs({"ID_AA64MMFR0_EL1": mmfr0(5, 0xF, 0x1, 0xF)})
-LPA2 = decode_arm64_regs({"ID_AA64MMFR0_EL1": mmfr0(6, 0x1, 0x2, 0x0)})
-P36_40 = ("p40v48_4k", "p40v48_16k", "p40v48_64k", "p36v48_4k", "p36v48_16k", "p36v48_64k", "p36v47_16k")
-P48 = ("p48v48_4k", "p48v48_16k", "p48v48_64k")
-
-
-@pytest.mark.parametrize(
-    ("limit", "cpu", "modes"),
-    [
-        (40, ALL_GRANULES, P36_40),
-        (48, ALL_GRANULES, P48 + P36_40),
-        # The selftest's 64K threshold is TGRAN64_IMP: a 52-bit limit gives p52v48_64k without LPA2.
-        (52, ALL_GRANULES, ("p52v48_64k",) + P48 + P36_40),
-        (52, LPA2, tuple(name for name, _, _ in ARM64_GUEST_MODES)),
-        (48, LPA2, P48 + P36_40),
-        (40, FOUR_AND_64K, ("p40v48_4k", "p40v48_64k", "p36v48_4k", "p36v48_64k")),
-        (48, ONLY_16K, ("p48v48_16k", "p40v48_16k", "p36v48_16k", "p36v47_16k")),
-        (36, FOUR_AND_64K, ("p36v48_4k", "p36v48_64k")),
-        (0, ALL_GRANULES, ()),  # no KVM_CAP_ARM_VM_IPA_SIZE: the selftest asserts "No supported mode!"
-        (48, decode_arm64_regs({}), ()),
-    ],
-)
-def test_supported_guest_modes(limit: int, cpu: Arm64KvmCpu, modes: tuple[str, ...]) -> None:
-    assert supported_guest_modes_arm64(limit, cpu) == modes
-
-
-def test_ipa_per_granule_mirrors_max_ipa_for_page_size() -> None:
-    assert arm64_ipa_per_granule(52, ALL_GRANULES) == {"4k": 48, "16k": 48, "64k": 52}
-    assert arm64_ipa_per_granule(44, LPA2) == {"4k": 44, "16k": 44, "64k": 44}
-    assert arm64_ipa_per_granule(48, ONLY_16K) == {"4k": 0, "16k": 48, "64k": 0}
-
-
-@pytest.mark.parametrize(
-    ("limit", "cpu", "default"),
-    [(48, ALL_GRANULES, "p40v48_4k"), (48, ONLY_16K, "p48v48_16k"), (36, FOUR_AND_64K, "p36v48_4k"), (0, ALL_GRANULES, None)],
-)
-def test_default_guest_mode(limit: int, cpu: Arm64KvmCpu, default: str | None) -> None:
-    assert default_guest_mode_arm64(limit, cpu) == default
-
-
-def test_stage2_granules_do_not_decide_guest_modes() -> None:
-    """The selftest reads stage-1 TGRANx: a stage 2 without 4K still runs 4K guests."""
-    cpu = decode_arm64_regs({"ID_AA64MMFR0_EL1": mmfr0(5, 0x0, 0x1, 0xF, s2=(1, 2, 1))})
-    assert "p48v48_4k" in supported_guest_modes_arm64(48, cpu)
-
-
-@pytest.mark.parametrize(("name", "limit_modes"), [("arm64_ttrem2.json", 10), ("arm64_ttrem0.json", 4)])
-def test_arm64_snapshots_give_modes(name: str, limit_modes: int) -> None:
-    answers = snapshot(name)
-    assert answers.arm64_regs is not None
-    modes = supported_guest_modes_arm64(answers.caps["KVM_CAP_ARM_VM_IPA_SIZE"], decode_arm64_regs(answers.arm64_regs))
-    assert len(modes) == limit_modes

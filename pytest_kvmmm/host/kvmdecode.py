@@ -10,18 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-GRANULES = ("4k", "16k", "64k")
-
-#: arm64 guest modes in the order ``guest_modes_append_default()`` appends them
-#: (6.12 ``lib/guest_modes.c:26-41``): (name, granule, PA bits). All have VA 48 but p36v47_16k.
-ARM64_GUEST_MODES: tuple[tuple[str, str, int], ...] = (
-    ("p52v48_4k", "4k", 52), ("p52v48_16k", "16k", 52), ("p52v48_64k", "64k", 52),
-    ("p48v48_4k", "4k", 48), ("p48v48_16k", "16k", 48), ("p48v48_64k", "64k", 48),
-    ("p40v48_4k", "4k", 40), ("p40v48_16k", "16k", 40), ("p40v48_64k", "64k", 40),
-    ("p36v48_4k", "4k", 36), ("p36v48_16k", "16k", 36), ("p36v48_64k", "64k", 36),
-    ("p36v47_16k", "16k", 36),
-)  # fmt: skip
-
 #: ID_AA64MMFR0_EL1.PARANGE encodings (``arch/arm64/tools/sysreg:1614-1623``).
 _PARANGE_BITS = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52, 7: 56}
 
@@ -167,41 +155,3 @@ def decode_arm64_regs(regs: Mapping[str, int]) -> Arm64KvmCpu:
         granules=s1,
         granules_52bit=s1_52,
     )
-
-
-def arm64_ipa_per_granule(ipa_limit: int, cpu: Arm64KvmCpu) -> dict[str, int]:
-    """ipa4k/ipa16k/ipa64k exactly as 6.12 ``aarch64_get_supported_page_sizes()`` computes them.
-
-    ``max_ipa_for_page_size()`` (``lib/aarch64/processor.c:530-539``): 0 if the stage-1 granule
-    is absent, 52 if its field reaches the 52-bit value and ``ipa_limit >= 52``, else
-    ``min(ipa_limit, 48)``. For 64K the selftest's 52-bit threshold is TGRAN64_IMP, so any
-    present 64K granule gets 52 when the limit allows (the limit implies FEAT_LPA on real hosts).
-    """
-    granules = cpu.granules or ()
-    wide = set(cpu.granules_52bit or ()) | ({"64k"} & set(granules))
-    return {
-        g: 0 if g not in granules else 52 if g in wide and ipa_limit >= 52 else min(ipa_limit, 48)
-        for g in GRANULES
-    }
-
-
-def supported_guest_modes_arm64(ipa_limit: int, cpu: Arm64KvmCpu) -> tuple[str, ...]:
-    """The arm64 guest modes the 6.12 selftests mark "(supported)", in their ``-h`` order.
-
-    ``ipa_limit`` is KVM_CAP_ARM_VM_IPA_SIZE. Mirrors ``guest_modes_append_default()``
-    (``lib/guest_modes.c:19-41``): mode pPPvVV_Nk is supported if ipaNk >= PP. Stage-1 fields
-    decide, as in the selftest (they read the vCPU's MMFR0 TGRAN4/16/64, not TGRANx_2). An
-    unknown MMFR0 or a 0 limit (a kernel without the cap) gives (): the selftest then asserts
-    "No supported mode!".
-    """
-    ipa = arm64_ipa_per_granule(ipa_limit, cpu)
-    return tuple(name for name, granule, pa_bits in ARM64_GUEST_MODES if ipa[granule] >= pa_bits)
-
-
-def default_guest_mode_arm64(ipa_limit: int, cpu: Arm64KvmCpu) -> str | None:
-    """``vm_mode_default`` (``lib/guest_modes.c:43-52``): p40v48_4k if ipa4k >= 40, else the first
-    supported mode in enum order (the order of :data:`ARM64_GUEST_MODES`); None if there is none."""
-    if arm64_ipa_per_granule(ipa_limit, cpu)["4k"] >= 40:
-        return "p40v48_4k"
-    supported = supported_guest_modes_arm64(ipa_limit, cpu)
-    return supported[0] if supported else None
