@@ -337,6 +337,24 @@ class TestPorts:
             assert not qemu.port_is_free(taken)
         assert qemu.port_is_free(qemu.ephemeral_port())
 
+    def test_a_port_in_time_wait_is_free(self) -> None:
+        # The CI stage's second batch takes the first batch's ports moments after its QEMUs
+        # closed their gateway connections (TIME_WAIT, 60 s): QEMU binds them (SO_REUSEADDR),
+        # so the check must too, where a plain bind said "in use" and failed the stage.
+        with socket.socket() as srv:
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.bind(("127.0.0.1", 0))
+            srv.listen(1)
+            port = srv.getsockname()[1]
+            client = socket.create_connection(("127.0.0.1", port))
+            conn, _ = srv.accept()
+            conn.close()  # the listening side closes first, as QEMU does when stopped
+        client.close()
+        with socket.socket() as plain:
+            with pytest.raises(OSError):
+                plain.bind(("127.0.0.1", port))  # the TIME_WAIT the test is about is there
+        assert qemu.port_is_free(port)
+
 
 def host_state(name: str, pid: int, argv: list[str] | None = None) -> qemu.HostState:
     return qemu.HostState(name, "arm64-4k", 47011, pid, argv or ["qemu-system-aarch64", name], "/c.log", 0.0)
