@@ -676,19 +676,3 @@ def test_emulated_by_knows_only_tcg() -> None:
 
     assert emulated_by({"KVMMM_EMULATED": "tcg"}) == "tcg"
     assert emulated_by({"KVMMM_EMULATED": "anything"}) is None and emulated_by({}) is None
-
-
-def test_an_entry_unfit_for_tcg_skips_on_an_emulated_host_only(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_kvmmm.suite.catalogue import BY_NAME
-
-    assert BY_NAME["set_memory_region_test"].emulated_unfit
-    fake = pytester.path / "bin"
-    fake.mkdir()
-    (fake / "set_memory_region_test").write_text("#!/bin/sh\necho 'Testing KVM_RUN'\nexit 0\n")
-    (fake / "set_memory_region_test").chmod(0o755)
-    args = ["--pyargs", "pytest_kvmmm.suite", "-k", "test_set_memory_region", f"--kvm-selftests={fake}",
-            "-p", "no:cacheprovider", "-rs"]  # fmt: skip
-    monkeypatch.setenv("KVMMM_EMULATED", "tcg")
-    res = pytester.runpytest_subprocess(*args)
-    res.stdout.fnmatch_lines(["*not on an emulated host (tcg): it adds every memslot KVM offers*"])
-    res.assert_outcomes(skipped=1)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 
 from ..engine.discovery import Found
 from ..engine.guest_modes import DEFAULT_MODE, ModeUnavailable, arch_mismatch, mode_args
-from ..host.emulation import emulated_by
 from ..host.model import HostFacts
 from ..pytest.fixtures import SelftestRunner
 from .backing import BACKING_SOURCES
@@ -94,9 +93,6 @@ def run_case(case: Case, runner: SelftestRunner, host: HostFacts, scale: Scale) 
     sizing = fit(want, host.cpus_online, None if src and src.hugetlb else host.mem_available, entry.per_vcpu)
     if sizing.unfit:
         runner.skip(entry.name, sizing.unfit)
-    emulated = emulated_by()
-    if emulated and entry.emulated_unfit:
-        runner.skip(entry.name, f"not on an emulated host ({emulated}): {entry.emulated_unfit}")
     selected: tuple[str, ...] = ()
     if case.mode != DEFAULT_MODE:
         wrong_arch = arch_mismatch(case.mode, host.machine)
