@@ -22,6 +22,7 @@ import ctypes
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -73,15 +74,28 @@ def umount_fs(target: Path) -> str | None:
     return None
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` still runs: a zombie (a killed xdist worker its controller has not reaped
-    yet) has ended and will never restore its own changes."""
-    if not pid_alive(pid):
-        return False
+def _stat(pid: int) -> list[str]:
+    """``/proc/PID/stat`` after the command name: state, ppid, ... ([] when it cannot be read)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return True
+        return []
+
+
+def _running(pid: int, child_grace: float = 0.0) -> bool:
+    """Whether ``pid`` still runs: a zombie (a killed xdist worker its controller has not reaped
+    yet) has ended and will never restore its own changes. A child of ours (an xdist worker, at
+    the end of the run) gets ``child_grace`` seconds to finish dying: the controller sees a
+    crashed worker's pipes close before the kernel makes it a zombie."""
+    deadline = time.monotonic() + child_grace
+    while pid_alive(pid):
+        fields = _stat(pid)
+        if fields[:1] == ["Z"]:
+            return False
+        if not fields or time.monotonic() >= deadline or fields[1:2] != [str(os.getpid())]:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 class HostChanges:
@@ -275,7 +289,7 @@ class HostChanges:
             self.journal.unlink(missing_ok=True)
             return done
 
-    def _stale(self) -> list[tuple[Path, int]]:
+    def _stale(self, child_grace: float = 0.0) -> list[tuple[Path, int]]:
         """Journals of processes that died without restoring (SIGKILL, a crashed worker), when
         the journal directory can be trusted at all (else why not, in ``ignored``)."""
         try:
@@ -292,7 +306,7 @@ class HostChanges:
                 pid = int(journal.stem)
             except ValueError:
                 continue
-            if pid != os.getpid() and not _running(pid):
+            if pid != os.getpid() and not _running(pid, child_grace):
                 found.append((journal, pid))
         return found
 
@@ -333,11 +347,11 @@ class HostChanges:
         """Whether a dead process left a journal here (cheap: a directory listing)."""
         return bool(self._stale())
 
-    def restore_stale(self) -> list[str]:
+    def restore_stale(self, child_grace: float = 0.0) -> list[str]:
         """Undo the replayable changes of processes that died without restoring (SIGKILL, a
         crashed worker); what may not be replayed is left as is and named in ``ignored``."""
         done: list[str] = []
-        if not self._stale():
+        if not self._stale(child_grace):
             return done
         with self._lock:
             for journal, pid in self._stale():

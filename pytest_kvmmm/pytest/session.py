@@ -51,6 +51,8 @@ from .xdist import WORKEROUTPUT, handed_host
 
 #: Exit statuses of sessions that did not run: their --kvm-results file is left as it was.
 NOT_A_RUN = (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR)
+#: How long the controller waits, at the end of the run, for a crashed worker to finish dying.
+CHILD_GRACE_S = 3.0
 
 
 class KvmmmPlugin:
@@ -388,7 +390,7 @@ class KvmmmPlugin:
         with self.signals.quiet():  # a SIGTERM now must not cut a restoration in half
             self.restored_at_end += self.host_changes.restore()
             if not self.is_worker and (self.active or self.records or self.workers_used_host):
-                self.restored_at_end += self.host_changes.restore_stale()  # workers that died
+                self.restored_at_end += self.host_changes.restore_stale(child_grace=CHILD_GRACE_S)  # workers that died
         if self.is_worker:  # for the controller's summary (xdist sends workeroutput after this hook)
             self.config.workeroutput[WORKEROUTPUT] = {  # type: ignore[attr-defined]
                 "active": self.active, "restored": [*self.restored, *self.restored_at_end], "ignored": self.host_changes.ignored,
