@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fakes import make_fake, make_host_root
 from pytest_kvmmm.engine.discovery import SearchRoot
 from pytest_kvmmm.engine.engine import SelftestEngine
@@ -66,3 +68,26 @@ def test_a_requirement_not_yet_specialised_accepts_mglru(tmp_path: Path) -> None
     host = mglru_host(tmp_path)
     assert IdleTracking().unmet(host) is None
     assert IdleTracking().for_binary(tmp_path / "absent").unmet(host) is None
+
+
+def test_a_binary_is_resolved_once_per_run_and_not_again_when_the_caller_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = probe_host(make_host_root(tmp_path / "x86"))
+    bins = tmp_path / "bins"
+    make_fake(bins, "set_memory_region_test", stdout="ok\n")
+    e = engine(bins, host)
+    found = e.resolve("set_memory_region_test")
+    real = e.resolve
+    looked_up: list[str] = []
+
+    def resolve(name: str) -> object:
+        looked_up.append(name)
+        return real(name)
+
+    monkeypatch.setattr(e, "resolve", resolve)
+    result = e.run("set_memory_region_test", ["2"], found=found, repeat=3)
+    assert result.status is Status.PASSED and result.argv[1:] == ("2",)
+    assert looked_up == [], "the engine resolved the binary again"
+    e.run("set_memory_region_test", ["2"], repeat=3)
+    assert looked_up == ["set_memory_region_test"], "three runs, one look-up"

@@ -208,12 +208,15 @@ class SelftestEngine:
         exclusive: bool = False,
         who: str = "",
         repeat: int = 1,
+        found: Found | NotFound | None = None,
     ) -> SelftestResult:
         """Run ``name`` ``repeat`` times (stopping at the first run that does not pass) and keep
-        every sample: single runs lie on shared hosts, medians over samples lie less."""
+        every sample: single runs lie on shared hosts, medians over samples lie less. The binary is
+        resolved once: ``found``, where the caller already resolved ``name``, is not looked up again."""
+        found = self.resolve(name) if found is None else found
         results = []
         for _ in range(max(repeat, 1)):
-            results.append(self._run_once(name, args, timeout, requires, notes, exclusive, who))
+            results.append(self._run_once(name, found, args, timeout, requires, notes, exclusive, who))
             if not results[-1].passed:
                 break
         return combine(results)
@@ -221,6 +224,7 @@ class SelftestEngine:
     def _run_once(
         self,
         name: str,
+        found: Found | NotFound,
         args: Sequence[str],
         timeout: float | None,
         requires: Sequence[Requirement],
@@ -231,7 +235,6 @@ class SelftestEngine:
         """One run; ``exclusive`` (perf tests) keeps every other selftest of the run off the host."""
         args = tuple(str(a) for a in args)
         short = Path(name).name
-        found = self.resolve(name)
         if isinstance(found, NotFound):
             arch = wrong_arch(list(requires), self.host())
             if arch:

@@ -54,6 +54,7 @@ class SelftestRunner:
         requires: Sequence[Requirement] = (),
         notes: Sequence[str] = (),
         check: bool = True,
+        found: Found | NotFound | None = None,
     ) -> SelftestResult:
         """Run selftest ``name`` with ``args``; with ``check`` its skip or failure ends the test.
 
@@ -63,7 +64,7 @@ class SelftestRunner:
         perf = self._item.get_closest_marker("perf") is not None
         result = self._engine.run(
             name, [str(a) for a in args], timeout=timeout, requires=requires, notes=notes,
-            exclusive=perf, who=self._item.nodeid, repeat=self._engine.perf_repeat if perf else 1,
+            exclusive=perf, who=self._item.nodeid, repeat=self._engine.perf_repeat if perf else 1, found=found,
         )
         self._item.stash.setdefault(RESULTS_KEY, []).append(result)
         if check:

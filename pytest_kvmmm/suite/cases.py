@@ -2,7 +2,7 @@
 
 Generation is static (the catalogue plus the user's ``--kvm-guest-modes`` /
 ``--kvm-backing-srcs`` selection), so collection never depends on the host. Running a case
-sizes it for the host, resolves its guest mode in the binary's own ``-h`` table, checks
+sizes it for the host, resolves the binary once and its guest mode in its own ``-h`` table, checks
 every requirement, runs the binary and checks that a pass printed its metrics.
 """
 
@@ -10,14 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, NoReturn, Protocol
 
-from ..engine.discovery import Found
+from ..engine.discovery import Found, NotFound
 from ..engine.guest_modes import DEFAULT_MODE, ModeUnavailable, arch_mismatch, mode_args
+from ..engine.requirements import Requirement
 from ..host.model import HostFacts
-from ..pytest.fixtures import SelftestRunner
 from .backing import BACKING_SOURCES
 from .catalogue import Entry, Run, Variant, backing_needs
 from .scale import Scale, fit
+
+
+class Runner(Protocol):
+    """What a case needs to run: the ``kvm_selftests`` fixture's runner is one."""
+
+    def run(
+        self,
+        name: str,
+        *args: object,
+        timeout: float | None = None,
+        requires: Sequence[Requirement] = (),
+        notes: Sequence[str] = (),
+        found: Found | NotFound | None = None,
+    ) -> Any: ...
+
+    def resolve(self, name: str) -> Found | NotFound: ...
+
+    def skip(self, name: str, reason: str, args: Sequence[str] = ()) -> NoReturn: ...
 
 
 @dataclass(frozen=True)
@@ -80,7 +99,7 @@ def cases(entry: Entry, modes: Sequence[str], backings: Sequence[str] | None, sw
     return out
 
 
-def run_case(case: Case, runner: SelftestRunner, host: HostFacts, scale: Scale) -> None:
+def run_case(case: Case, runner: Runner, host: HostFacts, scale: Scale) -> None:
     """Run one case through the ``kvm_selftests`` fixture; skips and failures end the test."""
     entry = case.entry
     src = BACKING_SOURCES.get(case.backing or "")
@@ -94,11 +113,12 @@ def run_case(case: Case, runner: SelftestRunner, host: HostFacts, scale: Scale) 
     if sizing.unfit:
         runner.skip(entry.name, sizing.unfit)
     selected: tuple[str, ...] = ()
+    found: Found | NotFound | None = None
     if case.mode != DEFAULT_MODE:
         wrong_arch = arch_mismatch(case.mode, host.machine)
         if wrong_arch:
             runner.skip(entry.name, wrong_arch)
-        found = runner.resolve(entry.name)
+        found = runner.resolve(entry.name)  # once: the run below uses what was found here
         if isinstance(found, Found):  # else the run below reports the missing binary
             try:
                 selected = mode_args(found.path, case.mode)
@@ -118,6 +138,7 @@ def run_case(case: Case, runner: SelftestRunner, host: HostFacts, scale: Scale) 
         requires=requires,
         notes=sizing.notes,
         timeout=entry.timeout,
+        found=found,
     )
     missing = [m for m in entry.expected_metrics if not any(k == m or k.endswith("/" + m) for k in result.metrics)]
     assert not missing, f"{entry.name} passed but printed no value for {', '.join(missing)}"
@@ -126,7 +147,7 @@ def run_case(case: Case, runner: SelftestRunner, host: HostFacts, scale: Scale) 
 def case_test(entry: Entry) -> Callable[..., None]:
     """The test function of one catalogue entry; ``pytest_generate_tests`` gives it its cases."""
 
-    def test(kvm_case: Case, kvm_selftests: SelftestRunner, kvm_host: HostFacts, kvm_scale: Scale) -> None:
+    def test(kvm_case: Case, kvm_selftests: Runner, kvm_host: HostFacts, kvm_scale: Scale) -> None:
         run_case(kvm_case, kvm_selftests, kvm_host, kvm_scale)
 
     test.__name__ = test.__qualname__ = entry.test_name
