@@ -18,14 +18,14 @@ from pytest_kvmmm.engine.engine import SelftestResult
 from pytest_kvmmm.engine.metrics import parse_metrics
 from pytest_kvmmm.engine.outcome import Status
 from pytest_kvmmm.host import probe_host
+from pytest_kvmmm.host.report import ENV_KEYS
+from pytest_kvmmm.host.report import fact_texts as host_environment
 from pytest_kvmmm.reports import allure_report
 from pytest_kvmmm.reports.allure_files import (
     CATEGORIES,
-    ENV_KEYS,
     categories_json,
     categorize,
     environment_properties,
-    host_environment,
     hosts_from_records,
     parse_properties,
     split_environment,

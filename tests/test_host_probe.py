@@ -122,7 +122,7 @@ def test_host_without_kvm(tmp_path: Path) -> None:
     h = probe_host(make_host_root(tmp_path, kvm="no_kvm", kvm_modules={}))
     assert not h.kvm.available and h.kvm.flavour is None
     assert h.kvm.unavailable_reason and "does not exist" in h.kvm.unavailable_reason
-    assert "KVM no KVM (unusable:" in summary_line(h)
+    assert "KVM none (unusable:" in summary_line(h), "the header says what records and Allure say"
 
 
 def test_snapshot_records_read_only_pools(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Human-readable host reports: the one-line pytest header and ``--kvm-host-info``. Pure."""
+"""Host facts as text: the one place they become text (``fact_texts``), the one-line pytest header
+and ``--kvm-host-info``. Pure."""
 
 from __future__ import annotations
 
@@ -27,20 +28,75 @@ def memory_text(h: HostFacts) -> str:
     return f"{(h.mem_total or 0) // 2**20} MiB total, {(h.mem_available or 0) // 2**20} MiB available"
 
 
+ENV_KEYS = (
+    "emulated", "kernel", "arch", "page_size", "cpus", "memory", "kvm", "tdp", "tdp_mmu", "guest_1g_pages", "maxphyaddr", "pre_fault",
+    "ttrem", "arm64_mode", "ipa_size", "parange", "s2_granules", "guest_granules", "fwb", "hafdbs", "idc_dic", "thp", "page_idle", "mglru", "hugetlb_free_nr", "hugetlb_default", "selftests", "facts_from",
+)
+
+
+def _granules(names: tuple[str, ...] | None) -> str:
+    return "?" if names is None else ",".join(names) or "none"
+
+
+def fact_texts(host: HostFacts, selftests: str | None = None, emulated: str | None = None) -> dict[str, str]:
+    """The host facts that matter for triage, as text, keyed and ordered as ``ENV_KEYS``: the one
+    place facts become text for the pytest header line, every record (hence the terminal's
+    per-host lines and Allure's ``environment.properties``) and the lab's host table.
+    ``emulated``: how the host is emulated ("tcg" on a kvmmm lab host), None for a real one."""
+    k = host.kvm
+    kvm = k.flavour or "none"
+    if not k.available:
+        kvm += f" (unusable: {k.unavailable_reason or 'unknown'})"
+    env = {
+        "kernel": host.kernel_release or "?",
+        "arch": host.machine or "?",
+        "page_size": format_size(host.page_size) if host.page_size else "?",
+        "cpus": str(host.cpus_online or "?"),
+        "memory": memory_text(host),
+        "kvm": kvm,
+        "thp": host.thp.enabled or "?",
+        "page_idle": yes_no(host.page_idle),
+        "mglru": yes_no(host.mglru.usable_for_aging),
+        "hugetlb_free_nr": pools_text(host.hugetlb),
+        "hugetlb_default": format_size(host.hugetlb_default_kb * 1024) if host.hugetlb_default_kb else "?",
+        "facts_from": host.source,
+    }
+    if k.x86 is not None or host.machine == "x86_64":
+        env["tdp"] = yes_no(k.tdp)
+        env["tdp_mmu"] = yes_no(k.tdp_mmu)
+        if k.x86 is not None:
+            env["guest_1g_pages"] = yes_no(k.x86.gbpages)
+            env["maxphyaddr"] = str(k.x86.maxphyaddr or "?")
+        if k.available:
+            env["pre_fault"] = yes_no(k.cap("PRE_FAULT_MEMORY") > 0)
+    if k.arm64 is not None or host.machine == "aarch64":
+        env["ttrem"] = "?" if k.ttrem is None else str(k.ttrem)
+        env["arm64_mode"] = k.arm64_mode or "?"
+        env["ipa_size"] = "?" if k.ipa_size is None else f"{k.ipa_size} bits"
+    if k.arm64 is not None:
+        a = k.arm64
+        env["parange"] = "?" if a.parange_bits is None else f"{a.parange_bits} bits"
+        env["s2_granules"] = _granules(a.s2_granules)
+        env["guest_granules"] = _granules(a.granules)
+        env["fwb"] = yes_no(a.fwb)
+        env["hafdbs"] = "?" if a.hafdbs is None else str(a.hafdbs)
+        env["idc_dic"] = f"{yes_no(a.idc)}/{yes_no(a.dic)}"
+    if selftests:
+        env["selftests"] = selftests
+    if emulated:
+        env["emulated"] = emulated
+    return {key: env[key] for key in ENV_KEYS if key in env}
+
+
 def summary_line(h: HostFacts) -> str:
     """arch, KVM flavour, TDP MMU, TTRem, hugetlb pools, THP, page_idle: what decides most skips."""
-    k = h.kvm
-    kvm = k.flavour or "no KVM"
-    if not k.available:
-        kvm += f" (unusable: {k.unavailable_reason})"
-    parts = [f"{h.machine or '?'} {h.kernel_release or '?'}", f"{_page(h.page_size)} pages", f"{h.cpus_online or '?'} CPUs", f"KVM {kvm}"]
+    f = fact_texts(h)
+    parts = [f"{f['arch']} {f['kernel']}", f"{f['page_size']} pages", f"{f['cpus']} CPUs", f"KVM {f['kvm']}"]
     if h.machine == "x86_64":
-        parts.append(f"TDP {yes_no(k.tdp)}, TDP MMU {yes_no(k.tdp_mmu)}")
-    if k.arm64 is not None:
-        parts.append(f"TTRem {k.ttrem if k.ttrem is not None else '?'}, IPA {k.ipa_size or '?'} bits")
-    parts.append(f"hugetlb free/nr {pools_text(h.hugetlb)}")
-    parts.append(f"THP {h.thp.enabled or '?'}")
-    parts.append(f"page_idle {yes_no(h.page_idle)}")
+        parts.append(f"TDP {f['tdp']}, TDP MMU {f['tdp_mmu']}")
+    if h.kvm.arm64 is not None:
+        parts.append(f"TTRem {f['ttrem']}, IPA {f['ipa_size']}")
+    parts += [f"hugetlb free/nr {f['hugetlb_free_nr']}", f"THP {f['thp']}", f"page_idle {f['page_idle']}"]
     return ", ".join(parts)
 
 

@@ -276,7 +276,7 @@ def last_lines(text: str, n: int = 3) -> str:
 
 REMOTE_FACTS = """
 import json, platform
-from pytest_kvmmm.reports.allure_report import host_environment
+from pytest_kvmmm.host.report import fact_texts
 from pytest_kvmmm.engine.discovery import Found, find_binary, search_roots
 from pytest_kvmmm.host.emulation import emulated_by
 from pytest_kvmmm.engine.guest_modes import read_help_modes
@@ -285,7 +285,7 @@ from pytest_kvmmm.provision.cache import default_cache_root
 
 host = probe_host()
 facts = host.to_json()
-facts["environment"] = host_environment(host, None, emulated_by())
+facts["environment"] = fact_texts(host, None, emulated_by())
 found = find_binary("kvm_page_table_test", search_roots(None, default_cache_root(), platform.release()))
 if isinstance(found, Found):
     modes = read_help_modes(found.path).modes

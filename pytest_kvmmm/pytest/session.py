@@ -36,7 +36,7 @@ from ..engine.requirements import Requirement, first_unmet
 from ..host import HostFacts, probe_host
 from ..host.emulation import emulated_by
 from ..host.probe import with_fresh_pools
-from ..host.report import summary_line
+from ..host.report import fact_texts, summary_line
 from ..provision.cache import default_cache_root, journal_dir
 from ..reports import allure_report
 from ..reports.results import ResultsWriter
@@ -378,7 +378,7 @@ class KvmmmPlugin:
         per-host lines and Allure's environment.properties."""
         if self._host_facts is None:
             build = allure_report.selftests_build(self.engine.search_roots())
-            self._host_facts = allure_report.host_environment(self.host(), build, emulated_by())
+            self._host_facts = fact_texts(self.host(), build, emulated_by())
         return self._host_facts
 
     @pytest.hookimpl(tryfirst=True)  # tryfirst: the host is restored before anything else can fail

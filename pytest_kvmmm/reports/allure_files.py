@@ -23,11 +23,9 @@ from typing import Any
 
 from ..coordination.safefs import read_private, replace_file
 from ..engine.discovery import SearchRoot
-from ..host.model import HostFacts
-from ..host.report import memory_text, pools_text, yes_no
-from ..host.units import format_size
+from ..host.report import ENV_KEYS
 
-#: Record field (``report.user_properties`` "kvm_selftest") with ``host_environment()``, so the
+#: Record field (``report.user_properties`` "kvm_selftest") with ``host.report.fact_texts()``, so the
 #: controller can describe hosts it never probed (xdist workers on lab hosts).
 RECORD_FACTS = "host_facts"
 CATEGORIES_FILE = "categories.json"
@@ -128,70 +126,12 @@ def categorize(status: str, message: str, categories: Sequence[Category] = CATEG
 # --- environment ------------------------------------------------------------------------
 
 #: The facts per host, in the order they are written.
-ENV_KEYS = (
-    "emulated", "kernel", "arch", "page_size", "cpus", "memory", "kvm", "tdp", "tdp_mmu", "guest_1g_pages", "maxphyaddr", "pre_fault",
-    "ttrem", "arm64_mode", "ipa_size", "parange", "s2_granules", "guest_granules", "fwb", "hafdbs", "idc_dic", "thp", "page_idle", "mglru", "hugetlb_free_nr", "hugetlb_default", "selftests", "facts_from",
-)
-
-
-def _granules(names: Sequence[str] | None) -> str:
-    return "?" if names is None else ",".join(names) or "none"
-
-
 def selftests_build(roots: Sequence[SearchRoot]) -> str | None:
     """Which selftests build a run uses, from the engine's search roots (the first one wins)."""
     if not roots:
         return None
     root = roots[0]
     return f"{root.path} ({root.origin})"
-
-
-def host_environment(host: HostFacts, selftests: str | None, emulated: str | None = None) -> dict[str, str]:
-    """The host facts that matter for triage, as strings (JSON-ready for the xdist record).
-    ``emulated``: how the host is emulated ("tcg" on a kvmmm lab host), None for a real one."""
-    k = host.kvm
-    kvm = k.flavour or "none"
-    if not k.available:
-        kvm += f" (unusable: {k.unavailable_reason or 'unknown'})"
-    env = {
-        "kernel": host.kernel_release or "?",
-        "arch": host.machine or "?",
-        "page_size": format_size(host.page_size) if host.page_size else "?",
-        "cpus": str(host.cpus_online or "?"),
-        "memory": memory_text(host),
-        "kvm": kvm,
-        "thp": host.thp.enabled or "?",
-        "page_idle": yes_no(host.page_idle),
-        "mglru": yes_no(host.mglru.usable_for_aging),
-        "hugetlb_free_nr": pools_text(host.hugetlb),
-        "hugetlb_default": format_size(host.hugetlb_default_kb * 1024) if host.hugetlb_default_kb else "?",
-        "facts_from": host.source,
-    }
-    if k.x86 is not None or host.machine == "x86_64":
-        env["tdp"] = yes_no(k.tdp)
-        env["tdp_mmu"] = yes_no(k.tdp_mmu)
-        if k.x86 is not None:
-            env["guest_1g_pages"] = yes_no(k.x86.gbpages)
-            env["maxphyaddr"] = str(k.x86.maxphyaddr or "?")
-        if k.available:
-            env["pre_fault"] = yes_no(k.cap("PRE_FAULT_MEMORY") > 0)
-    if k.arm64 is not None or host.machine == "aarch64":
-        env["ttrem"] = "?" if k.ttrem is None else str(k.ttrem)
-        env["arm64_mode"] = k.arm64_mode or "?"
-        env["ipa_size"] = "?" if k.ipa_size is None else f"{k.ipa_size} bits"
-    if k.arm64 is not None:
-        a = k.arm64
-        env["parange"] = "?" if a.parange_bits is None else f"{a.parange_bits} bits"
-        env["s2_granules"] = _granules(a.s2_granules)
-        env["guest_granules"] = _granules(a.granules)
-        env["fwb"] = yes_no(a.fwb)
-        env["hafdbs"] = "?" if a.hafdbs is None else str(a.hafdbs)
-        env["idc_dic"] = f"{yes_no(a.idc)}/{yes_no(a.dic)}"
-    if selftests:
-        env["selftests"] = selftests
-    if emulated:
-        env["emulated"] = emulated
-    return {key: env[key] for key in ENV_KEYS if key in env}
 
 
 def hosts_from_records(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:

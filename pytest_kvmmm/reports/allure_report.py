@@ -59,7 +59,6 @@ from .allure_files import (
     RECORD_FACTS,
     categories_json,
     categorize,
-    host_environment,
     hosts_from_records,
     selftests_build,
     write_session_files,
@@ -67,7 +66,7 @@ from .allure_files import (
 
 __all__ = [
     "CATEGORIES", "RECORD_FACTS", "alluredir", "annotate_test", "case_of", "categories_json", "categorize",
-    "describe", "enabled", "host_environment", "hosts_from_records", "selftests_build", "suite_full_name",
+    "describe", "enabled", "hosts_from_records", "selftests_build", "suite_full_name",
     "write_session_files",
 ]
 

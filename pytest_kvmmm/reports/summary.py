@@ -93,7 +93,7 @@ def metric_tables(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-#: The facts shown per host in a multi-host run, in this order (keys of ``host_environment``).
+#: The facts shown per host in a multi-host run, in this order (keys of ``host.report.fact_texts``).
 HOST_FACTS = (
     "arch", "kernel", "page_size", "kvm", "tdp", "tdp_mmu", "guest_1g_pages", "maxphyaddr", "ttrem", "arm64_mode",
     "ipa_size", "parange", "s2_granules", "guest_granules", "fwb", "hafdbs", "thp", "page_idle", "hugetlb_free_nr",
