@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from ..engine.discovery import RENAMED
 from ..engine.requirements import (
     AnyOf,
     Arch,
@@ -220,7 +221,7 @@ CATALOGUE: tuple[Entry, ...] = (
     ),
     Entry(
         name="max_guest_memory_test",
-        aliases=("mmu_stress_test",),
+        aliases=RENAMED["max_guest_memory_test"],
         short="max_guest_memory",
         doc="map the most guest memory KVM allows and zap it: the TDP MMU zap stress (mmu_stress_test since 6.14)",
         # -s is the slot size and -m the most guest memory (GiB): ``slots`` slots of -s each (4 unless
