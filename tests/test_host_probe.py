@@ -188,10 +188,13 @@ LIVE = pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm on
 @LIVE
 def test_live_host_is_fast_and_matches_sysfs() -> None:
     probe_host()  # warm the page cache
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     h = probe_host()
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 0.1, f"probe took {elapsed * 1000:.1f} ms"
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    # Cheap is CPU time (about 4 ms here): the wall time of a shared host's load (213 ms seen at
+    # load 20 on two cores) is not the probe's. The wall bound still catches a probe that waits.
+    assert cpu < 0.1, f"probe took {cpu * 1000:.1f} ms of CPU"
+    assert elapsed < 1.0, f"probe took {elapsed * 1000:.1f} ms"
     assert h.cpus_online == os.cpu_count()
     assert h.kernel_release == os.uname().release
     assert h.page_size == os.sysconf("SC_PAGE_SIZE")
