@@ -17,12 +17,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import proctree
+from .held_signals import HeldSignals
 
 #: Output kept per stream. A binary that prints megabytes keeps its head and its tail:
 #: the assertion block and the metrics are at the end, the banner at the start.
@@ -183,7 +184,7 @@ def _die_with_parent(
     mask: set[int | signal.Signals] | None = None, tree: proctree.ProcessTree | None = None
 ) -> None:
     """In the child before exec: SIGKILL it when the process that started it dies, and give it
-    back the signal mask the parent had (``run`` blocks SIGINT around the start).
+    back the signal mask the parent had (``run`` holds SIGINT back around the start).
 
     The selftest runs in its own session, so a SIGKILLed pytest (or xdist worker) would
     otherwise leave it running as an orphan, holding guest memory and hugetlb pages.
@@ -194,22 +195,6 @@ def _die_with_parent(
         tree.join()
     if mask is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[set[int | signal.Signals] | None]:
-    """Hold a Ctrl-C back while the child is being started: raised inside ``Popen``, it would
-    leave a started selftest without a ``proc`` to kill. Yields the mask to restore (None off
-    the main thread, where Python never raises KeyboardInterrupt); the caller restores it once
-    it can kill the child, and the pending SIGINT is raised there."""
-    if threading.current_thread() is not threading.main_thread():
-        yield None
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})  # signals.py
-    try:
-        yield old
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _exited(pid: int, deadline: float | None) -> bool:
@@ -313,9 +298,10 @@ def run(
     argv = tuple(str(a) for a in argv)
     started_at = time.time()
     t0 = time.monotonic()
-    with _sigint_deferred() as mask:
+    held = HeldSignals().hold()
+    try:
         try:
-            proc, tree = _start(argv, cwd, env, mask)
+            proc, tree = _start(argv, cwd, env, held.mask)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if exc.errno == errno.ENOEXEC:
@@ -326,11 +312,12 @@ def run(
             )
         _running[threading.get_ident()] = tree
         try:
-            if mask is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C held back is raised here
+            held.release()  # a Ctrl-C held back is raised here, where the child can be killed
         except BaseException:
             _end(proc, tree)
             raise
+    finally:
+        held.release()
 
     assert proc.stdout is not None and proc.stderr is not None
     out = _Capture(output_limit) if on_line is None else _LineTap(output_limit, on_line)
