@@ -37,9 +37,9 @@ from pathlib import Path
 
 from pytest_kvmmm.baseline import store
 from pytest_kvmmm.baseline.compare import Comparison, compare
-from pytest_kvmmm.baseline.plugin import DEFAULT_REPEAT
 from pytest_kvmmm.baseline.stats import Verdict
 from pytest_kvmmm.baseline.table import terminal_lines
+from pytest_kvmmm.pytest.baseline import DEFAULT_REPEAT
 from pytest_kvmmm.reports.results import read_results
 
 SUITE = ("--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", "-p", "no:cacheprovider", "-q")

@@ -420,7 +420,7 @@ def test_cli_png_draws_a_chart(saved: Path, tmp_path: Path) -> None:
 
 
 def test_thresholds_most_specific_first() -> None:
-    from pytest_kvmmm.baseline.plugin import resolve_thresholds
+    from pytest_kvmmm.pytest.baseline import resolve_thresholds
 
     entry = {"*": 15.0, "KVM_ADJUST_MAPPINGS": 25.0}
     assert resolve_thresholds(10.0, {}, None) == (10.0, {})
@@ -435,7 +435,7 @@ def test_a_catalogue_entry_gives_thresholds_through_its_case() -> None:
     """``Entry.regression_pct`` reaches a catalogue test through its ``kvm_case`` parameter."""
     from types import SimpleNamespace
 
-    from pytest_kvmmm.baseline.plugin import _entry_thresholds
+    from pytest_kvmmm.pytest.baseline import _entry_thresholds
 
     case = SimpleNamespace(entry=SimpleNamespace(regression_pct={"KVM_ADJUST_MAPPINGS": 25.0}))
     item = SimpleNamespace(callspec=SimpleNamespace(params={"kvm_case": case}))

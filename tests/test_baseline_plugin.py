@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fakes import make_host_root, records
-from pytest_kvmmm.baseline.plugin import DEFAULT_REPEAT
+from pytest_kvmmm.pytest.baseline import DEFAULT_REPEAT
 
 #: Prints the three page-table stages: FAKE_TIMES ("create,update,adjust" seconds) times
 #: 1.00 .. 1.04 (run number modulo 5, from a counter file): a spread a repeat can see.

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from pytest_kvmmm.baseline.plugin import parse_pct, parse_regression_marker
 from pytest_kvmmm.engine.requirements import (
     Arch,
     HugetlbPages,
@@ -17,6 +16,7 @@ from pytest_kvmmm.engine.requirements import (
     MinMemory,
     TtremLevel,
 )
+from pytest_kvmmm.pytest.baseline import parse_pct, parse_regression_marker
 from pytest_kvmmm.pytest.markers import MARKERS, parse_requires, parse_selftest_marker
 
 

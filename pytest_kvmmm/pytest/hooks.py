@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from ..baseline.plugin import BaselinePlugin
-from ..baseline.plugin import add_options as add_baseline_options
 from ..host.probe import timed_probe
 from ..host.report import text_report
 from . import dashboards, options, timeout_guard, xdist
+from .baseline import BaselinePlugin
+from .baseline import add_options as add_baseline_options
 from .keys import ENGINE_KEY, SCALE_KEY
 from .markers import MARKERS
 from .session import KvmmmPlugin

@@ -21,17 +21,23 @@ from typing import Any
 
 import pytest
 
+from ..baseline import store
+from ..baseline.compare import compare, failing, find_test, metric_changes, pair_hosts
+from ..baseline.fingerprint import (
+    Fingerprint,
+    fingerprint,
+    machine_differences,
+    selftests_build,
+    unforceable,
+)
+from ..baseline.stats import MIN_EFFECT_PCT, MetricChange
+from ..baseline.table import regression_message, terminal_lines
 from ..coordination.safefs import target_problem
 from ..engine.engine import SelftestEngine, SelftestResult
 from ..host.emulation import emulated_by
 from ..host.model import HostFacts
-from ..pytest.keys import RECORD_PROPERTY, RESULTS_KEY, SCALE_KEY
 from ..reports.verdict import first_line
-from . import store
-from .compare import compare, failing, find_test, metric_changes, pair_hosts
-from .fingerprint import Fingerprint, fingerprint, machine_differences, selftests_build, unforceable
-from .stats import MIN_EFFECT_PCT, MetricChange
-from .table import regression_message, terminal_lines
+from .keys import RECORD_PROPERTY, RESULTS_KEY, SCALE_KEY
 
 #: This plugin's: the fingerprint of the host a test ran on, and the metrics that failed it.
 HOST_PROPERTY = "kvm_baseline_host"
