@@ -8,7 +8,6 @@ that whatever the binary printed until then is kept, even on a timeout.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import os
@@ -20,7 +19,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import proctree
 from .held_signals import HeldSignals
@@ -168,18 +166,6 @@ def _pump(
         sel.close()
 
 
-def _load_prctl() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-#: Looked up once in the parent: the child between fork and exec must not dlopen (another
-#: thread of the parent may have held the loader's lock when it forked).
-_PRCTL = _load_prctl()
-
-
 def _die_with_parent(
     mask: set[int | signal.Signals] | None = None, tree: proctree.ProcessTree | None = None
 ) -> None:
@@ -189,8 +175,8 @@ def _die_with_parent(
     The selftest runs in its own session, so a SIGKILLed pytest (or xdist worker) would
     otherwise leave it running as an orphan, holding guest memory and hugetlb pages.
     """
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if proctree.PRCTL is not None:
+        proctree.PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     if tree is not None:
         tree.join()
     if mask is not None:

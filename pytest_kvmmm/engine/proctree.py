@@ -290,7 +290,9 @@ def _load_prctl() -> Any:
         return None
 
 
-_PRCTL = _load_prctl()
+#: Looked up once, in the parent: the child between fork and exec must not dlopen (another
+#: thread of the parent may have held the loader's lock when it forked). process.py uses it too.
+PRCTL = _load_prctl()
 _subreaper_lock = threading.Lock()
 _subreaper = False
 
@@ -298,8 +300,8 @@ _subreaper = False
 def _become_subreaper() -> None:
     global _subreaper
     with _subreaper_lock:
-        if not _subreaper and _PRCTL is not None:
-            _subreaper = _PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        if not _subreaper and PRCTL is not None:
+            _subreaper = PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 def own_cgroup(proc: Path = Path("/proc")) -> Path | None:
