@@ -20,6 +20,7 @@ from pytest_kvmmm.engine.outcome import Status
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.host.report import ENV_KEYS
 from pytest_kvmmm.host.report import fact_texts as host_environment
+from pytest_kvmmm.pytest import allure as allure_glue
 from pytest_kvmmm.reports import allure_report
 from pytest_kvmmm.reports.allure_files import (
     CATEGORIES,
@@ -320,11 +321,11 @@ def test_disabled_without_alluredir_or_without_allure(monkeypatch: pytest.Monkey
     def config(value: str | None) -> Any:
         return SimpleNamespace(option=SimpleNamespace(allure_report_dir=value), invocation_params=SimpleNamespace(dir=tmp_path))
 
-    assert allure_report.alluredir(config(None)) is None
-    assert allure_report.alluredir(SimpleNamespace(option=SimpleNamespace())) is None  # type: ignore[arg-type]
-    assert allure_report.alluredir(config("ar")) == tmp_path / "ar"
+    assert allure_glue.alluredir(config(None)) is None
+    assert allure_glue.alluredir(SimpleNamespace(option=SimpleNamespace())) is None  # type: ignore[arg-type]
+    assert allure_glue.alluredir(config("ar")) == tmp_path / "ar"
     monkeypatch.setitem(sys.modules, "allure", None)  # import allure -> ImportError
-    assert allure_report.alluredir(config("ar")) is None
+    assert allure_glue.alluredir(config("ar")) is None
 
 
 PASSING = """

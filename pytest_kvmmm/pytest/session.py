@@ -41,7 +41,7 @@ from ..provision.cache import default_cache_root, journal_dir
 from ..reports import allure_report
 from ..reports.results import ResultsWriter
 from ..reports.summary import quiet_lines, summary_lines
-from . import dashboards, parametrize
+from . import allure, dashboards, parametrize
 from .activation import is_selftest_item, named_option
 from .fixtures import SelftestRunner
 from .keys import CALL_KEY, CHANGES_KEY, RECORD_PROPERTY, REQUIRES_KEY, RESULTS_KEY
@@ -298,9 +298,9 @@ class KvmmmPlugin:
             if counting is not None and not counting.active and results[-1].returncode is not None:
                 record[COUNTERS_OFF] = counting.note  # why, for a controller that never saw this host's header
             record = self.dash.decide(item, report, record)  # pytest's verdict, known issues
-            if allure_report.enabled(self.config):
+            if allure.enabled(self.config):
                 # annotate while allure-pytest still holds the result open
-                allure_report.annotate_test(item, results, scale=self.settings.scale, host=self.host_label)
+                allure.annotate_test(item, results, scale=self.settings.scale, host=self.host_label)
             # A fresh list: item.user_properties is shared by the setup/call/teardown reports.
             report.user_properties = [*report.user_properties, (RECORD_PROPERTY, record)]
             if report.skipped and isinstance(report.longrepr, tuple):
@@ -415,7 +415,7 @@ class KvmmmPlugin:
 
     def _allure_session_files(self) -> None:
         """Allure: categories.json and environment.properties, once, by the process that owns the session."""
-        target = allure_report.alluredir(self.config)
+        target = allure.alluredir(self.config)
         if self.is_worker or target is None or self.config.option.collectonly:
             return
         hosts = allure_report.hosts_from_records(self.records) or {self.host_label: self.host_facts()}

@@ -25,32 +25,24 @@ rather than its rootdir-relative node id, so its history survives running from a
 directory. At the end of the session the process that owns it writes ``categories.json`` and
 ``environment.properties`` (``allure_files``).
 
-allure-pytest is optional at run time: it is imported lazily, and without it, or without
-``--alluredir``, nothing here writes anything. ``describe`` is pure, so the whole mapping is
-testable without Allure.
+Pure: ``describe`` needs no Allure and no pytest; ``pytest_kvmmm/pytest/allure.py`` hands its
+description to allure-pytest at run time.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import re
 import shlex
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from ..engine.counters.report import attachment_text, short
 from ..engine.engine import SelftestResult
 from ..engine.guest_modes import DEFAULT_MODE
 from ..engine.outcome import Status
 from ..host.units import format_size, parse_size
-from ..pytest.keys import RESULTS_KEY
 from ..suite.backing import BACKING_SOURCES
 from ..suite.cases import Case
 from ..suite.catalogue import BY_NAME, Entry
@@ -65,14 +57,13 @@ from .allure_files import (
 )
 
 __all__ = [
-    "CATEGORIES", "RECORD_FACTS", "alluredir", "annotate_test", "case_of", "categories_json", "categorize",
-    "describe", "enabled", "hosts_from_records", "selftests_build", "suite_full_name",
+    "CATEGORIES", "RECORD_FACTS", "categories_json", "categorize",
+    "describe", "hosts_from_records", "selftests_build",
     "write_session_files",
 ]
 
 EPIC = "KVM MMU"
 
-_ANNOTATED = pytest.StashKey[bool]()
 _ENTRIES: dict[str, Entry] = {
     **{alias: e for e in BY_NAME.values() for alias in e.aliases},
     **BY_NAME,
@@ -409,122 +400,4 @@ def describe(
         tuple(params),
         tuple(attachments),
         tuple(steps),
-    )
-
-
-# --- Allure runtime (lazy) ----------------------------------------------------------------
-
-
-def alluredir(config: pytest.Config) -> Path | None:
-    """The results directory when allure-pytest is installed and ``--alluredir`` was given, else None."""
-    value = getattr(config.option, "allure_report_dir", None)
-    if not value:
-        return None  # no option (allure-pytest absent or disabled with -p no:allure_pytest) or not given
-    try:
-        import allure  # noqa: F401
-    except ImportError:
-        return None
-    # allure-pytest resolves it against the working directory at configure time.
-    return Path(config.invocation_params.dir, value).resolve()
-
-
-def enabled(config: pytest.Config) -> bool:
-    return alluredir(config) is not None
-
-
-def case_of(item: pytest.Item) -> Case | None:
-    """The catalogue case a suite test runs (its ``kvm_case`` parameter), if any."""
-    callspec = getattr(item, "callspec", None)
-    case = callspec.params.get("kvm_case") if callspec is not None else None
-    return case if isinstance(case, Case) else None
-
-
-def suite_full_name(item: pytest.Item) -> str | None:
-    """``pytest_kvmmm.suite.test_mm#test_kvm_page_table`` for a catalogue case, else None.
-
-    allure-pytest names a test after its pytest node id, which is relative to the rootdir:
-    ``pytest --pyargs pytest_kvmmm.suite`` run from two directories gives two names, hence two
-    historyIds, and the rerun loses its history. The module's import name does not move.
-    """
-    module = getattr(getattr(item, "module", None), "__name__", None)
-    if case_of(item) is None or not module:
-        return None
-    return f"{module}#{getattr(item, 'originalname', item.name)}"
-
-
-def annotate_test(item: pytest.Item, results: Sequence[SelftestResult] | None = None, *, scale: str, host: str) -> None:
-    """Give the running test's Allure result its labels, title, parameters, attachments and steps.
-
-    Call it from ``pytest_runtest_makereport`` of the report that decides the test (the call
-    report, or a setup report that skipped or failed), while allure-pytest still holds the
-    result open. ``results`` default to the item's selftest runs. A no-op without Allure, for a
-    test without selftest runs, and on a second call for the same item.
-    """
-    if item.stash.get(_ANNOTATED, False) or not enabled(item.config):
-        return
-    results = results if results is not None else item.stash.get(RESULTS_KEY, None)
-    if not results:
-        return
-    item.stash[_ANNOTATED] = True
-    try:
-        markers = [m.name for m in item.iter_markers()]
-        annotation = describe(results, case_of(item), scale=scale, host=host, test_name=item.name, markers=markers)
-        if any(m.name == "allure_label" and m.kwargs.get("label_type") == "severity" for m in item.iter_markers()):
-            # the test's own @allure.severity wins (allure-pytest adds it at teardown)
-            annotation = dataclasses.replace(annotation, labels=tuple(lb for lb in annotation.labels if lb[0] != "severity"))
-        _apply(item.config, annotation, suite_full_name(item))
-    except Exception as exc:  # a report must never cost a lab its test run
-        warnings.warn(pytest.PytestWarning(f"pytest-kvmmm: no Allure annotation for {item.nodeid}: {exc!r}"), stacklevel=1)
-
-
-def _apply(config: pytest.Config, annotation: Annotation, full_name: str | None) -> None:
-    import allure
-    from allure_commons.types import AttachmentType
-
-    dynamic: Any = allure.dynamic  # untyped upstream
-    dynamic.title(annotation.title)
-    for name, value in annotation.labels:
-        dynamic.label(name, value)
-    for p in annotation.parameters:
-        dynamic.parameter(p.name, p.value, excluded=p.excluded or None)
-    for a in annotation.attachments:
-        kind = AttachmentType.JSON if a.kind == "json" else AttachmentType.TEXT
-        allure.attach(a.body, name=a.name, attachment_type=kind)
-    test = _open_result(config)
-    if test is None:
-        return
-    if full_name is not None:
-        # allure-pytest derives historyId from fullName at teardown, after this call
-        test.fullName = full_name
-        test.testCaseId = hashlib.md5(full_name.encode()).hexdigest()  # as allure-pytest computes it
-    test.steps.extend(_allure_step(s) for s in annotation.steps)
-
-
-def _open_result(config: pytest.Config) -> Any:
-    """The test result allure-pytest's listener holds open, or None.
-
-    The public API has no way to give a step its own start and stop (``allure.step`` stamps
-    "now") or to name a test, so these two go to the result itself; should allure-pytest's
-    internals move, they are left out rather than failing the test.
-    """
-    from allure_commons.model2 import TestResult
-
-    listener = config.pluginmanager.get_plugin("allure_listener")
-    reporter = getattr(listener, "allure_logger", None)
-    test = reporter.get_test(None) if reporter is not None and hasattr(reporter, "get_test") else None
-    return test if isinstance(test, TestResult) else None
-
-
-def _allure_step(step: Step) -> Any:
-    from allure_commons.model2 import Parameter as AllureParameter
-    from allure_commons.model2 import StatusDetails, TestStepResult
-
-    return TestStepResult(
-        name=step.name,
-        status=step.status,
-        start=step.start,
-        stop=step.stop,
-        parameters=[AllureParameter(name=p.name, value=str(p.value)) for p in step.parameters],
-        steps=[_allure_step(s) for s in step.steps],
-        statusDetails=StatusDetails(message=step.message) if step.message else None,
     )
