@@ -1,5 +1,5 @@
 """Cases from the catalogue, and how one runs, against a stand-in runner: what is generated for
-a selection, what a case says about itself (its facts), and the order of decisions at run time."""
+a selection, what a case says about itself, and the order of decisions at run time."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_a_case_names_its_markers_and_is_the_same_in_every_process() -> None:
     assert repr(c) == "Case(kvm_page_table_test[anonymous_hugetlb_2mb])", "no addresses: Allure hashes it"
 
 
-def test_a_case_runs_sized_for_the_host_with_its_facts(tmp_path: Path) -> None:
+def test_a_case_runs_sized_for_the_host(tmp_path: Path) -> None:
     host = probe_host(make_host_root(tmp_path / "h", cpus="0-1"))
     entry = BY_NAME["kvm_page_table_test"]
     runner = Runner(metrics=dict.fromkeys(entry.expected_metrics, 0.1))
