@@ -1,0 +1,47 @@
+"""The package's declared metadata against what CI proves: the floors of ci/floors.txt."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIREMENT = re.compile(r"^([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)$")
+
+
+def _floors_declared() -> dict[str, str]:
+    """pyproject's run-time dependencies as name -> floor (each must have one)."""
+    floors = {}
+    for requirement in importlib.metadata.requires("pytest-kvmmm") or []:
+        if "extra ==" in requirement:
+            continue
+        match = REQUIREMENT.match(requirement.replace(" ", ""))
+        assert match, f"dependency {requirement!r} has no plain >= floor for ci/floors.txt to pin"
+        floors[match.group(1).lower()] = match.group(2)
+    return floors
+
+
+def _floors_pinned() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "ci" / "floors.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = tuple(int(p) for p in version.split("."))
+    while parts and parts[-1] == 0:
+        parts = parts[:-1]
+    return parts
+
+
+def test_ci_pins_every_declared_floor_exactly() -> None:
+    declared = _floors_declared()
+    pinned = _floors_pinned()
+    assert sorted(declared) == sorted(pinned)
+    assert {n: _release(v) for n, v in declared.items()} == {n: _release(v) for n, v in pinned.items()}
+    assert {"pytest", "pluggy", "pytest-xdist", "allure-pytest", "filelock"} <= set(declared)
