@@ -34,8 +34,8 @@ setup_venv() {  # $1 name, $2 python version; installs the plugin and its depend
   fi
   local pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
   case $name in
-    floor) "${pip[@]}" -c ci/floors.txt -e . || return 1 ;;
-    latest) "${pip[@]}" --upgrade pip && "${pip[@]}" --upgrade --upgrade-strategy eager -e . || return 1 ;;
+    floor) "${pip[@]}" -c ci/floors.txt -e . pytest-timeout || return 1 ;;
+    latest) "${pip[@]}" --upgrade pip && "${pip[@]}" --upgrade --upgrade-strategy eager -e . pytest-timeout || return 1 ;;
   esac
 }
 
@@ -45,7 +45,7 @@ run_one() {  # $1 name, $2 python version
   [ "${PIPESTATUS[0]}" -eq 0 ] || { say "$name: setup failed"; return 1; }
   say "$name: $("$venv/bin/python" -c 'import platform; print("Python", platform.python_version())'), $(
     "$venv/bin/python" -m pip list --format=freeze 2>/dev/null |
-      grep -iE '^(pytest|pluggy|pytest-xdist|allure-pytest|filelock|execnet)==' | tr '\n' ' ')"
+      grep -iE '^(pytest|pluggy|pytest-xdist|allure-pytest|filelock|execnet|pytest-timeout)==' | tr '\n' ' ')"
   # shellcheck disable=SC2086
   "$venv/bin/python" -m pytest tests -p no:cacheprovider -n 2 -q \
     --ignore=tests/test_integration.py --ignore=tests/test_lab_integration.py ${MATRIX_PYTEST_ARGS:-}
