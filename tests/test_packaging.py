@@ -6,6 +6,10 @@ import importlib.metadata
 import re
 from pathlib import Path
 
+import pytest
+
+import pytest_kvmmm
+
 REPO = Path(__file__).resolve().parent.parent
 REQUIREMENT = re.compile(r"^([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)$")
 
@@ -48,3 +52,18 @@ def test_ci_pins_every_declared_floor_exactly() -> None:
     declared.update({n: v for n, v in _floors_declared("test").items() if n in pinned})
     assert {n: _release(v) for n, v in declared.items()} == {n: _release(v) for n, v in pinned.items()}
     assert {"pytest", "pluggy", "pytest-xdist", "allure-pytest", "filelock", "pytest-timeout"} <= set(declared)
+
+
+def test_every_console_script_answers_version(capsys: pytest.CaptureFixture[str]) -> None:
+    version = importlib.metadata.version("pytest-kvmmm")
+    scripts = [ep for ep in importlib.metadata.distribution("pytest-kvmmm").entry_points if ep.group == "console_scripts"]
+    assert len(scripts) >= 3
+    for script in scripts:
+        with pytest.raises(SystemExit) as exit_:
+            script.load()(["--version"])
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out == f"{script.name} {version}\n"
+
+
+def test_the_package_version_is_the_installed_metadata() -> None:
+    assert pytest_kvmmm.__version__ == importlib.metadata.version("pytest-kvmmm") != "0+unknown"

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import __version__
 from . import store
 from .compare import compare
 from .plot import PlotError, write_png
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="kvmmm-compare",
         description="Compare two runs saved with pytest --kvm-save: before, after, change and a verdict per metric.",
     )
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("before", metavar="BEFORE", help="baseline NAME (in the baselines folder) or FILE")
     ap.add_argument("after", metavar="AFTER", help="baseline NAME or FILE")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (for a cover letter)")

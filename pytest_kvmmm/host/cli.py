@@ -8,6 +8,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from .. import __version__
 from .probe import probe_host
 from .report import text_report
 from .snapshot import capture
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Capture the sysfs/procfs files pytest-kvmmm reads and the KVM API's answers, "
         "so `pytest --kvm-host-snapshot OUT` reproduces this host's skip decisions elsewhere.",
     )
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("out", type=Path, help="a directory, or a file ending in .tar.gz to write a tarball")
     args = ap.parse_args(argv)
     out: Path = args.out

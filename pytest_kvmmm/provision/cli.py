@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_kvmmm import __version__
 from pytest_kvmmm.provision.build import BUILD_LOG, BuildOptions, BuildResult, Target, provision
 from pytest_kvmmm.provision.cache import default_cache_root
 from pytest_kvmmm.provision.source import DEFAULT_PACKAGE, DEFAULT_TARBALL, ProvisionError
@@ -27,6 +28,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Build the kernel's KVM selftests (tools/testing/selftests/kvm) into the "
         "pytest-kvmmm cache, once per kernel version.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--source",
         type=Path,
