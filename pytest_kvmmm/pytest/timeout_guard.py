@@ -31,7 +31,8 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
     import pytest_timeout  # type: ignore[import-untyped]
 
     def expire() -> None:
-        if settings.disable_debugger_detection or not pytest_timeout.is_debugging():
+        # disable_debugger_detection came with pytest-timeout 2.2: before it, the debugger is always detected
+        if getattr(settings, "disable_debugger_detection", False) or not pytest_timeout.is_debugging():
             runner.kill_running()
         pytest_timeout.timeout_timer(item, settings)
 
