@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The dependency matrix: the project's unit tests on the oldest supported set (Python 3.9 with
 # every floor of pyproject.toml pinned by ci/floors.txt) and on the newest (Python 3.13 with the
-# latest releases), each in its own virtualenv, .venv-floor and .venv-latest.
+# latest releases), each in its own virtualenv, .venv-floor and .venv-latest, with the [test]
+# extra (its tools that ci/floors.txt pins, pytest-timeout, at their floor too).
 #   bash ci/matrix.sh [floor|latest]...     (default: both; extra pytest arguments via MATRIX_PYTEST_ARGS)
 # The integration tests (real selftests, the lab) run once, in ci/test.sh's .venv: here they are
 # left out, as they test the host rather than the dependency set and double CI's time.
@@ -34,8 +35,8 @@ setup_venv() {  # $1 name, $2 python version; installs the plugin and its depend
   fi
   local pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
   case $name in
-    floor) "${pip[@]}" -c ci/floors.txt -e . pytest-timeout || return 1 ;;
-    latest) "${pip[@]}" --upgrade pip && "${pip[@]}" --upgrade --upgrade-strategy eager -e . pytest-timeout || return 1 ;;
+    floor) "${pip[@]}" -c ci/floors.txt -e '.[test]' || return 1 ;;
+    latest) "${pip[@]}" --upgrade pip && "${pip[@]}" --upgrade --upgrade-strategy eager -e '.[test]' || return 1 ;;
   esac
 }
 
@@ -45,7 +46,7 @@ run_one() {  # $1 name, $2 python version
   [ "${PIPESTATUS[0]}" -eq 0 ] || { say "$name: setup failed"; return 1; }
   say "$name: $("$venv/bin/python" -c 'import platform; print("Python", platform.python_version())'), $(
     "$venv/bin/python" -m pip list --format=freeze 2>/dev/null |
-      grep -iE '^(pytest|pluggy|pytest-xdist|allure-pytest|filelock|execnet|pytest-timeout)==' | tr '\n' ' ')"
+      grep -iE '^(pytest|pluggy|pytest-xdist|allure-pytest|filelock|execnet|pytest-timeout|pytest-html|pytest-rerunfailures)==' | tr '\n' ' ')"
   # shellcheck disable=SC2086
   "$venv/bin/python" -m pytest tests -p no:cacheprovider -n 2 -q \
     --ignore=tests/test_integration.py --ignore=tests/test_lab_integration.py ${MATRIX_PYTEST_ARGS:-}

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..baseline import store
 from ..baseline.fingerprint import Fingerprint
 from ..provision.cache import default_cache_root
@@ -46,6 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         cut = argv.index("--")
         argv, pytest_args = argv[:cut], argv[cut + 1:]
     ap = argparse.ArgumentParser(prog="kvmmm-ab", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("before", metavar="BEFORE", help="stock | DIR with kvm.ko | kernel tree or tarball to build")
     ap.add_argument("after", metavar="AFTER", help="the same kinds as BEFORE")
     ap.add_argument("--before-patch", action="append", default=[], type=Path, metavar="PATCH", help="patch for BEFORE's source (repeatable)")

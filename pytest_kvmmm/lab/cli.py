@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .. import __version__
 from . import overlay, qemu, table
 from .build import build_all, load_image
 from .hosts import DEFAULT_HOSTS, HOST_KINDS, parse_hosts
@@ -357,6 +358,7 @@ def add_run_dir(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kvmmm-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="build the images (cached)")
     add_host_opts(p)
