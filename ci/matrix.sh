@@ -20,6 +20,9 @@ interpreter() {  # the newest installed CPython of version $1, from pyenv or PAT
       echo "$(pyenv root)/versions/$prefix/bin/python$1"; return 0
     fi
   fi
+  for prefix in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$1".*/; do  # pyenv's, when pyenv is not on PATH
+    [ -x "${prefix}bin/python$1" ] && { echo "${prefix}bin/python$1"; return 0; }
+  done
   command -v "python$1"
 }
 
