@@ -346,7 +346,8 @@ class KvmmmPlugin:
         ignored = self.host_changes.ignored_line()
         if ignored and ignored != self._reported_ignored:
             terminalreporter.write_line(f"kvmmm: {ignored}", yellow=True)
-        verbosity = self.config.get_verbosity()
+        # Config.get_verbosity came with pytest 8; before it, -v is the option's count
+        verbosity = int(self.config.get_verbosity() if hasattr(self.config, "get_verbosity") else self.config.option.verbose)
         extra = [*self.dash.exports, *self.dash.problems]
         if self.writer is not None and self.writer.problem:
             extra.append(self.writer.problem)
