@@ -55,14 +55,16 @@ def test_smoke_suite_runs_the_real_binaries(pytester: pytest.Pytester, real_buil
 
     # Every case passes, skips with a reason, fails with the binary's own assertion (exit 254,
     # file:line: dirty_log_test's dirty ring fails about half the time on PVM), or fails
-    # because the kernel complained during a passing run.
+    # because the kernel complained about its own run. A failed case may carry both: the dirty
+    # ring's assertion came with KVM's own "WARNING: CPU: 0 PID: 11749 at .../dirty_ring.c:225
+    # kvm_dirty_ring_push" from the test's vCPU thread, a legitimate failure to record. Kernel
+    # lines of other sessions' selftests are notes ("seen on the host meanwhile"), never a failure.
     for name, rec in recs.items():
-        if rec["status"] == "failed" and rec["kernel_log"]:
-            # the binary passed but the kernel complained (PVM: set_memory_region_test's KVM_RUN
-            # without memory logs "kvm-pvm: INTERNAL_ERROR in batch emul")
-            assert rec["returncode"] == 0 and "but the kernel logged" in rec["reason"], (name, rec)
-        elif rec["status"] == "failed":
-            assert rec["returncode"] == 254 and re.search(r"exit 254: \S+\.c:\d+: ", rec["reason"]), (name, rec)
+        if rec["status"] == "failed":
+            own_assert = rec["returncode"] == 254 and re.search(r"exit 254: \S+\.c:\d+: ", rec["reason"])
+            kernel_only = rec["returncode"] == 0 and "but the kernel logged" in rec["reason"]
+            assert own_assert or kernel_only, (name, rec)
+            assert not kernel_only or rec["kernel_log"], (name, rec)
         elif rec["status"] == "crashed":
             # memslot_perf_test's host thread waits for its guest under its own alarm(10)
             # (host_perform_sync): a host loaded by other sessions (load 20 on two cores) can
@@ -71,6 +73,11 @@ def test_smoke_suite_runs_the_real_binaries(pytester: pytest.Pytester, real_buil
         else:
             assert rec["status"] in ("passed", "skipped"), (name, rec["status"], rec["reason"])
             assert rec["status"] == "passed" or rec["reason"], name
+    # set_memory_region_test runs a vCPU without memory to get KVM's internal error on purpose
+    # (PVM logs "kvm-pvm: INTERNAL_ERROR in batch emul"): expected there, so it passes.
+    memslot = [rec for name, rec in recs.items() if name.startswith("test_set_memory_region")]
+    assert memslot and all(rec["status"] == "passed" for rec in memslot), memslot
+    assert all(not any("INTERNAL_ERROR" in line for line in rec["kernel_log"]) for rec in memslot), memslot
 
     # The plain page-table backings run wherever KVM does: real passes, real timings.
     for backing in ("anonymous", "shmem"):

@@ -108,12 +108,13 @@ ROOT_KMSG = pytest.mark.skipif(
 
 
 def _kmsg_writer(directory: Path, text: str) -> Path:
-    """A fake selftest that passes after writing ``text`` into the kernel log, as a buggy KVM would."""
+    """A fake selftest that passes after writing ``text`` into the kernel log, as a buggy KVM would
+    (``{pid}`` becomes its own PID: a WARN names the task that hit it)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "kvm_page_table_test"
     path.write_text(
-        f"#!{sys.executable}\n"
-        f"open('/dev/kmsg', 'w').write('<4>' + {text!r} + '\\n')\n"
+        f"#!{sys.executable}\nimport os\n"
+        f"open('/dev/kmsg', 'w').write('<4>' + {text!r}.replace('{{pid}}', str(os.getpid())) + '\\n')\n"
         "print('KVM_CREATE_MAPPINGS: total execution time: 0.100000000s')\n"
     )
     path.chmod(0o755)
@@ -122,8 +123,9 @@ def _kmsg_writer(directory: Path, text: str) -> Path:
 
 @ROOT_KMSG
 def test_a_passing_binary_fails_when_the_kernel_warns(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    warn = "pytest-kvmmm selftest: WARNING: CPU: 0 PID: 1 at fake/kvm_mmu.c:42 injected_by_test+0x0/0x0"
+    warn = "pytest-kvmmm selftest: WARNING: CPU: 0 PID: {pid} at fake/kvm_mmu.c:42 injected_by_test+0x0/0x0"
     _kmsg_writer(tmp_path / "b", warn)
+    warn = warn.replace("{pid}", "*")
     pytester.makepyfile("""
         import pytest
 
@@ -135,7 +137,7 @@ def test_a_passing_binary_fails_when_the_kernel_warns(pytester: pytest.Pytester,
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*kvm_page_table_test passed, but the kernel logged WARN during the run*", f"*{warn}*"])
     rec = [ln for ln in (pytester.path / "r.jsonl").read_text().splitlines()][0]
-    assert warn in rec
+    assert re.search(r"WARNING: CPU: 0 PID: \d+ at fake/kvm_mmu.c:42", rec)
     # report mode: the same run passes, the line becomes a note
     res = pytester.runpytest_subprocess("--kvm-selftests", str(tmp_path / "b"), "--kvm-kernel-log", "report", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)

@@ -18,11 +18,14 @@ rest is left as it is and reported in ``ignored``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -98,6 +101,14 @@ def _running(pid: int, child_grace: float = 0.0) -> bool:
     return False
 
 
+#: (path, pages now, value to restore) -> the value to write instead.
+PoolTarget = Callable[[str, int, int], int]
+
+
+def _as_asked(path: str, now: int, back: int) -> int:
+    return back
+
+
 class HostChanges:
     """This process's changes to the host under ``root`` (``/`` live), journalled in ``journal_dir``."""
 
@@ -109,6 +120,15 @@ class HostChanges:
         self.changes: list[Change] = []
         #: Why journals or entries read back were not replayed (one line each, deduplicated).
         self.ignored: list[str] = []
+        #: Set by the engine: the host-wide ledger's ``restoring``, which keeps the pages other
+        #: sessions hold grants on when a pool shrinks back (they are taken back later).
+        self.pool_floor: Callable[[], AbstractContextManager[PoolTarget]] | None = None
+
+    def _floor(self) -> AbstractContextManager[PoolTarget]:
+        """Taken before ``self._lock`` (the ledger's lock comes first everywhere)."""
+        if self.pool_floor is None:
+            return contextlib.nullcontext(_as_asked)
+        return self.pool_floor()
 
     def _file(self, path: str) -> Path:
         return rooted(self.root, path)
@@ -241,22 +261,25 @@ class HostChanges:
 
     def undo_last(self, path: str) -> list[str]:
         """Undo this process's changes of one file (a parameter set for one test)."""
-        with self._lock:
+        with self._floor() as target, self._lock:
             mine = [c for c in self.changes if c.path == path]
             self.changes = [c for c in self.changes if c.path != path]
-            done = self._undo(mine)
+            done = self._undo(mine, target)
             self._write_journal(self.changes)
             return done
 
-    def _undo(self, changes: list[Change]) -> list[str]:
+    def _undo(self, changes: list[Change], target: PoolTarget = _as_asked) -> list[str]:
         done = []
         for c in reversed(changes):
             try:
                 if c.kind == "hugetlb":
                     now = int(self._file(c.path).read_text())
-                    back = max(now - c.added, 0)
+                    back = target(c.path, now, max(now - c.added, 0))
                     self._file(c.path).write_text(f"{back}\n")
-                    done.append(f"{c.path}: {now} -> {back} (removed the {c.added} pages pytest-kvmmm added)")
+                    kept = back - max(now - c.added, 0)
+                    done.append(f"{c.path}: {now} -> {back} (removed the {c.added} pages pytest-kvmmm added)" if kept <= 0
+                                else f"{c.path}: {now} -> {back} (removed {c.added - kept} of the {c.added} pages "
+                                     f"pytest-kvmmm added; {kept} are granted to another session, removed once free)")
                 elif c.kind == "module":
                     module, param = _module_param(c.path)
                     why = modreload.reload(self.root, module, param, c.old)
@@ -283,8 +306,8 @@ class HostChanges:
         """Undo this process's changes (end of session, failure, Ctrl-C)."""
         if not self.changes and not self.journal.exists():
             return []
-        with self._lock:
-            done = self._undo(self.changes)
+        with self._floor() as target, self._lock:
+            done = self._undo(self.changes, target)
             self.changes = []
             self.journal.unlink(missing_ok=True)
             return done
@@ -353,12 +376,12 @@ class HostChanges:
         done: list[str] = []
         if not self._stale(child_grace):
             return done
-        with self._lock:
+        with self._floor() as target, self._lock:
             for journal, pid in self._stale():
                 changes = self._read_stale(journal)
                 if changes is None:
                     continue
-                done += [f"{line} [left by killed process {pid}]" for line in self._undo(changes)]
+                done += [f"{line} [left by killed process {pid}]" for line in self._undo(changes, target)]
                 journal.unlink(missing_ok=True)
         return done
 

@@ -10,20 +10,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..coordination.host_changes import HostChanges
-from ..coordination.ledger import HostCoordinator, NeverFits
+from ..coordination.host_changes import HostChanges, PoolTarget
+from ..coordination.hostwide import HostLedger, LedgerError, NeverFits, Presence, WaitedTooLong
+from ..coordination.ledger import HostCoordinator
 from ..host.model import HostFacts
 from . import process as runner
 from .counters import Counters, CounterSession, guest_memory_bytes
 from .counters.model import combined
 from .discovery import Found, NotFound, SearchRoot, find_binary
-from .kernel_health import Health, KernelWatch
+from .kernel_blame import Blame, blame
+from .kernel_health import Health, KernelWatch, taint_flags
 from .metrics import Metrics, parse_metrics
 from .outcome import Outcome, Status, classify
 from .output_checks import check_output, notes_without_verdict
@@ -118,10 +122,13 @@ class SelftestEngine:
     missing_fails: bool = False
     #: A program that exists but cannot be executed fails (off with --kvm-allow-missing).
     unrunnable_fails: bool = False
-    #: Set under xdist: shares hugetlb pools and the host between the run's workers.
+    #: Set under xdist: the perf lock between the run's workers.
     coordinator: HostCoordinator | None = None
     #: ``--kvm-counters``: counts each run's tracepoints (None: not asked for).
     counters: CounterSession | None = None
+    #: Makes the host-wide ledger (hugetlb grants, who else runs selftests), on first use.
+    ledger_factory: Callable[[], HostLedger] | None = None
+    _ledger: HostLedger | None = field(default=None, init=False, repr=False)
     _roots_cache: Sequence[SearchRoot] | None = field(default=None, init=False, repr=False)
 
     def prepare_host(self, requires: Sequence[Requirement]) -> str | None:
@@ -133,11 +140,9 @@ class SelftestEngine:
                 continue
             pool = host.hugetlb_pool(req.size_kb) if isinstance(req, HugetlbPages) and req.size_kb else None
             if isinstance(req, HugetlbPages) and pool is not None:
-                added, why = self.host_changes.grow_hugetlb(
+                _, why = self.host_changes.grow_hugetlb(
                     pool.nr_path, f"{pool.dir}/free_hugepages", f"{pool.dir}/resv_hugepages", req.pages
                 )
-                if added and self.coordinator is not None:
-                    self.coordinator.add_budget(pool.size_kb, added)
             elif isinstance(req, ThpMadvise):
                 why = self.host_changes.set_thp("madvise")
             else:
@@ -149,14 +154,53 @@ class SelftestEngine:
                 host = self.host()
         return first_unmet(list(requires), host)
 
+    def ledger(self) -> HostLedger | None:
+        """The host-wide ledger, made on first use (LedgerError: its directory is not trustworthy)."""
+        if self._ledger is None and self.ledger_factory is not None:
+            self._ledger = self.ledger_factory()
+        return self._ledger
+
+    def pool_floor(self) -> AbstractContextManager[PoolTarget]:
+        """For shrinking pools back: the ledger's ``restoring`` (pages granted to other sessions stay)."""
+        try:
+            ledger = self.ledger()
+        except LedgerError:
+            ledger = None
+        return ledger.restoring() if ledger is not None else contextlib.nullcontext(lambda path, now, back: back)
+
+    def _grow(self, size_kb: int, pages: int) -> int:
+        """--kvm-allow-host-changes, under the ledger's lock: add ``pages`` to the global pool of
+        ``size_kb`` (journalled); returns the pages added."""
+        assert self.host_changes is not None
+        base = f"/sys/kernel/mm/hugepages/hugepages-{size_kb}kB"
+        files = (f"{base}/nr_hugepages", f"{base}/free_hugepages", f"{base}/resv_hugepages")
+        pool = self.host().hugetlb_pool(size_kb)
+        if pool is None:
+            return 0
+        usable = pool.usable
+        if self.pools_changed is not None:
+            self.pools_changed()
+            fresh = self.host().hugetlb_pool(size_kb)
+            usable = fresh.usable if fresh else usable
+        # grow_hugetlb grows until that many pages are free: the usable ones plus the shortfall.
+        added, _ = self.host_changes.grow_hugetlb(*files, max(usable, 0) + pages)
+        return added
+
     @contextlib.contextmanager
-    def _slot(self, pages: dict[int, int], exclusive: bool, who: str) -> Iterator[float]:
-        """Under xdist: this run's share of the host (hugetlb grant, then shared/exclusive use)."""
-        if self.coordinator is None:
-            yield 0.0
-            return
-        with self.coordinator.hugetlb(pages, who) as waited_pages, self.coordinator.host(exclusive) as waited_host:
-            yield waited_pages + waited_host
+    def _slot(
+        self, ledger: HostLedger | None, pages: dict[int, int], exclusive: bool, who: str, wait_s: float
+    ) -> Iterator[tuple[float, Presence | None]]:
+        """This case's share of the host: its hugetlb grant (host-wide), the run's shared or
+        exclusive hold, and its presence on the host while it runs."""
+        with contextlib.ExitStack() as stack:
+            waited = 0.0
+            if ledger is not None:
+                grow = self._grow if self.host_changes is not None else None
+                waited += stack.enter_context(ledger.hugetlb(pages, who, wait_s, grow))
+            if self.coordinator is not None:
+                waited += stack.enter_context(self.coordinator.host(exclusive))
+            presence = stack.enter_context(ledger.selftest(who)) if ledger is not None else None
+            yield waited, presence
 
     def search_roots(self) -> Sequence[SearchRoot]:
         if self._roots_cache is None:
@@ -209,6 +253,7 @@ class SelftestEngine:
         who: str = "",
         repeat: int = 1,
         found: Found | NotFound | None = None,
+        expected_kernel: Sequence[str] = (),
     ) -> SelftestResult:
         """Run ``name`` ``repeat`` times (stopping at the first run that does not pass) and keep
         every sample: single runs lie on shared hosts, medians over samples lie less. The binary is
@@ -216,7 +261,7 @@ class SelftestEngine:
         found = self.resolve(name) if found is None else found
         results = []
         for _ in range(max(repeat, 1)):
-            results.append(self._run_once(name, found, args, timeout, requires, notes, exclusive, who))
+            results.append(self._run_once(name, found, args, timeout, requires, notes, exclusive, who, expected_kernel))
             if not results[-1].passed:
                 break
         return combine(results)
@@ -231,6 +276,7 @@ class SelftestEngine:
         notes: Sequence[str],
         exclusive: bool,
         who: str,
+        expected_kernel: Sequence[str] = (),
     ) -> SelftestResult:
         """One run; ``exclusive`` (perf tests) keeps every other selftest of the run off the host."""
         args = tuple(str(a) for a in args)
@@ -251,28 +297,34 @@ class SelftestEngine:
         unsafe = self.unsafe(found.path)
         if unsafe:
             return SelftestResult(short, argv, Status.ERROR, unsafe, binary=str(found.path), notes=tuple(notes))
-        if self.coordinator is None and self.pools_changed is not None and any(
-            isinstance(r, HugetlbPages) for r in requires
-        ):
-            # Pools change under us (other users, other runs): check the pool as it is now, so a
-            # pool that shrank since the session started gives a skip, not an ENOMEM failure.
-            # Under xdist the ledger decides instead (the live pool includes our own workers).
-            self.pools_changed()
-        unmet = first_unmet(list(requires), self.host()) if requires else None
+        try:
+            ledger = self.ledger()
+        except LedgerError as exc:
+            return SelftestResult(short, argv, Status.ERROR, str(exc), binary=str(found.path), notes=tuple(notes))
+        # Hugetlb pages are the ledger's to grant: the live pool includes what other selftests
+        # (this run's and other sessions') use right now, so only the ledger knows what is ours.
+        huge = [r for r in requires if isinstance(r, HugetlbPages) and r.size_kb] if ledger else []
+        checked = [r for r in requires if r not in huge]
+        unmet = first_unmet(checked, self.host()) if checked else None
         if unmet and self.host_changes is not None:
-            unmet = self.prepare_host(requires)
+            unmet = self.prepare_host(checked)
         if unmet:
             return SelftestResult(
                 short, argv, Status.SKIPPED, unmet, binary=str(found.path), notes=tuple(notes)
             )
         limit = self.default_timeout if timeout is None else timeout
-        pages = {r.size_kb: r.pages for r in requires if isinstance(r, HugetlbPages) and r.size_kb}
+        pages = {r.size_kb: r.pages for r in huge if r.size_kb}
         try:
-            with self._slot(pages, exclusive, who) as waited:
+            with self._slot(ledger, pages, exclusive, who, limit) as (waited, presence):
                 taint = self.kernel.start() if self.kernel else 0
                 proc, counts, counting_note = self._run_counted(found.name, argv, limit, found.path.parent)
                 health = self.kernel.finish(taint) if self.kernel else Health()
         except NeverFits as exc:
+            if self.pools_changed is not None:
+                self.pools_changed()
+            why = first_unmet(list(huge), self.host()) or str(exc)
+            return SelftestResult(short, argv, Status.SKIPPED, why, binary=str(found.path), notes=tuple(notes))
+        except WaitedTooLong as exc:
             return SelftestResult(short, argv, Status.SKIPPED, str(exc), binary=str(found.path), notes=tuple(notes))
         if counting_note:
             notes = (*notes, counting_note)
@@ -287,15 +339,11 @@ class SelftestEngine:
             outcome = Outcome(Status(verdict.status), f"{short} exit 0 but: {verdict.reason}"
                               if verdict.status == "failed" else verdict.reason)
         outcome = left_behind(outcome, short, proc.left_behind)
-        if health.bad and self.kernel_mode == "fail":
-            if outcome.status is Status.PASSED:
-                outcome = Outcome(Status.FAILED, f"{short} passed, but {health.summary()}", health.report())
-            else:
-                outcome = Outcome(outcome.status, outcome.reason,
-                                  f"{outcome.details}\n\nkernel log during the run:\n{health.report()}")
-        elif health.bad or health.noise:
-            extra_notes = (*extra_notes, *(f"kernel: {line}" for line in (health.report() or "").splitlines()),
-                           *(f"kernel (known noise): {line}" for line in health.noise))
+        judged = blame(health, proc.pids, found.path.name, presence.alone if presence else True,
+                       [re.compile(p) for p in expected_kernel])
+        outcome, kernel_notes = kernel_verdict(outcome, judged, self.kernel_mode, short)
+        extra_notes = (*extra_notes, *kernel_notes)
+        health = judged.mine
         return SelftestResult(
             name=short,
             argv=argv,
@@ -336,6 +384,30 @@ class SelftestEngine:
         if runs is None or counting.error:
             return proc, None, f"not counted: {counting.error}"
         return proc, self.counters.counters(runs), counting.note
+
+
+def kernel_verdict(outcome: Outcome, judged: Blame, mode: str, short: str) -> tuple[Outcome, tuple[str, ...]]:
+    """The outcome once the kernel log is read (``mode`` "fail" or "report"), and the notes to show:
+    this run's own complaints fail it; what others did meanwhile and what the selftest provokes
+    on purpose are notes."""
+    health = judged.mine
+    notes: tuple[str, ...] = ()
+    if health.bad and mode == "fail":
+        if outcome.status is Status.PASSED:
+            outcome = Outcome(Status.FAILED, f"{short} passed, but {health.summary()}", health.report())
+        else:
+            outcome = Outcome(outcome.status, outcome.reason,
+                              f"{outcome.details}\n\nkernel log during the run:\n{health.report()}")
+    elif health.bad or health.noise:
+        notes = (*(f"kernel: {line}" for line in (health.report() or "").splitlines()),
+                 *(f"kernel (known noise): {line}" for line in health.noise))
+    if judged.taint_meanwhile:
+        notes = (*notes, f"kernel (seen on the host meanwhile): became tainted ({taint_flags(judged.taint_meanwhile)})")
+    return outcome, (
+        *notes,
+        *(f"kernel (seen on the host meanwhile): {line}" for line in judged.meanwhile[:20]),
+        *(f"kernel (expected from {short}): {line}" for line in judged.expected[:5]),
+    )
 
 
 def left_behind(outcome: Outcome, short: str, left: Sequence[str]) -> Outcome:

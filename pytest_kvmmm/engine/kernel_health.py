@@ -87,6 +87,18 @@ def parse_kmsg_record(record: str) -> KernelLine | None:
     return KernelLine(seq, prio & 7, text)
 
 
+def split_records(chunk: str) -> list[str]:
+    """The records in one read: ``/dev/kmsg`` gives one per read, a log file (``KVMMM_KMSG``)
+    many; a record's continuation lines (`` KEY=value``) start with a space."""
+    records: list[str] = []
+    for line in chunk.split("\n"):
+        if line.startswith(" ") and records:
+            records[-1] += "\n" + line
+        elif line:
+            records.append(line)
+    return records
+
+
 def classify_lines(lines: Sequence[KernelLine], noise: Sequence[re.Pattern[str]] = ()) -> Health:
     complaints = []
     ignored = []
@@ -131,7 +143,8 @@ class KernelWatch:
 
     def _drain(self) -> list[KernelLine]:
         assert self._fd is not None
-        parsed = (parse_kmsg_record(record) for record in read_kmsg_records(self._fd))
+        records = (rec for chunk in read_kmsg_records(self._fd) for rec in split_records(chunk))
+        parsed = (parse_kmsg_record(record) for record in records)
         return [line for line in parsed if line is not None]
 
     def start(self) -> int:

@@ -25,9 +25,10 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..coordination.liveness import alive, proc_stat
 
 #: Marks every process a selftest starts (inherited through fork and exec).
 TOKEN_ENV = "KVMMM_SELFTEST_TOKEN"
@@ -38,43 +39,6 @@ KILL_WAIT_S = 3.0
 CGROUP_PREFIX = "pytest-kvmmm-"
 _MAX_PROC_READ = 1 << 16
 _counter = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    """What ``/proc/PID/stat`` says about a process: its state letter and its start time
-    (clock ticks after boot), which tells a reused PID from the process we knew."""
-
-    state: str
-    ppid: int
-    pgrp: int
-    starttime: int
-
-
-def proc_stat(pid: int, proc: Path = Path("/proc")) -> ProcStat | None:
-    """``/proc/PID/stat`` parsed (None when there is no such process, or it is unreadable).
-
-    The command name in parentheses may contain anything, spaces and ``)`` included: the
-    fields that follow are found after its last ``)``.
-    """
-    try:
-        text = (proc / str(pid) / "stat").read_bytes()[:_MAX_PROC_READ].decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 1:].split()
-    try:
-        return ProcStat(fields[0], int(fields[1]), int(fields[2]), int(fields[19]))
-    except (IndexError, ValueError):
-        return None
-
-
-def alive(pid: int, starttime: int | None = None, proc: Path = Path("/proc")) -> bool:
-    """Whether ``pid`` is a running process: a zombie (``Z``) or a dead one (``X``) is not, and
-    with ``starttime``, neither is another process that got the same PID later."""
-    st = proc_stat(pid, proc)
-    if st is None or st.state in ("Z", "X"):
-        return False
-    return starttime is None or st.starttime == starttime
 
 
 def cmdline(pid: int) -> str:

@@ -55,16 +55,19 @@ class SelftestRunner:
         notes: Sequence[str] = (),
         check: bool = True,
         found: Found | NotFound | None = None,
+        expected_kernel: Sequence[str] = (),
     ) -> SelftestResult:
         """Run selftest ``name`` with ``args``; with ``check`` its skip or failure ends the test.
 
         ``requires`` are checked against the host first: an unmet one skips without
         running the binary. Every run is recorded for ``--kvm-results`` and the summary.
+        ``expected_kernel`` are patterns of kernel lines the selftest provokes on purpose.
         """
         perf = self._item.get_closest_marker("perf") is not None
         result = self._engine.run(
             name, [str(a) for a in args], timeout=timeout, requires=requires, notes=notes,
             exclusive=perf, who=self._item.nodeid, repeat=self._engine.perf_repeat if perf else 1, found=found,
+            expected_kernel=expected_kernel,
         )
         self._item.stash.setdefault(RESULTS_KEY, []).append(result)
         if check:

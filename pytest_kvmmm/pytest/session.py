@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import uuid
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 
 from ..coordination import testids
 from ..coordination.host_changes import HostChanges
+from ..coordination.hostwide import HostLedger, ledger_dir
 from ..coordination.ledger import HostCoordinator
 from ..coordination.rundir import remove_run_dirs, run_dir, shared_probe
 from ..coordination.safefs import UnsafePath, private_dir
@@ -74,7 +76,10 @@ class KvmmmPlugin:
         self.engine.perf_repeat = settings.repeat
         self.engine.missing_fails = settings.explicit_root is not None and not settings.allow_missing
         self.engine.unrunnable_fails = not settings.allow_missing
+        session = getattr(config, "workerinput", {}).get("testrunuid") or uuid.uuid4().hex
+        self.engine.ledger_factory = lambda: HostLedger(ledger_dir(settings.host_root), settings.host_root, session)
         self.host_changes = HostChanges(settings.host_root, journal_dir(settings.host_root))
+        self.host_changes.pool_floor = self.engine.pool_floor
         #: Set once the run needs the host (``_activate``): nothing before touches it.
         self.active = False
         self.named = named_option(config)
@@ -179,12 +184,11 @@ class KvmmmPlugin:
             return None
 
     def _coordinator(self) -> HostCoordinator | None:
-        """Under xdist, the run's shared state on this host (hugetlb ledger, perf lock)."""
+        """Under xdist, the run's shared state on this host (the perf lock)."""
         path = self._run_dir()
         if path is None:
             return None
-        host = self.host()
-        return HostCoordinator(path, {p.size_kb: p.usable for p in host.hugetlb})
+        return HostCoordinator(path)
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         """With a --kvm-* option named, the host before collection; else nothing (see

@@ -32,6 +32,7 @@ class Runner(Protocol):
         requires: Sequence[Requirement] = (),
         notes: Sequence[str] = (),
         found: Found | NotFound | None = None,
+        expected_kernel: Sequence[str] = (),
     ) -> Any: ...
 
     def resolve(self, name: str) -> Found | NotFound: ...
@@ -139,6 +140,7 @@ def run_case(case: Case, runner: Runner, host: HostFacts, scale: Scale) -> None:
         notes=sizing.notes,
         timeout=entry.timeout,
         found=found,
+        expected_kernel=entry.expected_kernel,
     )
     missing = [m for m in entry.expected_metrics if not any(k == m or k.endswith("/" + m) for k in result.metrics)]
     assert not missing, f"{entry.name} passed but printed no value for {', '.join(missing)}"
