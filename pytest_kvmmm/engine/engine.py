@@ -297,13 +297,19 @@ class SelftestEngine:
         unsafe = self.unsafe(found.path)
         if unsafe:
             return SelftestResult(short, argv, Status.ERROR, unsafe, binary=str(found.path), notes=tuple(notes))
+        # Hugetlb pages are the ledger's to grant: the live pool includes what other selftests
+        # (this run's and other sessions') use right now, so only the ledger knows what is ours.
+        huge = [r for r in requires if isinstance(r, HugetlbPages) and r.size_kb] if self.ledger_factory else []
         try:
             ledger = self.ledger()
         except LedgerError as exc:
-            return SelftestResult(short, argv, Status.ERROR, str(exc), binary=str(found.path), notes=tuple(notes))
-        # Hugetlb pages are the ledger's to grant: the live pool includes what other selftests
-        # (this run's and other sessions') use right now, so only the ledger knows what is ours.
-        huge = [r for r in requires if isinstance(r, HugetlbPages) and r.size_kb] if ledger else []
+            if huge:
+                return SelftestResult(short, argv, Status.ERROR, str(exc), binary=str(found.path), notes=tuple(notes))
+            ledger, notes = None, (*notes, f"cannot tell who else runs selftests on this host: {exc}")
+        if self.ledger_factory is None and self.pools_changed is not None and any(
+            isinstance(r, HugetlbPages) for r in requires
+        ):
+            self.pools_changed()  # no ledger (an engine of its own): check the pool as it is now
         checked = [r for r in requires if r not in huge]
         unmet = first_unmet(checked, self.host()) if checked else None
         if unmet and self.host_changes is not None:
@@ -339,8 +345,9 @@ class SelftestEngine:
             outcome = Outcome(Status(verdict.status), f"{short} exit 0 but: {verdict.reason}"
                               if verdict.status == "failed" else verdict.reason)
         outcome = left_behind(outcome, short, proc.left_behind)
-        judged = blame(health, proc.pids, found.path.name, presence.alone if presence else True,
-                       [re.compile(p) for p in expected_kernel])
+        # Without a ledger to ask, an engine of its own is alone; one whose ledger failed is not.
+        alone = presence.alone if presence is not None else self.ledger_factory is None
+        judged = blame(health, proc.pids, found.path.name, alone, [re.compile(p) for p in expected_kernel])
         outcome, kernel_notes = kernel_verdict(outcome, judged, self.kernel_mode, short)
         extra_notes = (*extra_notes, *kernel_notes)
         health = judged.mine

@@ -312,7 +312,7 @@ def run(
     deadline = None if timeout is None else t0 + timeout
     left: list[tuple[int, str]] = []
     try:
-        timed_out = _pump(proc, captures, deadline, poll=tree.poll)
+        timed_out = _pump(proc, captures, deadline, poll=functools.partial(tree.poll, proctree.POLL_EVERY_S))
         if not timed_out:
             # Pipes may have closed early (the binary closed its stdio): wait for the exit.
             timed_out = not _exited(proc.pid, deadline)

@@ -33,6 +33,8 @@ from ..coordination.liveness import alive, proc_stat
 #: Marks every process a selftest starts (inherited through fork and exec).
 TOKEN_ENV = "KVMMM_SELFTEST_TOKEN"
 PR_SET_CHILD_SUBREAPER = 36
+#: How often the tree is looked at while the selftest runs (vCPU threads live for the run).
+POLL_EVERY_S = 0.25
 #: How long ``kill_all`` waits for killed processes to be gone.
 KILL_WAIT_S = 3.0
 #: Prefix of the cgroups we create (stale ones of dead pytest processes are swept).
@@ -97,6 +99,7 @@ class ProcessTree:
         self.leader: int | None = None
         #: Set once the leader's process group got SIGKILL: its members are dying, not left.
         self.group_killed = False
+        self._polled = 0.0
         self.cgroup: Path | None = None
         self._procs_fd: int | None = None
         if cgroup_parent is not None:
@@ -146,8 +149,13 @@ class ProcessTree:
             todo += _children(pid)
         return found
 
-    def poll(self) -> None:
-        """Remember every process and thread now in the tree (for the kernel-log check)."""
+    def poll(self, every: float = 0.0) -> None:
+        """Remember every process and thread now in the tree (for the kernel-log check); with
+        ``every``, at most that often (the runner's read loop calls it each 50 ms)."""
+        now = time.monotonic()
+        if every and now - self._polled < every:
+            return
+        self._polled = now
         if self.cgroup is not None:
             self.seen.update(_read_ids(self.cgroup / "cgroup.threads"))
             self.seen.update(_read_ids(self.cgroup / "cgroup.procs"))
