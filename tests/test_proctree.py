@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fakes import make_fake, process_gone
+from pytest_kvmmm.coordination.liveness import ProcStat
 from pytest_kvmmm.engine import process as runner
 from pytest_kvmmm.engine import proctree
 
@@ -112,6 +113,6 @@ def test_proc_stat_reads_names_with_parentheses_and_spaces(tmp_path: Path) -> No
     stat.parent.mkdir()
     stat.write_text("42 (a) b (c) Z 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0\n")
     st = proctree.proc_stat(42, tmp_path)
-    assert st == proctree.ProcStat("Z", 1, 42, 12345)
+    assert st == ProcStat("Z", 1, 42, 12345)
     assert not proctree.alive(42, proc=tmp_path), "a zombie is not alive"
     assert proctree.proc_stat(43, tmp_path) is None

@@ -259,7 +259,11 @@ def _start(
     except BaseException:
         tree.close()
         raise
-    tree.started(proc.pid)
+    try:
+        tree.started(proc.pid)
+    except BaseException:  # a Ctrl-C delivered to another thread lands in ours at any bytecode
+        _end(proc, tree)
+        raise
     return proc, tree
 
 
@@ -296,8 +300,8 @@ def run(
                 argv, None, "", "", time.monotonic() - t0, start_error=f"cannot start {argv[0]}: {reason}",
                 started_at=started_at,
             )
-        _running[threading.get_ident()] = tree
         try:
+            _running[threading.get_ident()] = tree
             held.release()  # a Ctrl-C held back is raised here, where the child can be killed
         except BaseException:
             _end(proc, tree)
