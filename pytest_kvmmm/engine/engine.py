@@ -160,6 +160,13 @@ class SelftestEngine:
             self._ledger = self.ledger_factory()
         return self._ledger
 
+    def granted(self, requires: Sequence[Requirement]) -> list[HugetlbPages]:
+        """The hugetlb requirements the host-wide ledger decides when the case runs (waiting for
+        pages others hold), not a check against the pool as it looked earlier."""
+        if self.ledger_factory is None:
+            return []
+        return [r for r in requires if isinstance(r, HugetlbPages) and r.size_kb]
+
     def pool_floor(self) -> AbstractContextManager[PoolTarget]:
         """For shrinking pools back: the ledger's ``restoring`` (pages granted to other sessions stay)."""
         try:
@@ -299,7 +306,7 @@ class SelftestEngine:
             return SelftestResult(short, argv, Status.ERROR, unsafe, binary=str(found.path), notes=tuple(notes))
         # Hugetlb pages are the ledger's to grant: the live pool includes what other selftests
         # (this run's and other sessions') use right now, so only the ledger knows what is ours.
-        huge = [r for r in requires if isinstance(r, HugetlbPages) and r.size_kb] if self.ledger_factory else []
+        huge = self.granted(requires)
         try:
             ledger = self.ledger()
         except LedgerError as exc:
