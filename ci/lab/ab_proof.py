@@ -5,7 +5,7 @@
 
 Builds (cached) two KVM variants from ``linux-source-6.12`` for the lab host's kernel: the same
 source with no change, and the same source with ``tests/data/kvm-x86-slow-tdp-fault.patch`` (every
-TDP MMU fault that misses the fast path waits 100 us). Boots one ``x86-tdp`` host, and runs
+TDP MMU fault that misses the fast path waits 1 ms). Boots one ``x86-tdp`` host, and runs
 ``kvmmm-ab stock VARIANT --on <that host>`` for each, over ``kvm_page_table_test`` at the lab scale
 with ``--kvm-counters``. Fails unless:
 

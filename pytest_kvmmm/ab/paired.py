@@ -11,7 +11,7 @@ verdict is taken over the rounds' changes, not over the pooled samples:
   ``MIN_EFFECT_PCT``; with 5 rounds, a sign that holds by chance in all of them has odds of 1 in 16,
   and the effect threshold removes most of those;
 * event counts (``counters``: near-deterministic): ``more`` or ``fewer`` when every round changed by
-  at least ``COUNT_EFFECT_PCT`` in the same direction;
+  at least ``COUNT_EFFECT_PCT`` and ``MIN_COUNT_DELTA`` events in the same direction;
 * fewer than ``MIN_ROUNDS`` paired rounds: ``too few rounds``.
 
 Pure: records in, ``PairedChange`` values out.
@@ -29,8 +29,10 @@ from ..engine.counters.model import Counters
 
 MIN_ROUNDS = 3
 #: Event counts barely move between runs of the same binaries: a 2 % change that holds in every
-#: round is a real one.
+#: round is a real one, if it is also at least ``MIN_COUNT_DELTA`` events (0 -> 3 TLB flushes in a
+#: short stage is +inf %, and noise).
 COUNT_EFFECT_PCT = 2.0
+MIN_COUNT_DELTA = 16
 
 REGRESSED, IMPROVED, MORE, FEWER = "regressed", "improved", "more", "fewer"
 NO_CHANGE, TOO_FEW = "no significant change", "too few rounds"
@@ -134,6 +136,8 @@ def paired_change(test: TestKey, kind: str, name: str, sides: Mapping[str, Mappi
         effect = MIN_EFFECT_PCT
         labels = (IMPROVED, REGRESSED)
     verdict = TOO_FEW if len(common) < MIN_ROUNDS else _verdict(kind, rounds, effect, labels)
+    if kind == "count" and verdict in labels and min(abs(y - x) for x, y in zip(b, a)) < MIN_COUNT_DELTA:
+        verdict = NO_CHANGE
     return PairedChange(test, name, kind, Spread.of(b), Spread.of(a), change, rounds, verdict)
 
 

@@ -68,7 +68,13 @@ def run_remote(
         ch.send({"sides": {k: [d, f] for k, (d, f) in sides.items()}, "rounds": rounds, "pytest_args": list(pytest_args),
                  "workdir": workdir, "params": {m: dict(p) for m, p in params.items()}})  # fmt: skip
         while True:
-            kind, payload = ch.receive(timeout)
+            try:
+                kind, payload = ch.receive(timeout)
+            except (EOFError, OSError) as exc:
+                raise RemoteError(
+                    f"lost the connection to {spec} ({type(exc).__name__}) during the rounds: if that host still runs, "
+                    "its next kvmmm-ab puts its stock KVM modules back first"
+                ) from None
             if kind == "progress" and progress is not None:
                 print(payload, file=progress, flush=True)
             elif kind == "error":

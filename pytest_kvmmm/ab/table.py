@@ -68,6 +68,16 @@ def spread_of_rounds(change: PairedChange) -> str:
     return f"{format_change(lo)}..{format_change(hi)}" if len(change.rounds) > 1 else format_change(lo)
 
 
+def shown(change: PairedChange) -> bool:
+    """Every metric; a whole-run count that is not zero on both sides; a stage's count only with a
+    verdict (the per-stage table of every event is in ``--json``)."""
+    if change.kind != "count":
+        return True
+    if "/" in change.metric:
+        return change.flagged
+    return bool(change.before.high or change.after.high)
+
+
 def line(change: PairedChange) -> str:
     """``KVM_CREATE_MAPPINGS: before 0.41s -> after 0.83s (-102.44%)  rounds -110%..-98%  regressed``."""
     return (f"{change.metric}: before {value(change, change.before.median)} -> after {value(change, change.after.median)}"
@@ -98,7 +108,8 @@ def grouped(report: AbReport) -> tuple[list[tuple[TestKey, list[PairedChange]]],
     """Tests shown as lines, and (binary, metric) groups shown as a sweep or matrix table."""
     by_test: dict[TestKey, list[PairedChange]] = {}
     for c in report.changes:
-        by_test.setdefault(c.test, []).append(c)
+        if shown(c):
+            by_test.setdefault(c.test, []).append(c)
     families: dict[str, set[TestKey]] = {}
     for test in by_test:
         rec = report.records.get(test, {})
