@@ -405,12 +405,22 @@ def test_pahole_is_needed_only_for_a_kernel_with_btf() -> None:
 def test_a_tiny_count_moving_from_zero_is_no_verdict_and_zero_counts_are_not_shown() -> None:
     runs = []
     for r in (1, 2, 3):
-        before = {"events": ["tlb:tlb_flush"], "runs": [{"total": {"tlb:tlb_flush": 0, "kvm:kvm_exit": 0}, "stages": {"KVM_ADJUST_MAPPINGS": {"tlb:tlb_flush": 0}}}]}
-        after = {"events": ["tlb:tlb_flush"], "runs": [{"total": {"tlb:tlb_flush": 3, "kvm:kvm_exit": 0}, "stages": {"KVM_ADJUST_MAPPINGS": {"tlb:tlb_flush": 3}}}]}
-        runs += [RoundRecords(r, "before", [record(1.0, counters=before)]), RoundRecords(r, "after", [record(1.0, counters=after)])]
-    changes = {c.metric: c for c in paired.paired_changes(runs)}
-    assert changes["tlb:tlb_flush"].verdict == paired.NO_CHANGE
-    assert changes["KVM_ADJUST_MAPPINGS/tlb:tlb_flush"].verdict == paired.NO_CHANGE
+        def c(n: int) -> dict:
+            return {"events": ["kvm:kvm_userspace_exit"], "runs": [{"total": {"kvm:kvm_userspace_exit": n, "kvm:kvm_exit": 0},
+                                                                     "stages": {"KVM_ADJUST_MAPPINGS": {"kvm:kvm_userspace_exit": n}}}]}
+        runs += [RoundRecords(r, "before", [record(1.0, counters=c(0))]), RoundRecords(r, "after", [record(1.0, counters=c(3))])]
+    changes = {ch.metric: ch for ch in paired.paired_changes(runs)}
+    assert changes["kvm:kvm_userspace_exit"].verdict == paired.NO_CHANGE
+    assert changes["KVM_ADJUST_MAPPINGS/kvm:kvm_userspace_exit"].verdict == paired.NO_CHANGE
     text = table.terminal(cli.report_for(runs, {"before": "a", "after": "b"}, 3, []))
-    assert "tlb:tlb_flush: before 0 -> after 3" in text
-    assert "kvm:kvm_exit" not in text and "KVM_ADJUST_MAPPINGS/tlb:tlb_flush" not in text
+    assert "kvm:kvm_userspace_exit: before 0 -> after 3" in text
+    assert "kvm:kvm_exit" not in text and "KVM_ADJUST_MAPPINGS/kvm:kvm_userspace_exit" not in text
+
+
+def test_a_host_event_that_grows_with_a_slower_run_is_never_judged() -> None:
+    runs = []
+    for r in (1, 2, 3):
+        c = lambda n: {"events": ["tlb:tlb_flush"], "runs": [{"total": {"tlb:tlb_flush": n}, "stages": {}}]}  # noqa: E731
+        runs += [RoundRecords(r, "before", [record(1.0, counters=c(800))]), RoundRecords(r, "after", [record(1.0, counters=c(1140))])]
+    [flush] = [c for c in paired.paired_changes(runs) if c.kind == "count"]
+    assert flush.verdict == paired.HOST_EVENT and not flush.flagged

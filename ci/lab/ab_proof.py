@@ -57,8 +57,11 @@ def up(run_dir: Path) -> str | None:
     if built.returncode != 0:
         say(f"SKIPPED: the x86-tdp lab host cannot be built here (kvmmm-lab build exit {built.returncode})")
         return None
+    # One vCPU: under TCG with two, swapping the KVM modules again and again (text patching of
+    # the static keys KVM toggles) twice ended in a guest Oops (int3 in __schedule); one vCPU
+    # never did, and kvm_page_table_test at the lab scale runs one.
     proc = run([str(BIN / "kvmmm-lab"), "up", "--hosts", "x86-tdp", "--run-dir", str(run_dir), "--port-base", "0",
-                "--results", ""], capture_output=True)  # fmt: skip
+                "--results", "", "--smp", "1"], capture_output=True)  # fmt: skip
     sys.stderr.write(proc.stderr[-2000:])
     match = re.search(r"--tx (socket=\S+)", proc.stdout + proc.stderr)
     if proc.returncode != 0 or not match:
@@ -83,7 +86,8 @@ def ab(gateway: str, after: list[str], out: Path, name: str, rounds: int) -> dic
 def check(noop: dict[str, Any], slow: dict[str, Any]) -> list[str]:
     """What the two comparisons must show; each problem is one line."""
     problems = []
-    flagged = [c for c in noop["changes"] if c["verdict"] not in ("no significant change", "too few rounds")]
+    quiet = ("no significant change", "too few rounds", "host event, not judged")
+    flagged = [c for c in noop["changes"] if c["verdict"] not in quiet]
     if flagged:
         problems.append("no-op build got verdicts: " + ", ".join(f"{c['metric']} {c['verdict']}" for c in flagged))
     by_metric = {c["metric"]: c for c in slow["changes"]}

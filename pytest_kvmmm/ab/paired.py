@@ -12,6 +12,8 @@ verdict is taken over the rounds' changes, not over the pooled samples:
   and the effect threshold removes most of those;
 * event counts (``counters``: near-deterministic): ``more`` or ``fewer`` when every round changed by
   at least ``COUNT_EFFECT_PCT`` and ``MIN_COUNT_DELTA`` events in the same direction;
+* counts of the host's own events (not ``kvm:``/``kvmmmu:``) are shown but never judged: they
+  follow the run's length (a slower KVM runs longer and the host flushes its TLB more);
 * fewer than ``MIN_ROUNDS`` paired rounds: ``too few rounds``.
 
 Pure: records in, ``PairedChange`` values out.
@@ -36,6 +38,10 @@ MIN_COUNT_DELTA = 16
 
 REGRESSED, IMPROVED, MORE, FEWER = "regressed", "improved", "more", "fewer"
 NO_CHANGE, TOO_FEW = "no significant change", "too few rounds"
+#: Counts of the host's own events (``tlb:tlb_flush``, ...) follow the run's length and everything
+#: else on the host: shown, never judged. Only KVM's own subsystems get count verdicts.
+HOST_EVENT = "host event, not judged"
+KVM_SUBSYSTEMS = ("kvm:", "kvmmmu:")
 
 #: (host, nodeid): one test on one host.
 TestKey = tuple[str, str]
@@ -65,7 +71,7 @@ class PairedChange:
 
     @property
     def flagged(self) -> bool:
-        return self.verdict not in (NO_CHANGE, TOO_FEW)
+        return self.verdict not in (NO_CHANGE, TOO_FEW, HOST_EVENT)
 
 
 def _numbers(values: object) -> list[float]:
@@ -138,6 +144,8 @@ def paired_change(test: TestKey, kind: str, name: str, sides: Mapping[str, Mappi
     verdict = TOO_FEW if len(common) < MIN_ROUNDS else _verdict(kind, rounds, effect, labels)
     if kind == "count" and verdict in labels and min(abs(y - x) for x, y in zip(b, a)) < MIN_COUNT_DELTA:
         verdict = NO_CHANGE
+    if kind == "count" and not name.rsplit("/", 1)[-1].startswith(KVM_SUBSYSTEMS):
+        verdict = HOST_EVENT
     return PairedChange(test, name, kind, Spread.of(b), Spread.of(a), change, rounds, verdict)
 
 
