@@ -32,8 +32,8 @@ class Runner:
         self.runs: list[dict[str, Any]] = []
 
     def run(self, name: str, *args: object, timeout: float | None = None, requires: Sequence[Requirement] = (),
-            notes: Sequence[str] = (), found: Found | NotFound | None = None) -> Any:
-        self.runs.append({"name": name, "args": args, "found": found, "notes": tuple(notes)})
+            notes: Sequence[str] = (), found: Found | NotFound | None = None, expected_kernel: Sequence[str] = ()) -> Any:
+        self.runs.append({"name": name, "args": args, "found": found, "notes": tuple(notes), "expected_kernel": tuple(expected_kernel)})
         return type("Result", (), {"metrics": self.metrics})()
 
     def resolve(self, name: str) -> Found | NotFound:
@@ -71,6 +71,7 @@ def test_a_case_runs_sized_for_the_host(tmp_path: Path) -> None:
     assert run["args"] == ("-s", "anonymous", "-b", "1G", "-v", "2")
     assert run["notes"] == ("vCPUs capped from 4 to 2 (online CPUs)",)
     assert runner.resolved == [] and run["found"] is None, "the default mode needs no -h: the engine resolves"
+    assert run["expected_kernel"] == tuple(entry.expected_kernel)
 
 
 def test_a_chosen_mode_resolves_the_binary_once_and_passes_it_on(tmp_path: Path) -> None:
