@@ -26,7 +26,10 @@ def take(n):
         free = int(open(d + "/free_hugepages").read())
         if free < n:
             return False
-        open(d + "/free_hugepages", "w").write(f"{free - n}\\n")
+        # whole values only, as sysfs gives them: a reader between a truncate and a write
+        # (the other session's plugin, which takes no lock of this fake) saw '' and skipped
+        open(d + "/.free_hugepages.new", "w").write(f"{free - n}\\n")
+        os.replace(d + "/.free_hugepages.new", d + "/free_hugepages")
         return True
 if not take(need):
     sys.stderr.write("==== Test Assertion Failure ====\\n  lib/kvm_util.c:1042: vm_mem_add\\n"
