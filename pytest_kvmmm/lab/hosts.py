@@ -123,7 +123,10 @@ HOST_KINDS: Mapping[str, HostKind] = {
                  modules=(*NET_9P, "kvm_amd"), cmdline="hugepages=96",
                  expect={"tdp": "yes", "tdp_mmu": "yes", "guest_1g_pages": "yes", "pre_fault": "yes", "emulated": "tcg"},
                  doc="x86 AMD SVM+NPT under TCG: TDP MMU, 1 GiB guest pages, KVM as modules"),
-        HostKind("x86-idle", "lab-x86-idle", "x86_64", X86_Q35, EPYC_NPT, "build:x86-idle", cmdline="hugepages=96",
+        # One vCPU: with two, its kernel died under TCG in CI (RIP inside a jmp that text
+        # patching was rewriting, "Fatal exception in interrupt" at 285 s), and the run lost the
+        # host; its entries run one vCPU at the lab scale.
+        HostKind("x86-idle", "lab-x86-idle", "x86_64", X86_Q35, EPYC_NPT, "build:x86-idle", cmdline="hugepages=96", smp=1,
                  expect={"tdp": "yes", "tdp_mmu": "yes", "page_idle": "yes", "emulated": "tcg"},
                  doc="x86 AMD SVM+NPT, a kernel built to order with idle page tracking (KVM built in)"),
     )
