@@ -247,8 +247,8 @@ def test_exclusive_runs_alone_shared_runs_together(tmp_path: Path) -> None:
     for name, exclusive, partner in plan:
         procs.append(MP.Process(target=_use_host, args=(tmp_path, exclusive, 0.3, log, name, partner)))
         procs[-1].start()
-        if name == "f2":
-            while not (tmp_path / "f2.in").exists():  # both shared users hold the host before perf queues
+        if name == "f2":  # both shared users hold the host before perf queues (f1 may start last under load)
+            while not ((tmp_path / "f1.in").exists() and (tmp_path / "f2.in").exists()):
                 time.sleep(0.02)
         time.sleep(0.05)
     for p in procs:
