@@ -70,11 +70,11 @@ def up(run_dir: Path) -> str | None:
     return match.group(1)
 
 
-def ab(gateway: str, after: list[str], out: Path, name: str, rounds: int) -> dict[str, Any]:
+def ab(gateway: str, after: list[str], out: Path, name: str, rounds: int, work: Path) -> dict[str, Any]:
     report = out / f"{name}.json"
     started = time.monotonic()
     proc = run([str(BIN / "kvmmm-ab"), "stock", *after, "--on", gateway, "--allow-host-changes", "--rounds", str(rounds),
-                "--workdir", f"/tmp/kvmmm-ab-{name}", "--json", str(report), "--markdown", str(out / f"{name}.md"),
+                "--workdir", str(work / name), "--json", str(report), "--markdown", str(out / f"{name}.md"),
                 "--", *SELECTION])  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"[ab-proof] FAILED: kvmmm-ab ({name}) exited {proc.returncode}")
@@ -133,8 +133,9 @@ def main() -> int:
     if gateway is None:
         return 0
     try:
-        noop = ab(gateway, [str(SOURCE)], args.out, "noop", args.rounds)
-        slow = ab(gateway, [str(SOURCE), "--after-patch", str(SLOW_PATCH)], args.out, "slow", args.rounds)
+        # The rounds' results live in the guest, under this run's own private directory name.
+        noop = ab(gateway, [str(SOURCE)], args.out, "noop", args.rounds, run_dir)
+        slow = ab(gateway, [str(SOURCE), "--after-patch", str(SLOW_PATCH)], args.out, "slow", args.rounds, run_dir)
         back = stock_is_back(gateway)
     finally:
         run([str(BIN / "kvmmm-lab"), "down", "--run-dir", str(run_dir)], capture_output=True)
