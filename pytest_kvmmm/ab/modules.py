@@ -27,6 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..coordination.liveness import pid_alive
+from ..coordination.safefs import private_dir
+
 VENDORS = ("kvm_amd", "kvm_intel")
 NOTE_GNU_BUILD_ID = 3
 
@@ -268,16 +271,11 @@ def _settable(module: str, param: str) -> bool:
 
 
 def secure_dir(path: Path) -> None:
-    """Create ``path`` (0700) or accept it only when it is ours, a real directory, not writable by others."""
+    """The journal directory, private to us (``coordination.safefs.private_dir``), or a ``SwapError``."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.lstat(path)
+        private_dir(path)
     except OSError as exc:
-        raise SwapError(f"cannot create the journal directory {path}: {exc.strerror}") from None
-    import stat
-
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise SwapError(f"refusing the journal directory {path}: not a directory owned by you and writable only by you")
+        raise SwapError(f"cannot use the journal directory {path}: {exc.strerror or exc}") from None
 
 
 def stale_journals(journal_dir: Path, alive: Iterable[int] = ()) -> list[tuple[Path, Loaded, ModuleFiles]]:
@@ -294,7 +292,7 @@ def stale_journals(journal_dir: Path, alive: Iterable[int] = ()) -> list[tuple[P
                 continue
             data = json.loads(path.read_text())
             pid = int(data["pid"])
-            if pid in alive or _pid_alive(pid):
+            if pid in alive or pid_alive(pid):
                 continue
             orig = data["original"]
             state = Loaded(str(orig["vendor"]), {str(k): str(v) for k, v in orig["build_ids"].items()},
@@ -305,14 +303,6 @@ def stale_journals(journal_dir: Path, alive: Iterable[int] = ()) -> list[tuple[P
         if state.vendor in VENDORS and set(stock.files) == {"kvm", state.vendor}:
             found.append((path, state, stock))
     return found
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def restore_stale(journal_dir: Path, sys_module: Path = Path("/sys/module")) -> list[str]:
