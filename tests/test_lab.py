@@ -24,8 +24,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from pytest_kvmmm.lab import cli as lab
-from pytest_kvmmm.lab import cpio, debian, hosts, image, overlay, qemu, recipe
+from pytest_kvmmm.lab import boot, cli, cpio, debian, hosts, image, overlay, qemu, recipe
+from pytest_kvmmm.lab import run as lab_run
 from pytest_kvmmm.lab.build import load_image
 from pytest_kvmmm.lab.image import LabError
 
@@ -453,31 +453,31 @@ def rec(host: str, test: str, case: str, outcome: str, reason: str = "", **facts
 
 class TestWrapper:
     def test_pytest_argv(self) -> None:
-        argv = lab.pytest_argv(["--tx", "socket=127.0.0.1:47011"], [], Path("/r/lab"), "lab-1", local=True)
+        argv = lab_run.pytest_argv(["--tx", "socket=127.0.0.1:47011"], [], Path("/r/lab"), "lab-1", local=True)
         assert argv[1:] == ["-m", "pytest", "-p", "no:cacheprovider", "--dist", "each", "--tx", "popen",
-                            "--tx", "socket=127.0.0.1:47011", *lab.default_pytest_args(),
+                            "--tx", "socket=127.0.0.1:47011", *lab_run.default_pytest_args(),
                             "--kvm-results=/r/lab/lab-1.jsonl", "--alluredir=/r/lab/allure",
                             "--junitxml=/r/lab/lab-1.junit.xml", "--kvm-kcidb=/r/lab/lab-1.kcidb.json",
                             "--kvm-squad=/r/lab/lab-1.squad"]  # fmt: skip
-        assert "popen" not in lab.pytest_argv([], [], None, "x", local=False)
+        assert "popen" not in lab_run.pytest_argv([], [], None, "x", local=False)
 
     def test_default_selection_is_the_installed_suite_at_the_lab_scale(self) -> None:
         from pytest_kvmmm.suite.scale import SCALES
 
-        args = lab.default_pytest_args()
-        assert args[:4] == ["--pyargs", "pytest_kvmmm.suite", "--kvm-scale", "lab"] and args[-2:] == ["-k", lab.LAB_K]
+        args = lab_run.default_pytest_args()
+        assert args[:4] == ["--pyargs", "pytest_kvmmm.suite", "--kvm-scale", "lab"] and args[-2:] == ["-k", lab_run.LAB_K]
         assert "arch:aarch64,pxxv48_4k" in args
         assert "lab" in SCALES
 
     def test_the_users_paths_win(self) -> None:
-        argv = lab.pytest_argv([], ["-k", "x", "--alluredir=/elsewhere"], Path("/r/lab"), "lab-1", local=True)
+        argv = lab_run.pytest_argv([], ["-k", "x", "--alluredir=/elsewhere"], Path("/r/lab"), "lab-1", local=True)
         assert "--alluredir=/elsewhere" in argv and "--alluredir=/r/lab/allure" not in argv
         assert "--kvm-results=/r/lab/lab-1.jsonl" in argv
-        assert lab.pytest_argv([], ["-q"], None, "lab-1", local=True)[-1] == "-q"
+        assert lab_run.pytest_argv([], ["-q"], None, "lab-1", local=True)[-1] == "-q"
 
     def test_batches_of_at_most_three(self) -> None:
-        assert lab.batches(["a", "b", "c", "d", "e"], 3) == [["a", "b", "c"], ["d", "e"]]
-        assert lab.batches(["a"], 0) == [["a"]]
+        assert lab_run.batches(["a", "b", "c", "d", "e"], 3) == [["a", "b", "c"], ["d", "e"]]
+        assert lab_run.batches(["a"], 0) == [["a"]]
 
     def test_the_entry_x_host_table(self) -> None:
         from pytest_kvmmm.lab import table
@@ -530,7 +530,7 @@ class TestWrapper:
     def test_read_all_results_skips_a_broken_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (tmp_path / "lab-1.jsonl").write_text('{"host": "a", "outcome": "passed"}\n\n')
         (tmp_path / "lab-2.jsonl").write_text('{"host": \n')
-        assert lab.read_all_results(tmp_path) == [{"host": "a", "outcome": "passed"}]
+        assert lab_run.read_all_results(tmp_path) == [{"host": "a", "outcome": "passed"}]
         assert "unreadable results" in capsys.readouterr().err
 
     def test_ci_stage_is_skipped_when_no_host_can_be_built(
@@ -553,7 +553,7 @@ class TestWrapper:
             raise image.LabUnavailable("3 lab hosts (3G, 3G, 3G) need 10.0 GiB of free memory")
 
         monkeypatch.setattr(ci.cli, "cmd_build", lambda args: 0)
-        monkeypatch.setattr(ci.cli, "up", too_small)
+        monkeypatch.setattr(ci.boot, "up", too_small)
         assert ci.main(["--results", str(tmp_path)]) == 0
         err = capsys.readouterr().err
         assert "SKIPPED hosts x86-tdp, x86-idle, arm64-cmo: 3 lab hosts" in err
@@ -561,9 +561,9 @@ class TestWrapper:
 
     def test_a_machine_too_small_for_the_hosts(self) -> None:
         gib = 1 << 30
-        assert lab.memory_shortfall(["3G", "3G"], 24 * gib) is None
-        assert lab.memory_shortfall(["3G", "3G"], None) is None  # cannot tell: try
-        assert lab.memory_shortfall(["3G", "3G"], 5 * gib) == (
+        assert boot.memory_shortfall(["3G", "3G"], 24 * gib) is None
+        assert boot.memory_shortfall(["3G", "3G"], None) is None  # cannot tell: try
+        assert boot.memory_shortfall(["3G", "3G"], 5 * gib) == (
             "2 lab hosts (3G, 3G) need 7.0 GiB of free memory, this machine has 5.0 GiB available "
             "(fewer hosts: --hosts; smaller: --mem 2G)")
 
@@ -576,9 +576,9 @@ class TestWrapper:
 
     def test_unknown_host_kind(self, capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit):
-            lab.parser().parse_args(["up", "--hosts", "x86-ept"])
+            cli.parser().parse_args(["up", "--hosts", "x86-ept"])
         assert "unknown lab host kind(s) ['x86-ept']" in capsys.readouterr().err
-        assert lab.parser().parse_args(["up", "--hosts", "x86-tdp"]).hosts == ["x86-tdp"]
+        assert cli.parser().parse_args(["up", "--hosts", "x86-tdp"]).hosts == ["x86-tdp"]
 
 
 def test_server_serves_execnet_socket_gateways(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_kvmmm.lab import cli, table
+from pytest_kvmmm.lab import boot, cli, run, table
 from pytest_kvmmm.lab.hosts import HOST_KINDS
 from pytest_kvmmm.lab.image import LabError, LabUnavailable
 
@@ -164,13 +164,13 @@ def export_problems(share: Path, hosts: Sequence[str]) -> list[str]:
 def run_batches(args: argparse.Namespace, kinds: Sequence[str]) -> tuple[list[str], list[str]]:
     """Every batch: up, the suite (+ permutations when x86-tdp is up), down. Returns the hosts
     that ran and the problems of pytest itself."""
-    share = cli.results_dir(args)
+    share = boot.results_dir(args)
     assert share is not None
-    cli.remove_stale(share)
+    run.remove_stale(share)
     ran, problems = [], []
     for n, batch in enumerate(b for b in ([k for k in b if k in kinds] for b in BATCHES) if b):
         try:
-            states = cli.up(args, batch)
+            states = boot.up(args, batch)
         except LabUnavailable as exc:
             err(f"SKIPPED hosts {', '.join(batch)}: {exc}")
             continue
@@ -179,19 +179,19 @@ def run_batches(args: argparse.Namespace, kinds: Sequence[str]) -> tuple[list[st
             continue
         ran += [s.name for s in states]
         try:
-            tx = cli.tx_args(states)
-            runs = [(f"lab-{n + 1}", tx, cli.default_pytest_args(), n == 0)]
+            tx = boot.tx_args(states)
+            runs = [(f"lab-{n + 1}", tx, run.default_pytest_args(), n == 0)]
             x86 = [s for s in states if s.kind == "x86-tdp"]
             for label, k, axes in PERMUTATIONS if x86 else ():
                 values = [arg for axis in axes for arg in ("--kvm-param-values", axis)]
-                runs.append((f"lab-{n + 1}-{label}", cli.tx_args(x86), ["--pyargs", "pytest_kvmmm.suite", "--kvm-scale",
+                runs.append((f"lab-{n + 1}-{label}", boot.tx_args(x86), ["--pyargs", "pytest_kvmmm.suite", "--kvm-scale",
                              "lab", "--kvm-backing-srcs", "anonymous", "-k", k, *values], False))  # fmt: skip
             for label, hosts_tx, pytest_args, local in runs:
-                status = cli.run_pytest(cli.pytest_argv(hosts_tx, pytest_args, share, label, local), REPO)
+                status = run.run_pytest(run.pytest_argv(hosts_tx, pytest_args, share, label, local), REPO)
                 if status not in (0, 1):
                     problems.append(f"pytest ({label}) exited {status}: not a test verdict")
         finally:
-            cli.down(cli.run_dir(args))
+            boot.down(boot.run_dir(args))
     return ran, problems
 
 
@@ -217,9 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not ran:
         err("SKIPPED: no lab host could boot here")
         return 0
-    share = cli.results_dir(args)
+    share = boot.results_dir(args)
     assert share is not None
-    records = cli.read_all_results(share)
+    records = run.read_all_results(share)
     lines = table.render(records)
     (share / "table.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
