@@ -24,6 +24,15 @@ def test_the_suite_is_named_by_its_place_in_the_package_under_any_rootdir(tmp_pa
     assert stable_nodeid(mine, "tests/test_mine.py::test_x", package_parent=site) == "tests/test_mine.py::test_x"
 
 
+def test_the_installed_suite_is_named_from_the_packages_parent() -> None:
+    """The default: the directory that holds ``pytest_kvmmm`` (the module moved one room down in
+    the restructure, and for a while named the suite ``suite/test_mm.py::...``)."""
+    import pytest_kvmmm.suite.test_mm as suite
+
+    path = Path(suite.__file__)
+    assert stable_nodeid(path, "test_mm.py::test_kvm_page_table[anonymous]") == SUITE
+
+
 def test_short_key() -> None:
     assert short_key(SUITE) == "test_mm.py::test_kvm_page_table[anonymous]"
     assert short_key("test_mm.py") == "test_mm.py"

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 #: The directory that holds the ``pytest_kvmmm`` package (site-packages, or a checkout).
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # coordination/ -> pytest_kvmmm/ -> its parent
 
 
 def stable_nodeid(path: Path, nodeid: str, package_parent: Path = PACKAGE_PARENT) -> str:
