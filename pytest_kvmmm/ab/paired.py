@@ -12,7 +12,7 @@ verdict is taken over the rounds' changes, not over the pooled samples:
   and the effect threshold removes most of those;
 * event counts (``counters``: near-deterministic): ``more`` or ``fewer`` when every round changed by
   at least ``COUNT_EFFECT_PCT`` and ``MIN_COUNT_DELTA`` events in the same direction;
-* counts of the host's own events (not ``kvm:``/``kvmmmu:``) are shown but never judged: they
+* counts of the host's own events (not ``kvm:``/``kvmmmu:``/``vm:``) are shown but never judged: they
   follow the run's length (a slower KVM runs longer and the host flushes its TLB more);
 * fewer than ``MIN_ROUNDS`` paired rounds: ``too few rounds``.
 
@@ -41,7 +41,7 @@ NO_CHANGE, TOO_FEW = "no significant change", "too few rounds"
 #: Counts of the host's own events (``tlb:tlb_flush``, ...) follow the run's length and everything
 #: else on the host: shown, never judged. Only KVM's own subsystems get count verdicts.
 HOST_EVENT = "host event, not judged"
-KVM_SUBSYSTEMS = ("kvm:", "kvmmmu:")
+KVM_SUBSYSTEMS = ("kvm:", "kvmmmu:", "vm:")  # vm: KVM's per-VM debugfs statistics
 
 #: (host, nodeid): one test on one host.
 TestKey = tuple[str, str]

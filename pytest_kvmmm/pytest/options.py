@@ -75,7 +75,8 @@ HELP_COUNTERS = (
     "count KVM events per selftest run and per stage with perf tracepoint counters: sets ("
     + ", ".join(SET_NAMES) + ") and/or subsys:event names (kvmmmu:* globs), comma-separated; "
     "alone: the default set of this architecture. Needs tracefs (mounted for the run with "
-    "--kvm-allow-host-changes) and root or a low kernel.perf_event_paranoid"
+    "--kvm-allow-host-changes) and root or a low kernel.perf_event_paranoid. vm (or vm:STAT): "
+    "KVM's per-VM statistics sampled from debugfs while each VM lives (root, debugfs mounted)"
 )
 HELP_HOST_INFO = "print the host facts (text, or json) and exit"
 HELP_ALLOW_MISSING = (

@@ -21,15 +21,16 @@ def counters_header(session: CounterSession) -> str:
     """``kvmmm: counters: 23 events (...)``, or why counting is off and how to turn it on."""
     if not session.active:
         return f"kvmmm: {session.note}"
-    names = list(session.specs)
+    names = list(session.events)
     shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
     extra = f"; {session.note}" if session.note else ""
     return f"kvmmm: counters: {len(names)} events ({shown}){extra}"
 
 
 def short(event: str) -> str:
-    """``kvmmmu:kvm_mmu_pagetable_walk`` -> ``kvm_mmu_pagetable_walk`` (the table's column)."""
-    return event.split(":", 1)[-1]
+    """``kvmmmu:kvm_mmu_pagetable_walk`` -> ``kvm_mmu_pagetable_walk`` (the table's column); a
+    per-VM statistic keeps its ``vm:`` (``vm:exits`` is not ``kvm_exit``)."""
+    return event if event.startswith("vm:") else event.split(":", 1)[-1]
 
 
 def _case_label(nodeid: str) -> str:

@@ -3,7 +3,8 @@
 ``CounterSession.create`` resolves the selection against this host's tracefs and opens
 every counter once, to find out up front whether counting works (permissions, filters):
 when it does not, ``note`` says why and how to enable it, the session counts nothing and
-no test fails for it. ``RunCounter`` counts one run: open just before the selftest is
+no test fails for it. ``vm`` stats (``vmstats.py``) are KVM's own per-VM statistics from
+debugfs, beside the tracepoints or alone. ``RunCounter`` counts one run: open just before the selftest is
 forked (so nothing the plugin does itself, such as the scratch-VM probe, is counted), a read
 at each stage's line, a last read after the exit.
 """
@@ -20,6 +21,7 @@ from .perf import CounterSpec, CountingError, LinuxSyscalls, OpenCounters, Sysca
 from .sets import FAULT_CLASSES, expand, resolve
 from .stages import StageTracker
 from .tracefs import find_tracefs, read_ids, split_class, subsystems
+from .vmstats import VmSampler, find_kvm_dir, offered, wanted
 
 _FORMAT_FIELD_BYTES = 1 << 16
 #: Tries of a read while the selftest runs.
@@ -34,10 +36,25 @@ class CounterSession:
     note: str = ""
     #: A failure while counting a run (the first one), reported once at the end.
     failures: list[str] = field(default_factory=list)
+    #: ``vm:`` stats to sample from debugfs, and where (None: not asked for, or not possible).
+    vm_names: tuple[str, ...] = ()
+    kvm_dir: Path | None = None
 
     @property
     def active(self) -> bool:
+        return self.counting or self.sampling
+
+    @property
+    def counting(self) -> bool:
         return bool(self.specs) and self.syscalls is not None
+
+    @property
+    def sampling(self) -> bool:
+        return bool(self.vm_names) and self.kvm_dir is not None
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        return (*(self.specs if self.counting else ()), *(self.vm_names if self.sampling else ()))
 
     @classmethod
     def create(
@@ -46,6 +63,23 @@ class CounterSession:
         arch: str,
         root: Path = Path("/"),
         syscalls: Callable[[], Syscalls] = LinuxSyscalls,
+        euid: int | None = None,
+    ) -> CounterSession:
+        vm_names, rest = wanted(selection, arch)
+        session = cls._tracepoints(rest, arch, root, syscalls) if rest else cls({}, None)
+        if not vm_names:
+            return session
+        kvm_dir, why = find_kvm_dir(root, euid=euid)
+        if kvm_dir is not None:
+            found = offered(kvm_dir, vm_names)
+            session.vm_names, session.kvm_dir = found.names, kvm_dir
+            why = found.note() if found.names else f"per-VM stats off: {found.note()}"
+        session.note = "; ".join(n for n in (session.note, why) if n)
+        return session
+
+    @classmethod
+    def _tracepoints(
+        cls, selection: Sequence[str], arch: str, root: Path, syscalls: Callable[[], Syscalls]
     ) -> CounterSession:
         tracefs = find_tracefs(root)
         events = tracefs.events_dir()
@@ -79,15 +113,23 @@ class CounterSession:
         """Counters for one run of ``binary``, open from now; None when counting is off or failed."""
         if not self.active:
             return None
-        assert self.syscalls is not None
-        try:
-            return RunCounter(OpenCounters(self.specs, self.syscalls), StageTracker(binary))
-        except CountingError as exc:
-            self.failures.append(str(exc))
-            return None
+        counters = None
+        if self.counting:
+            assert self.syscalls is not None
+            try:
+                counters = OpenCounters(self.specs, self.syscalls)
+            except CountingError as exc:
+                self.failures.append(str(exc))
+                return None
+        sampler = None
+        if self.sampling:
+            assert self.kvm_dir is not None
+            sampler = VmSampler(self.kvm_dir, self.vm_names)
+            sampler.start()
+        return RunCounter(counters, StageTracker(binary), sampler)
 
     def counters(self, runs: RunCounts) -> Counters:
-        return Counters(tuple(self.specs), (runs,))
+        return Counters(self.events, (runs,))
 
 
 def _esr_field(events: Path, event: str) -> str | None:
@@ -111,10 +153,11 @@ class RunCounter:
     new thread's inherited group is being set up): it is retried, and a stage whose read
     still fails is left out, with the one after it (its start is unknown), never the run."""
 
-    def __init__(self, counters: OpenCounters, stages: StageTracker) -> None:
+    def __init__(self, counters: OpenCounters | None, stages: StageTracker, sampler: VmSampler | None = None) -> None:
         self._counters = counters
         self._stages = stages
-        self._last: dict[str, int] | None = {name: 0 for name in counters.fds}
+        self._sampler = sampler
+        self._last: dict[str, int] | None = {name: 0 for name in (counters.fds if counters else ())}
         self._marks: list[tuple[str | None, str, dict[str, int]]] = []
         self.error: str | None = None
         #: Stages left out, and why (the first reason).
@@ -126,15 +169,18 @@ class RunCounter:
         if stage is None:
             return
         now = self._read_running()
+        sampled = self._sampler.stage() if self._sampler is not None else {}
         if now is None or self._last is None:
             self.unread.append(stage[1])
             self._last = now
             return
         delta = {k: v - self._last.get(k, 0) for k, v in now.items()}
         self._last = now
-        self._marks.append((*stage, delta))
+        self._marks.append((*stage, {**delta, **sampled}))
 
     def _read_running(self) -> dict[str, int] | None:
+        if self._counters is None:
+            return {}
         for attempt in range(READ_ATTEMPTS):
             try:
                 return self._counters.read()
@@ -152,13 +198,17 @@ class RunCounter:
 
     def finish(self) -> RunCounts | None:
         """The run's counts (children folded in: the selftest has exited); closes the counters."""
+        if self._sampler is not None:
+            self._sampler.stop()
         try:
-            total = self._counters.read()
+            total = self._counters.read() if self._counters is not None else {}
         except CountingError as exc:
             self.error = self.error or str(exc)
             return None
         finally:
-            self._counters.close()
+            self.close()
+        if self._sampler is not None:
+            total.update(self._sampler.total())
         stages: dict[str, dict[str, int]] = {}
         for mode, stage, delta in self._marks:
             name = self._stages.name(mode, stage)
@@ -168,4 +218,7 @@ class RunCounter:
         return RunCounts(total, stages)
 
     def close(self) -> None:
-        self._counters.close()
+        if self._sampler is not None:
+            self._sampler.stop()
+        if self._counters is not None:
+            self._counters.close()

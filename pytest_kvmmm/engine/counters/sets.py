@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .tracefs import EventIds, split_class, valid_name
+from .vmstats import PREFIX as VM_PREFIX
+from .vmstats import valid_stat
 
 _X86: Mapping[str, tuple[str, ...]] = {
     # Each counted event costs about half a microsecond per hit (ci/bench_counters.py): the
@@ -71,8 +73,10 @@ _ARM64: Mapping[str, tuple[str, ...]] = {
 }
 
 SETS: Mapping[str, Mapping[str, tuple[str, ...]]] = {"x86_64": _X86, "aarch64": _ARM64}
+#: ``vm``: KVM's per-VM statistics from debugfs (``vmstats.py``), not tracepoints.
+VM_SET = "vm"
 #: ``default`` is what ``--kvm-counters`` alone counts.
-SET_NAMES = ("default", *sorted({name for sets in SETS.values() for name in sets} - {"default"}))
+SET_NAMES = ("default", *sorted({name for sets in SETS.values() for name in sets} - {"default"} | {VM_SET}))
 
 #: The events whose count is "the faults" of a run, first found wins (derived figures).
 FAULT_EVENTS = (GUEST_FAULT, "kvm:kvm_page_fault", "kvmmmu:kvm_mmu_pagetable_walk")
@@ -84,7 +88,10 @@ def parse_selection(value: str) -> tuple[str, ...]:
     if not items:
         raise ValueError("empty; give set names or subsys:event names")
     for item in items:
-        if ":" in item:
+        if item.startswith(VM_PREFIX):
+            if not valid_stat(item):
+                raise ValueError(f"{item!r} is not a per-VM statistic like vm:remote_tlb_flush")
+        elif ":" in item:
             if not valid_name(item):
                 raise ValueError(f"{item!r} is not a tracepoint name like kvm:kvm_exit or kvmmmu:*")
             base, cls = split_class(item)
