@@ -3,14 +3,18 @@
 larger pages?
 
     .venv/bin/python ci/bench_counters.py [--rounds 6] [--scale smoke] [-k EXPR] [--keep DIR]
+                                          [--counters SETS [--counters SETS2 ...]]
     .venv/bin/python ci/bench_counters.py --analyse DIR     # the numbers again, from a --keep run
 
-Round by round it runs the smoke suite's cases (by default the page-table, dirty-log-perf and
-demand-paging ones) twice, with and without ``--kvm-counters`` (the order alternates), and
-prints, all from that one run:
+Round by round, case by case (by default the smoke page-table, dirty-log-perf and
+demand-paging cases), it runs each case without ``--kvm-counters`` and with each ``--counters``
+selection, one pytest run per case and arm, back to back, the order of the arms rotating from
+round to round: on a host whose load moves every few seconds, only arms that run seconds apart
+see the same host. It prints, all from that one run:
 
-* overhead: per round, the summed wall time of every case that passed in both arms, with
-  counting over without; and the same ratio for the binaries' own stage times;
+* overhead, per counting arm: the median over rounds of the summed wall time of every case
+  that passed in all arms, counting over not; the median and quartiles of every case's own
+  ratio (each pair ran back to back); the same for the binaries' own stage times;
 * A/A spread of the counts over the counting rounds: (max - min) / median per test and event
   (events counting 100 or more), and the count verdicts between the first and the second half
   of the rounds (there should be none);
@@ -25,6 +29,7 @@ it was. The kernel log is watched in report mode (other users' WARNs must not fa
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -65,35 +70,55 @@ def ensure_tracefs() -> None:
     os.execv(unshare, [unshare, "--mount", "--propagation", "private", sys.executable, *sys.argv])
 
 
-def run_arm(scale: str, k: str, results: Path, counting: str | None) -> list[dict[str, Any]]:
-    argv = [sys.executable, "-m", "pytest", "--pyargs", "pytest_kvmmm.suite", "-k", k, "--kvm-scale", scale,
+def run_arm(scale: str, target: str, results: Path, counting: str | None) -> list[dict[str, Any]]:
+    """One pytest run of ``target`` (a case's node id, or ``-k`` expression for the suite)."""
+    select = [target] if "::" in target else ["--pyargs", "pytest_kvmmm.suite", "-k", target]
+    argv = [sys.executable, "-m", "pytest", *select, "--kvm-scale", scale,
             "--kvm-results", str(results), "--kvm-kernel-log", "report", "-q", "-p", "no:cacheprovider"]
     if counting:
         argv.append(f"--kvm-counters={counting}")
     subprocess.run(argv, check=False, stdout=subprocess.DEVNULL, cwd=tempfile.gettempdir())
-    return read_results(results)
+    return read_results(results) if results.exists() else []
+
+
+def case_ids(scale: str, k: str) -> list[str]:
+    """The selected cases as node ids that pytest takes from any directory (file path::name)."""
+    import pytest_kvmmm.suite as suite
+
+    where = Path(suite.__file__).parent
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--pyargs", "pytest_kvmmm.suite", "-k", k, "--kvm-scale", scale, "--co", "-q",
+         "-p", "no:cacheprovider"], capture_output=True, text=True, cwd=tempfile.gettempdir(), check=False,
+    ).stdout
+    return [str(where.parent.parent / line.strip()) for line in out.splitlines() if "::" in line]
 
 
 def stage_seconds(rec: Mapping[str, Any]) -> float:
-    return sum(v for k, v in (rec.get("metrics") or {}).items() if metric_unit(k) == "s" and "_total" not in k)
+    return float(sum(v for k, v in (rec.get("metrics") or {}).items() if metric_unit(k) == "s" and "_total" not in k))
 
 
-def overhead(rounds: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> list[str]:
+def overhead(rounds: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]]]], label: str = "") -> list[str]:
     passed = None
     for with_c, without in rounds:
         ids = {r["nodeid"] for r in with_c if r["status"] == "passed"} & {r["nodeid"] for r in without if r["status"] == "passed"}
         passed = ids if passed is None else passed & ids
     assert passed is not None
-    wall, stages = [], []
+    if not passed:
+        return [f"{label}no case passed in every round of both arms"]
+    wall, stages, pairs = [], [], []
     for with_c, without in rounds:
         w = {r["nodeid"]: r for r in with_c if r["nodeid"] in passed}
         wo = {r["nodeid"]: r for r in without if r["nodeid"] in passed}
         wall.append(sum(r["duration_s"] for r in w.values()) / sum(r["duration_s"] for r in wo.values()))
         stages.append(sum(map(stage_seconds, w.values())) / sum(map(stage_seconds, wo.values())))
+        pairs += [w[n]["duration_s"] / wo[n]["duration_s"] for n in passed if wo[n]["duration_s"] > 0]
+    q = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [pairs[0]] * 3
     return [
-        f"cases passed in every round of both arms: {len(passed)}",
-        f"wall time, counting / not: median {statistics.median(wall):.3f} (rounds: {', '.join(f'{x:.3f}' for x in wall)})",
-        f"stage times, counting / not: median {statistics.median(stages):.3f} (rounds: {', '.join(f'{x:.3f}' for x in stages)})",
+        f"{label}cases passed in every round of both arms: {len(passed)}",
+        f"{label}wall time, counting / not: median {statistics.median(wall):.3f} (rounds: {', '.join(f'{x:.3f}' for x in wall)})",
+        f"{label}each case's back-to-back pair: median {statistics.median(pairs):.3f}, quartiles {q[0]:.3f}..{q[2]:.3f} "
+        f"({len(pairs)} pairs)",
+        f"{label}stage times, counting / not: median {statistics.median(stages):.3f} (rounds: {', '.join(f'{x:.3f}' for x in stages)})",
     ]
 
 
@@ -174,16 +199,46 @@ def times_by_test(runs: Sequence[list[dict[str, Any]]]) -> dict[str, Series]:
     return out
 
 
-def measure(n: int, scale: str, k: str, keep: Path | None, sets: str) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+def arm_file(where: Path, i: int, arm: int) -> Path:
+    """``--keep``'s names: ``-False`` without counting, ``-True`` the first counting arm, ``-armN`` others."""
+    return where / f"{i}-{'False' if arm == 0 else 'True' if arm == 1 else f'arm{arm}'}.jsonl"
+
+
+def measure(n: int, scale: str, k: str, keep: Path | None, sets: Sequence[str]) -> list[list[list[dict[str, Any]]]]:
+    """rounds[i][arm]: the records of every case in round i; arm 0 counts nothing, arm j counts sets[j-1]."""
+    arms: list[str | None] = [None, *sets]
+    cases = case_ids(scale, k)
+    if not cases:
+        sys.exit(f"bench_counters: no case matches -k {k!r}")
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         where = keep or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            order = (True, False) if i % 2 == 0 else (False, True)
-            got = {c: run_arm(scale, k, where / f"{i}-{c}.jsonl", sets if c else None) for c in order}
-            rounds.append((got[True], got[False]))
+            got: list[list[dict[str, Any]]] = [[] for _ in arms]
+            for c, case in enumerate(cases):
+                shift = (i + c) % len(arms)
+                for a in [*range(shift, len(arms)), *range(shift)]:
+                    got[a] += run_arm(scale, case, Path(tmp) / f"one-{a}.jsonl", arms[a])
+            for a, recs in enumerate(got):
+                arm_file(where, i, a).write_text("".join(json.dumps(r) + "\n" for r in recs))
+            rounds.append(got)
             print(f"round {i + 1}/{n} done", file=sys.stderr)
+    return rounds
+
+
+def load(where: Path) -> list[list[list[dict[str, Any]]]]:
+    rounds = []
+    for i in range(10_000):
+        if not arm_file(where, i, 0).exists():
+            break
+        arms = []
+        for a in range(10_000):
+            f = arm_file(where, i, a)
+            if not f.exists():
+                break
+            arms.append(read_results(f))
+        rounds.append(arms)
     return rounds
 
 
@@ -192,21 +247,25 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--scale", default="smoke")
     ap.add_argument("-k", default=DEFAULT_K, help=f"which suite cases (default: {DEFAULT_K!r}; '' for all)")
-    ap.add_argument("--counters", default="default", help="what the counting arm counts (default: default)")
+    ap.add_argument("--counters", action="append", help="a counting arm's selection (repeatable; default: default)")
     ap.add_argument("--keep", metavar="DIR", type=Path, help="keep the rounds' --kvm-results files in DIR")
     ap.add_argument("--analyse", metavar="DIR", type=Path, help="run nothing: analyse the files a --keep run left")
     args = ap.parse_args()
+    sets = args.counters or ["default"]
     if args.analyse:
-        rounds = [(read_results(t), read_results(t.with_name(t.name.replace("-True", "-False"))))
-                  for t in sorted(args.analyse.glob("*-True.jsonl"))]
+        rounds = load(args.analyse)
     else:
         ensure_tracefs()
-        rounds = measure(args.rounds, args.scale, args.k, args.keep, args.counters)
-    counted = [w for w, _ in rounds]
+        rounds = measure(args.rounds, args.scale, args.k, args.keep, sets)
+    counted = [arms[1] for arms in rounds]
     if not any(isinstance(r.get("counters"), dict) for recs in counted for r in recs):
         sys.exit("bench_counters: the counting arm counted nothing (see pytest's header with --kvm-counters)")
+    lines = []
+    for a in range(1, len(rounds[0])):
+        label = f"[{sets[a - 1] if a - 1 < len(sets) else f'arm{a}'}] "
+        lines += overhead([(arms[a], arms[0]) for arms in rounds], label)
     by_test = series_by_test(counted)
-    print("\n".join([*overhead(rounds), "", *aa_spread(by_test, counted), *thp_pairs(by_test, times_by_test(counted))]))
+    print("\n".join([*lines, "", *aa_spread(by_test, counted), *thp_pairs(by_test, times_by_test(counted))]))
     return 0
 
 
