@@ -9,7 +9,7 @@ import pytest
 
 from ..host.probe import timed_probe
 from ..host.report import text_report
-from . import dashboards, options, timeout_guard, xdist
+from . import all_kvm, dashboards, options, testcase_items, timeout_guard, xdist
 from .baseline import BaselinePlugin
 from .baseline import add_options as add_baseline_options
 from .keys import ENGINE_KEY, SCALE_KEY
@@ -21,6 +21,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
     add_baseline_options(parser)
     dashboards.add_options(parser)
+    testcase_items.add_options(parser)
 
 
 @pytest.hookimpl(tryfirst=True)  # tryfirst: answer --kvm-host-info before any collection
@@ -49,3 +50,5 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(xdist.XdistHooks(config, plugin), "kvmmm-xdist")
     config.pluginmanager.register(BaselinePlugin(config, plugin.engine, plugin.host, plugin.records, lambda: plugin.host_label), "kvmmm-baseline")
     config.pluginmanager.register(timeout_guard, "kvmmm-timeout-guard")
+    config.pluginmanager.register(testcase_items.TestcasePlugin(config), "kvmmm-testcases")
+    config.pluginmanager.register(all_kvm.AllKvmOptIn(), "kvmmm-all-kvm")

@@ -25,5 +25,8 @@ RESULTS_KEY = pytest.StashKey[list[SelftestResult]]()
 CALL_KEY = pytest.StashKey[SelftestCall]()
 #: An item's parsed ``kvm_requires`` markers.
 REQUIRES_KEY = pytest.StashKey[tuple[Requirement, ...]]()
+#: Kernel log lines (regular expressions) an item's selftest provokes on purpose: its catalogue
+#: entry's, for the ``.test`` files and ``-m kvm`` tests that run a catalogue binary.
+EXPECTED_KERNEL_KEY = pytest.StashKey[tuple[str, ...]]()
 #: The name of a test's selftest record in ``report.user_properties`` (see ``session.py``).
 RECORD_PROPERTY = "kvm_selftest"

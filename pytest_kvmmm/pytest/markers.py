@@ -48,6 +48,7 @@ MARKERS = {
         "(e.g. 'eager_page_split', ['Y', 'N']); set and restored per test, skipped where read-only"
     ),
     "pagetable": "exercises KVM's guest page tables (the main job: pytest -m pagetable)",
+    "kvm": "every KVM selftest of the kernel's list, with its default arguments (pytest -m kvm)",
     "dirty_log": "dirty logging (bitmap, clear-log, dirty ring)",
     "access_tracking": "access tracking / aging (page_idle, MGLRU)",
     "demand_paging": "demand paging through userfaultfd",

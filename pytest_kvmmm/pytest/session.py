@@ -46,7 +46,14 @@ from ..reports.summary import quiet_lines, summary_lines
 from . import allure, dashboards, parametrize
 from .activation import is_selftest_item, named_option
 from .fixtures import SelftestRunner
-from .keys import CALL_KEY, CHANGES_KEY, RECORD_PROPERTY, REQUIRES_KEY, RESULTS_KEY
+from .keys import (
+    CALL_KEY,
+    CHANGES_KEY,
+    EXPECTED_KERNEL_KEY,
+    RECORD_PROPERTY,
+    REQUIRES_KEY,
+    RESULTS_KEY,
+)
 from .markers import SELFTEST_SIGNATURE, parse_requires, parse_selftest_marker
 from .options import Settings
 from .xdist import WORKEROUTPUT, handed_host
@@ -279,7 +286,10 @@ class KvmmmPlugin:
         if call is not None:
             # checked at setup already; passed on so its hugetlb pages are granted under xdist
             requires: tuple[Requirement, ...] = item.stash.get(REQUIRES_KEY, ())
-            result = SelftestRunner(item, self.engine).run(call.name, *call.args, timeout=call.timeout, requires=requires)
+            expected: tuple[str, ...] = item.stash.get(EXPECTED_KERNEL_KEY, ())  # provoked on purpose
+            result = SelftestRunner(item, self.engine).run(
+                call.name, *call.args, timeout=call.timeout, requires=requires, expected_kernel=expected
+            )
             funcargs = getattr(item, "funcargs", {})
             if "kvm_result" in funcargs:
                 funcargs["kvm_result"] = result
