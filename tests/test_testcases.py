@@ -269,3 +269,14 @@ def test_the_testcases_directory_is_checked_and_ini_paths_are_relative_to_the_in
         res = pytester.runpytest("-p", "no:cacheprovider", f"-c={proj / 'pytest.ini'}", f"--rootdir={proj}",
                                  f"--kvm-host-snapshot={make_host_root(tmp_path / 'r2')}", f"--kvm-selftests={bins}")
     res.assert_outcomes(skipped=1)
+
+
+def test_xdist_workers_collect_the_same_test_files(pytester: pytest.Pytester, tmp_path: Path, upstream: Path, bins: Path) -> None:
+    """The directory reaches the workers with the controller's arguments: no 'Different tests were collected'."""
+    root = make_host_root(tmp_path / "root")
+    res = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", f"--kvm-host-snapshot={root}",
+                                        f"--kvm-selftests={bins}", f"--kvm-testcases={upstream}", "--kvm-results=r.jsonl")
+    res.assert_outcomes(passed=2, skipped=1, failed=4)
+    from pytest_kvmmm.reports.results import read_results
+
+    assert len(read_results(pytester.path / "r.jsonl")) == 7
