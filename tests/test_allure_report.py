@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from fakes import golden, make_fake, make_golden_fake, make_host_root
-from pytest_kvmmm.engine.engine import SelftestResult
 from pytest_kvmmm.engine.metrics import parse_metrics
 from pytest_kvmmm.engine.outcome import Status
+from pytest_kvmmm.engine.result import SelftestResult
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.host.report import ENV_KEYS
 from pytest_kvmmm.host.report import fact_texts as host_environment

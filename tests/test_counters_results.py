@@ -20,15 +20,16 @@ from pytest_kvmmm.coordination.host_changes import HostChanges
 from pytest_kvmmm.engine import process as runner
 from pytest_kvmmm.engine.counters import CounterSession, parse_selection
 from pytest_kvmmm.engine.discovery import SearchRoot
-from pytest_kvmmm.engine.engine import SelftestEngine
+from pytest_kvmmm.engine.engine import EngineSettings, SelftestEngine
 from pytest_kvmmm.host import probe_host
+from pytest_kvmmm.host.view import HostView
 from pytest_kvmmm.reports.allure_report import describe
 
 
 def counting_engine(tmp_path: Path, perf: FakePerf) -> SelftestEngine:
     host = probe_host(make_host_root(tmp_path / "host"))
-    engine = SelftestEngine(roots=lambda: [SearchRoot(tmp_path / "bins", "--kvm-selftests")], host=lambda: host,
-                            default_timeout=30)
+    settings = EngineSettings(roots=lambda: [SearchRoot(tmp_path / "bins", "--kvm-selftests")], default_timeout=30)
+    engine = SelftestEngine(settings, HostView(Path(host.source), lambda: host))
     root = make_tracefs(tmp_path / "tracefs", X86_EVENTS)
     engine.counters = CounterSession.create(parse_selection("kvm:kvm_exit"), "x86_64", root, lambda: perf)
     return engine

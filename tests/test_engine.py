@@ -9,17 +9,19 @@ import pytest
 
 from fakes import make_fake, make_host_root
 from pytest_kvmmm.engine.discovery import SearchRoot
-from pytest_kvmmm.engine.engine import SelftestEngine
+from pytest_kvmmm.engine.engine import EngineSettings, SelftestEngine
 from pytest_kvmmm.engine.outcome import Status
 from pytest_kvmmm.engine.requirements import Arch, IdleTracking
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.host.model import HostFacts
+from pytest_kvmmm.host.view import HostView
 
 X86 = Arch(("x86_64",))
 
 
 def engine(bins: Path, host: HostFacts) -> SelftestEngine:
-    return SelftestEngine(roots=lambda: [SearchRoot(bins, "--kvm-selftests")], host=lambda: host, default_timeout=30)
+    settings = EngineSettings(roots=lambda: [SearchRoot(bins, "--kvm-selftests")], default_timeout=30)
+    return SelftestEngine(settings, HostView(Path(host.source), lambda: host))
 
 
 def test_an_x86_only_test_on_arm64_skips_as_x86_only_not_as_missing(tmp_path: Path) -> None:

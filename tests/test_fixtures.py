@@ -9,9 +9,11 @@ import pytest
 
 from fakes import make_fake, make_host_root
 from pytest_kvmmm.engine.discovery import SearchRoot
-from pytest_kvmmm.engine.engine import SelftestEngine, SelftestResult
+from pytest_kvmmm.engine.engine import EngineSettings, SelftestEngine
 from pytest_kvmmm.engine.outcome import Status
+from pytest_kvmmm.engine.result import SelftestResult
 from pytest_kvmmm.host import probe_host
+from pytest_kvmmm.host.view import HostView
 from pytest_kvmmm.pytest.fixtures import SelftestRunner, failure_text, raise_for
 from pytest_kvmmm.pytest.keys import RESULTS_KEY
 
@@ -31,8 +33,9 @@ class Item:
 
 def runner(tmp_path: Path, item: Item, repeat: int = 1) -> SelftestRunner:
     host = probe_host(make_host_root(tmp_path / "h"))
-    engine = SelftestEngine(roots=lambda: [SearchRoot(tmp_path / "b", "--kvm-selftests")], host=lambda: host, default_timeout=30)
-    engine.perf_repeat = repeat
+    settings = EngineSettings(roots=lambda: [SearchRoot(tmp_path / "b", "--kvm-selftests")], default_timeout=30,
+                              perf_repeat=repeat)  # fmt: skip
+    engine = SelftestEngine(settings, HostView(Path(host.source), lambda: host))
     return SelftestRunner(item, engine)  # type: ignore[arg-type]
 
 

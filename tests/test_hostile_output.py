@@ -295,7 +295,7 @@ def test_what_the_terminal_results_and_junit_show_is_clean_and_short(pytester: p
 
 
 def test_allure_shows_the_clean_reason_and_still_attaches_the_full_output() -> None:
-    from pytest_kvmmm.engine.engine import SelftestResult
+    from pytest_kvmmm.engine.result import SelftestResult
     from pytest_kvmmm.reports.allure_report import describe
 
     out = classify(proc(254, "", HOSTILE_STDERR))

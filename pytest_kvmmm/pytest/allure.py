@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ..engine.engine import SelftestResult
+from ..engine.result import SelftestResult
 from ..reports import allure_report
 from ..suite.cases import Case
 from .keys import RESULTS_KEY

@@ -33,7 +33,8 @@ from ..baseline.fingerprint import (
 from ..baseline.stats import MIN_EFFECT_PCT, MetricChange
 from ..baseline.table import regression_message, terminal_lines
 from ..coordination.safefs import target_problem
-from ..engine.engine import SelftestEngine, SelftestResult
+from ..engine.engine import SelftestEngine
+from ..engine.result import SelftestResult
 from ..host.emulation import emulated_by
 from ..host.model import HostFacts
 from ..reports.verdict import first_line

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
@@ -11,9 +10,10 @@ import pytest
 
 from ..coordination.modreload import cannot_reload
 from ..engine.discovery import Found, NotFound
-from ..engine.engine import SelftestEngine, SelftestResult
+from ..engine.engine import SelftestEngine
 from ..engine.outcome import Status
 from ..engine.requirements import Requirement
+from ..engine.result import SelftestResult
 from ..host.kvm import KvmFacts
 from ..host.mm import HugetlbPool
 from ..host.model import HostFacts
@@ -161,8 +161,7 @@ def kvm_params(request: pytest.FixtureRequest) -> Iterator[tuple[ParamSetting, .
         why = unavailable(setting, params, lambda m: cannot_reload(root, m, shutil.which))
         if why:
             pytest.skip(why)
-    hold = engine.coordinator.host(exclusive=True) if engine.coordinator else contextlib.nullcontext(0.0)
-    with hold:  # a host-wide setting: no other selftest of the run may see it
+    with engine.hold(exclusive=True):  # a host-wide setting: no other selftest of the run may see it
         applied = []
         try:
             for setting in settings:
@@ -173,11 +172,10 @@ def kvm_params(request: pytest.FixtureRequest) -> Iterator[tuple[ParamSetting, .
                 if why:
                     pytest.skip(why)
                 applied.append(setting)
-            if engine.host_changed:
-                engine.host_changed()
+            engine.view.reprobe()
             yield settings
         finally:
             for setting in applied:
                 changes.undo_last(setting.path)
-            if applied and engine.host_changed:
-                engine.host_changed()
+            if applied:
+                engine.view.reprobe()

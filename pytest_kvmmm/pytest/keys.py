@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from ..coordination.host_changes import HostChanges
-from ..engine.engine import SelftestEngine, SelftestResult
+from ..engine.engine import SelftestEngine
 from ..engine.requirements import Requirement
+from ..engine.result import SelftestResult
 from .markers import SelftestCall
 
 #: The session's engine (fixtures and the baseline plugin run selftests through it).

@@ -13,9 +13,7 @@ closes what it opened.
 from __future__ import annotations
 
 import os
-import platform
 import socket
-import uuid
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,27 +22,23 @@ import pytest
 
 from ..coordination import testids
 from ..coordination.host_changes import HostChanges
-from ..coordination.hostwide import HostLedger, ledger_dir
 from ..coordination.ledger import HostCoordinator
 from ..coordination.rundir import remove_run_dirs, run_dir, shared_probe
 from ..coordination.safefs import UnsafePath, private_dir
 from ..coordination.signals import SignalGuard
 from ..engine.counters.report import COUNTERS_OFF, count_tables, counters_header, off_lines
-from ..engine.counters.setup import counter_session
-from ..engine.discovery import search_roots
-from ..engine.engine import SelftestEngine
-from ..engine.kernel_health import KernelWatch
 from ..engine.requirements import Requirement, first_unmet
 from ..host import HostFacts, probe_host
 from ..host.emulation import emulated_by
-from ..host.probe import with_fresh_pools
 from ..host.report import fact_texts, summary_line
-from ..provision.cache import default_cache_root, journal_dir
+from ..host.view import HostView
+from ..provision.cache import journal_dir
 from ..reports import allure_report
 from ..reports.results import ResultsWriter
 from ..reports.summary import quiet_lines, summary_lines
 from . import allure, dashboards, parametrize
 from .activation import is_selftest_item, named_option
+from .engine_setup import build_engine
 from .fixtures import SelftestRunner
 from .keys import (
     CALL_KEY,
@@ -71,33 +65,18 @@ class KvmmmPlugin:
         self.is_worker = hasattr(config, "workerinput")
         self._label: str | None = None
         self.records: list[dict[str, Any]] = []
-        self._host: HostFacts | None = None
-        self._host_facts: dict[str, str] | None = None
-        self.engine = SelftestEngine(
-            roots=lambda: search_roots(
-                settings.explicit_root, default_cache_root(), platform.release(), platform.machine()
-            ),
-            host=self.host,
-            default_timeout=settings.timeout_s,
-        )
-        self.engine.perf_repeat = settings.repeat
-        self.engine.missing_fails = settings.explicit_root is not None and not settings.allow_missing
-        self.engine.unrunnable_fails = not settings.allow_missing
-        session = getattr(config, "workerinput", {}).get("testrunuid") or uuid.uuid4().hex
-        self.engine.ledger_factory = lambda: HostLedger(ledger_dir(settings.host_root), settings.host_root, session)
+        #: (generation of the facts, their text): see ``host_facts``.
+        self._host_facts: tuple[int, dict[str, str]] | None = None
+        #: This process's host facts, shared with the engine (which re-probes after it changed the host).
+        self.host_view = HostView(settings.host_root, self._first_probe)
         self.host_changes = HostChanges(settings.host_root, journal_dir(settings.host_root))
-        self.host_changes.pool_floor = self.engine.pool_floor
+        self.engine = build_engine(config, settings, self.host_view, self.host_changes)
         #: Set once the run needs the host (``_activate``): nothing before touches it.
         self.active = False
         self.named = named_option(config)
         self.restored: list[str] = []
-        self.engine.host_changed = self.refresh_host
-        self.engine.pools_changed = self.refresh_pools
         config.stash[CHANGES_KEY] = self.host_changes
-        if config.getoption("kvm_allow_host_changes"):
-            self.engine.host_changes = self.host_changes
         self.restored_at_end: list[str] = []
-        self.kernel_watch: KernelWatch | None = None
         # Opened by the first record (or at the end): a usage error found later in configure
         # (a typo in another --kvm-* option) must not empty the previous run's file.
         self.writer = ResultsWriter(settings.results) if settings.results and not self.is_worker else None
@@ -122,26 +101,7 @@ class KvmmmPlugin:
         self.signals.install()
         with self.signals.quiet():
             self.restored += self.host_changes.restore_stale()
-        self._watch_kernel()
-        self._start_counters()
-        if self.is_worker:
-            self.engine.coordinator = self._coordinator()
-
-    def _start_counters(self) -> None:
-        """--kvm-counters: resolve the counters against this host's tracefs, once (mounting it
-        only with --kvm-allow-host-changes)."""
-        if not self.settings.counters or self.engine.counters is not None:
-            return
-        allowed = self.host_changes if self.config.getoption("kvm_allow_host_changes") else None
-        self.engine.counters = counter_session(self.settings.counters, platform.machine(), allowed)
-
-    def _watch_kernel(self) -> None:
-        if self.kernel_watch is not None or self.settings.kernel_log == "off" or self.settings.host_root != Path("/"):
-            return
-        kmsg = Path(os.environ.get("KVMMM_KMSG", "/dev/kmsg"))  # another log device, for tests
-        self.kernel_watch = KernelWatch(kmsg=kmsg, noise=self.settings.kernel_noise)
-        if self.kernel_watch.active:
-            self.engine.kernel, self.engine.kernel_mode = self.kernel_watch, self.settings.kernel_log
+        self.engine.start(self._coordinator() if self.is_worker else None)
 
     @property
     def host_label(self) -> str:
@@ -151,31 +111,21 @@ class KvmmmPlugin:
         return self._label
 
     def host(self) -> HostFacts:
+        return self.host_view.facts()
+
+    def _first_probe(self) -> HostFacts:
         """Probed once per host per run, when first needed: by the controller (or single process),
         handed to local xdist workers through ``workerinput`` when it probed before they started;
         else by the first worker on the machine that needs it, for the others (the run directory)."""
-        if self._host is None:
-            handed = handed_host(self.config, self.settings.host_source)
-            if handed is not None:
-                self._host = HostFacts.from_json(handed)
-            else:
-                self._host = shared_probe(self._run_dir(), lambda: probe_host(self.settings.host_root))
-        return self._host
-
-    def refresh_host(self) -> None:
-        """Probe again after the plugin changed the host (--kvm-allow-host-changes, a parameter
-        value): the records of the tests after it carry the facts as they are now."""
-        self._host = probe_host(self.settings.host_root)
-        self._host_facts = None
-
-    def refresh_pools(self) -> None:
-        """Read the hugetlb pools again (before a hugetlb case: others change them)."""
-        self._host = with_fresh_pools(self.host(), self.settings.host_root)
+        handed = handed_host(self.config, self.settings.host_source)
+        if handed is not None:
+            return HostFacts.from_json(handed)
+        return shared_probe(self._run_dir(), lambda: probe_host(self.settings.host_root))
 
     @property
     def probed(self) -> bool:
         """Whether this process probed (or was handed) the host already."""
-        return self._host is not None
+        return self.host_view.probed
 
     def _run_dir(self) -> Path | None:
         """Under xdist, the run's private directory on this machine for this host (0700, ours);
@@ -211,8 +161,7 @@ class KvmmmPlugin:
         return [*lines, *([f"kvmmm: {ignored}"] if ignored else [])]
 
     def _header_lines(self) -> list[str]:
-        self._watch_kernel()
-        self._start_counters()
+        self.engine.watch()
         host = self.host()
         roots = self.engine.search_roots()
         source = f"{roots[0].path} ({roots[0].origin})" if roots else "none found (run kvmmm-build)"
@@ -221,8 +170,9 @@ class KvmmmPlugin:
             f"kvmmm: {host.hostname}{where}: {summary_line(host)}",
             f"kvmmm: selftests {source}; scale {self.settings.scale}; timeout {self.settings.timeout_s:g}s",
         ]
-        if self.kernel_watch is not None and not self.kernel_watch.active:
-            lines.append(f"kvmmm: kernel log watch off: {self.kernel_watch.reason}")
+        watch = self.engine.kernel_watch
+        if watch is not None and not watch.active:
+            lines.append(f"kvmmm: kernel log watch off: {watch.reason}")
         if self.engine.counters is not None:
             lines.append(counters_header(self.engine.counters))
         if self.engine.host_changes is not None:
@@ -395,10 +345,11 @@ class KvmmmPlugin:
     def host_facts(self) -> dict[str, str]:
         """This host's facts as strings, computed once per process: in every record, the terminal's
         per-host lines and Allure's environment.properties."""
-        if self._host_facts is None:
+        host = self.host()  # first: the generation counts this probe
+        if self._host_facts is None or self._host_facts[0] != self.host_view.generation:
             build = allure_report.selftests_build(self.engine.search_roots())
-            self._host_facts = fact_texts(self.host(), build, emulated_by())
-        return self._host_facts
+            self._host_facts = (self.host_view.generation, fact_texts(host, build, emulated_by()))
+        return self._host_facts[1]
 
     @pytest.hookimpl(tryfirst=True)  # tryfirst: the host is restored before anything else can fail
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -446,8 +397,7 @@ class KvmmmPlugin:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.writer is not None:
             self.writer.close()
-        if self.kernel_watch is not None:
-            self.kernel_watch.close()
+        self.engine.close()
         with self.signals.quiet():
             self.host_changes.restore()  # idempotent: a session that never finished still restores
         self.signals.uninstall()

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.counters.report import attachment_text, short
-from ..engine.engine import SelftestResult
 from ..engine.guest_modes import DEFAULT_MODE
 from ..engine.outcome import Status
+from ..engine.result import SelftestResult
 from ..host.units import format_size, parse_size
 from ..suite.backing import BACKING_SOURCES
 from ..suite.cases import Case
