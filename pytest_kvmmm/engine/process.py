@@ -288,53 +288,16 @@ def run(
     argv = tuple(str(a) for a in argv)
     started_at = time.time()
     t0 = time.monotonic()
-    held = HeldSignals().hold()
-    try:
-        try:
-            proc, tree = _start(argv, cwd, env, held.mask)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            if exc.errno == errno.ENOEXEC:
-                reason = "not an executable this machine can run (wrong architecture or a broken file)"
-            return ProcessResult(
-                argv, None, "", "", time.monotonic() - t0, start_error=f"cannot start {argv[0]}: {reason}",
-                started_at=started_at,
-            )
-        try:
-            _running[threading.get_ident()] = tree
-            held.release()  # a Ctrl-C held back is raised here, where the child can be killed
-        except BaseException:
-            _end(proc, tree)
-            raise
-    finally:
-        held.release()
-
+    launched = _launch(argv, cwd, env)
+    if isinstance(launched, str):
+        return ProcessResult(argv, None, "", "", time.monotonic() - t0, start_error=launched, started_at=started_at)
+    proc, tree = launched
     assert proc.stdout is not None and proc.stderr is not None
     out = _Capture(output_limit) if on_line is None else _LineTap(output_limit, on_line)
     err = _Capture(output_limit)
     captures = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
-    deadline = None if timeout is None else t0 + timeout
-    left: list[tuple[int, str]] = []
     try:
-        timed_out = _pump(proc, captures, deadline, poll=functools.partial(tree.poll, proctree.POLL_EVERY_S))
-        if not timed_out:
-            # Pipes may have closed early (the binary closed its stdio): wait for the exit.
-            timed_out = not _exited(proc.pid, deadline)
-        if timed_out:
-            _kill_group(proc.pid, signal.SIGTERM)
-            _exited(proc.pid, time.monotonic() + KILL_GRACE_S)
-            _kill_group(proc.pid, signal.SIGKILL)
-            tree.group_killed = True
-            _exited(proc.pid, time.monotonic() + KILL_GRACE_S)
-        # The leader exited (and is not yet reaped, so its pgid cannot be reused). What is still
-        # running now was left behind (on a timeout: what escaped the group); then nothing of
-        # the tree may outlive it. Take what it still flushed, briefly: a grandchild that left
-        # the group could hold the pipes.
-        left = tree.leftovers()
-        _kill_group(proc.pid, signal.SIGKILL)
-        tree.kill_all()
-        _pump(proc, captures, time.monotonic() + 0.5, until_exit=False)
-        proc.wait()
+        timed_out, left = _wait(proc, tree, captures, None if timeout is None else t0 + timeout)
     except BaseException:
         # Ctrl-C or any error while waiting: never leave the selftest running behind us.
         _end(proc, tree)
@@ -357,6 +320,58 @@ def run(
         left_behind=tuple(f"{pid} {cmd}" for pid, cmd in left),
         pids=frozenset(tree.seen),
     )
+
+
+def _launch(
+    argv: tuple[str, ...], cwd: Path | None, env: Mapping[str, str] | None
+) -> tuple[subprocess.Popen[bytes], proctree.ProcessTree] | str:
+    """Start the binary with SIGINT held back until its tree is registered in ``_running`` (so a
+    Ctrl-C can always kill it); returns why it could not start instead of raising OSError."""
+    held = HeldSignals().hold()
+    try:
+        try:
+            proc, tree = _start(argv, cwd, env, held.mask)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.ENOEXEC:
+                reason = "not an executable this machine can run (wrong architecture or a broken file)"
+            return f"cannot start {argv[0]}: {reason}"
+        try:
+            _running[threading.get_ident()] = tree
+            held.release()  # a Ctrl-C held back is raised here, where the child can be killed
+        except BaseException:
+            _end(proc, tree)
+            raise
+    finally:
+        held.release()
+    return proc, tree
+
+
+def _wait(
+    proc: subprocess.Popen[bytes], tree: proctree.ProcessTree, captures: dict[int, _Capture], deadline: float | None
+) -> tuple[bool, list[tuple[int, str]]]:
+    """Pump the output until the binary exits or the deadline (then SIGTERM, SIGKILL to its
+    group), kill what it left running, reap it. Returns whether it timed out, and what it left."""
+    timed_out = _pump(proc, captures, deadline, poll=functools.partial(tree.poll, proctree.POLL_EVERY_S))
+    if not timed_out:
+        # Pipes may have closed early (the binary closed its stdio): wait for the exit.
+        timed_out = not _exited(proc.pid, deadline)
+    if timed_out:
+        _kill_group(proc.pid, signal.SIGTERM)
+        _exited(proc.pid, time.monotonic() + KILL_GRACE_S)
+        _kill_group(proc.pid, signal.SIGKILL)
+        tree.group_killed = True
+        _exited(proc.pid, time.monotonic() + KILL_GRACE_S)
+    # The leader exited (and is not yet reaped, so its pgid cannot be reused). What is still
+    # running now was left behind (on a timeout: what escaped the group); then nothing of
+    # the tree may outlive it. Take what it still flushed, briefly: a grandchild that left
+    # the group could hold the pipes.
+    left = tree.leftovers()
+    _kill_group(proc.pid, signal.SIGKILL)
+    tree.kill_all()
+    _pump(proc, captures, time.monotonic() + 0.5, until_exit=False)
+    proc.wait()
+    return timed_out, left
 
 
 def _end(proc: subprocess.Popen[bytes], tree: proctree.ProcessTree) -> None:
