@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..coordination.safefs import UnsafePath, replace_file
+from ..coordination.safefs import TooLarge, UnsafePath, read_bounded, replace_file
 from ..engine.counters.model import Counters
 from ..provision.cache import default_cache_root
 from .fingerprint import Fingerprint
@@ -296,12 +296,11 @@ def load(path: Path) -> Baseline:
     """Read a baseline file: bounded in size and nesting, NaN and Infinity refused, every
     fault a one-line ``BaselineError`` naming the file."""
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_BASELINE_BYTES + 1)
+        raw = read_bounded(path, MAX_BASELINE_BYTES)
+    except TooLarge as exc:
+        raise BaselineError(f"{exc.strerror}: not a pytest-kvmmm baseline") from None
     except OSError as exc:
         raise BaselineError(f"cannot read baseline {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_BASELINE_BYTES:
-        raise BaselineError(f"{path} is larger than {MAX_BASELINE_BYTES} bytes: not a pytest-kvmmm baseline")
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except RecursionError:

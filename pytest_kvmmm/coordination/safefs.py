@@ -13,7 +13,9 @@ careful root-run tools (systemd-tmpfiles, sudo, rpm):
 * a file written in place (``--kvm-results``) is opened without following a link and without
   blocking, and used only when it is a regular file with one name;
 * a file read as instructions (the host-change journal) is read only when it is a regular
-  file owned by us and writable by nobody else, and only up to a size limit.
+  file owned by us and writable by nobody else, and only up to a size limit;
+* a file the user names as input (a baseline, known issues) is read only up to a size limit,
+  so its parser runs in bounded time and memory.
 
 Every refusal is an ``UnsafePath`` whose message is one line naming the path and the fault.
 """
@@ -30,6 +32,14 @@ from typing import IO
 
 #: Group- or other-writable bits.
 _SHARED_WRITE = stat.S_IWGRP | stat.S_IWOTH
+
+
+class TooLarge(OSError):
+    """A file larger than its reader's limit: nothing of it is parsed."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__(errno.EFBIG, f"{path} is larger than {limit} bytes")
+        self.limit = limit
 
 
 class UnsafePath(OSError):
@@ -95,6 +105,16 @@ def private_dir(path: Path, mode: int = 0o700) -> Path:
     if problem:
         raise UnsafePath(f"refusing to use {path}: it {problem}")
     return path
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The content of the input file ``path``, at most ``limit`` bytes: ``TooLarge`` when it has
+    more, ``OSError`` when it cannot be read."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(path, limit)
+    return data
 
 
 def read_private(path: Path, limit: int) -> bytes:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..coordination.safefs import TooLarge, read_bounded
+
 MAX_FILE_BYTES = 1 << 20
 #: Short names for the facts a lab writes most, and the dotted --kvm-host-info keys they stand for.
 ALIASES = {"cpu_model": "cpu.model_name", "flavour": "kvm.flavour", "hostname": "hostname"}
@@ -151,12 +153,11 @@ def load(path: Path) -> tuple[KnownIssue, ...]:
 
 def load_raw(path: Path) -> list[Any]:
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
+        raw = read_bounded(path, MAX_FILE_BYTES)
+    except TooLarge:
+        raise KnownIssuesError(f"known issues {path}: larger than {MAX_FILE_BYTES} bytes") from None
     except OSError as exc:
         raise KnownIssuesError(f"known issues {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise KnownIssuesError(f"known issues {path}: larger than {MAX_FILE_BYTES} bytes")
     return raw_entries(raw.decode("utf-8", "replace"), path.suffix.lower(), f"known issues {path}")
 
 
