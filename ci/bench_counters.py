@@ -90,7 +90,8 @@ def case_ids(scale: str, k: str) -> list[str]:
         [sys.executable, "-m", "pytest", "--pyargs", "pytest_kvmmm.suite", "-k", k, "--kvm-scale", scale, "--co", "-q",
          "-p", "no:cacheprovider"], capture_output=True, text=True, cwd=tempfile.gettempdir(), check=False,
     ).stdout
-    return [str(where.parent.parent / line.strip()) for line in out.splitlines() if "::" in line]
+    # ids are relative to whatever rootdir pytest chose: keep the file's name, under the suite
+    return [str(where / Path(line.strip()).name) for line in out.splitlines() if "::" in line]
 
 
 def stage_seconds(rec: Mapping[str, Any]) -> float:

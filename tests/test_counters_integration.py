@@ -29,6 +29,13 @@ if find_tracefs(Path("/")).path is None:
     if why:
         print("SKIP", why)
         sys.exit(0)
+if "--kvm-counters=vm" in sys.argv:  # per-VM stats: debugfs, mounted in this namespace only
+    from pytest_kvmmm.engine.counters.vmstats import _debugfs_mounted
+    if not _debugfs_mounted(Path("/")):
+        why = mount_fs("debugfs", Path("/sys/kernel/debug"))
+        if why:
+            print("SKIP", why)
+            sys.exit(0)
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))
 """
@@ -38,7 +45,7 @@ def run_counted(tmp_path: Path, *args: str) -> tuple[str, list[dict[str, object]
     _real_build()
     argv = [sys.executable, "-c", SCRIPT, "--pyargs", "pytest_kvmmm.suite", "--kvm-scale", "smoke",
             "--kvm-results", str(tmp_path / "r.jsonl"), "--kvm-kernel-log", "report", "-p", "no:cacheprovider", *args]
-    if find_tracefs(Path("/")).path is None:
+    if find_tracefs(Path("/")).path is None or "--kvm-counters=vm" in args:
         unshare = shutil.which("unshare")
         if os.geteuid() != 0 or unshare is None:
             pytest.skip("tracefs is not mounted, and only root (with unshare) can mount it privately for the test")
@@ -75,3 +82,19 @@ def test_an_explicit_event_this_host_lacks_is_a_header_note_not_a_failure(tmp_pa
                                "--kvm-counters", "kvm:kvm_exit,kvm:no_such_event")
     assert "not on this host: kvm:no_such_event" in out
     assert [r["status"] for r in records] == ["passed"]
+
+
+def test_per_vm_debugfs_stats_of_a_real_run_or_why_not(tmp_path: Path) -> None:
+    """Levels (``pages_4k``) are read-only files, readable even under lockdown; counts are writable
+    files, refused under lockdown, and then named in the header instead."""
+    out, records = run_counted(tmp_path, "-k", "test_kvm_page_table and anonymous]", "--kvm-counters=vm")
+    header = next(line for line in out.splitlines() if line.startswith("kvmmm: counters") or "per-VM stats off" in line)
+    if "per-VM stats off: debugfs is root's" in header or "is KVM loaded" in header:
+        pytest.skip(header)
+    rec = next(r for r in records if r["status"] == "passed")
+    total = rec["counters"]["total"]
+    assert "vm:pages_4k" in total and "vm:pages_2m" in total, total
+    if "lockdown" in header:
+        assert "remote_tlb_flush" in header and "vm:remote_tlb_flush" not in total
+    else:
+        assert total["vm:exits"] > 0 and rec["counters"]["stages"]["KVM_CREATE_MAPPINGS"]["vm:pf_taken"] > 0, rec["counters"]
