@@ -87,6 +87,21 @@ def test_a_vm_that_went_away_keeps_its_last_values_and_the_next_vm_adds_to_them(
     assert s.total() == {"vm:pf_fixed": 4196, "vm:pages_4k": 4100, "vm:pages_2m": 31}  # levels: the highest
 
 
+def test_a_new_vm_under_the_same_name_is_another_vm(tmp_path: Path) -> None:
+    """kvm_page_table_test frees each guest mode's VM and creates the next: same pid, same fd."""
+    kvm = make_debugfs(tmp_path)
+    s = sampler(kvm, "exits")
+    set_vm(kvm, "500-4", {"exits": 4200})
+    assert s.stage() == {"vm:exits": 4200}
+    for entry in (kvm / "500-4").iterdir():
+        entry.unlink()
+    (kvm / "500-4").rmdir()
+    (kvm / "keep-the-inode-busy").mkdir()  # so the new directory cannot get the old one's inode
+    set_vm(kvm, "500-4", {"exits": 10})
+    assert s.stage() == {"vm:exits": 10}
+    assert s.total() == {"vm:exits": 4210}
+
+
 def test_stats_the_kernel_lacks_are_left_out_not_zero(tmp_path: Path) -> None:
     kvm = make_debugfs(tmp_path)
     set_vm(kvm, "500-11", {"exits": 12})
