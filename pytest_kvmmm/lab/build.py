@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import debian, kbuild
+from .buildlock import build_lock
 from .hosts import ARCHES, HOST_KINDS, HostKind
 from .image import (
     BuildSettings,
@@ -38,9 +39,15 @@ def kernel_for(s: BuildSettings, kind: HostKind) -> dict[str, Any]:
 
 
 def build_all(s: BuildSettings) -> dict[str, dict[str, Any]]:
-    """Every part, then one record per host kind; returns the records."""
+    """Every part, then one record per host kind, under the cache's build lock (one build at
+    a time: ``buildlock.py``); returns the records."""
     if platform.machine() not in ("x86_64", "aarch64"):
         raise LabUnavailable(f"the lab is built on x86_64 (or aarch64) Debian, not {platform.machine()}")
+    with build_lock(s.paths.root, s.progress):
+        return _build_all(s)
+
+
+def _build_all(s: BuildSettings) -> dict[str, dict[str, Any]]:
     start = time.monotonic()
     kinds = [HOST_KINDS[h] for h in s.hosts]
     arches = [ARCHES[a] for a in dict.fromkeys(k.arch for k in kinds)]
