@@ -549,7 +549,7 @@ class TestWrapper:
     def test_ci_stage_is_skipped_when_no_host_can_boot(
         self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
     ) -> None:
-        def too_small(args: object, batch: object) -> None:
+        def too_small(args: object, batch: object, lost: object = None) -> None:
             raise image.LabUnavailable("3 lab hosts (3G, 3G, 3G) need 10.0 GiB of free memory")
 
         monkeypatch.setattr(ci.cli, "cmd_build", lambda args: 0)

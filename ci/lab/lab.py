@@ -169,14 +169,19 @@ def run_batches(args: argparse.Namespace, kinds: Sequence[str]) -> tuple[list[st
     run.remove_stale(share)
     ran, problems = [], []
     for n, batch in enumerate(b for b in ([k for k in b if k in kinds] for b in BATCHES) if b):
+        lost: list[str] = []  # a host of the batch that did not come up fails the stage; the others run
+        t0 = time.monotonic()
         try:
-            states = boot.up(args, batch)
+            states = boot.up(args, batch, lost)
         except LabUnavailable as exc:
             err(f"SKIPPED hosts {', '.join(batch)}: {exc}")
             continue
-        except LabError as exc:  # this batch's hosts did not come up: the others still run
+        except LabError as exc:  # this batch's hosts did not come up: the other batches still run
             problems.append(f"hosts {', '.join(batch)} did not come up: {exc}")
             continue
+        finally:
+            problems += [f"did not come up: {why}" for why in lost]
+        err(f"batch {n + 1} ({', '.join(s.name for s in states)}) up in {time.monotonic() - t0:.1f} s")
         ran += [s.name for s in states]
         try:
             tx = boot.tx_args(states)
@@ -187,7 +192,9 @@ def run_batches(args: argparse.Namespace, kinds: Sequence[str]) -> tuple[list[st
                 runs.append((f"lab-{n + 1}-{label}", boot.tx_args(x86), ["--pyargs", "pytest_kvmmm.suite", "--kvm-scale",
                              "lab", "--kvm-backing-srcs", "anonymous", "-k", k, *values], False))  # fmt: skip
             for label, hosts_tx, pytest_args, local in runs:
+                t0 = time.monotonic()
                 status = run.run_pytest(run.pytest_argv(hosts_tx, pytest_args, share, label, local), REPO)
+                err(f"{label}: pytest exited {status} after {time.monotonic() - t0:.1f} s")
                 if status not in (0, 1):
                     problems.append(f"pytest ({label}) exited {status}: not a test verdict")
         finally:
@@ -214,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err("interrupted; lab hosts stopped")
         return 130
-    if not ran:
+    if not ran and not problems:
         err("SKIPPED: no lab host could boot here")
         return 0
     share = boot.results_dir(args)

@@ -66,8 +66,10 @@ def _mem_available() -> int | None:
         return None
 
 
-def up(args: argparse.Namespace, hosts: Sequence[str]) -> list[qemu.HostState]:
-    """Boot the hosts, wait for their servers, ask each for its facts; stop them on any failure."""
+def up(args: argparse.Namespace, hosts: Sequence[str], lost: list[str] | None = None) -> list[qemu.HostState]:
+    """Boot the hosts, wait for their servers, ask each for its facts; stop them on any failure.
+    With ``lost``, a host that does not come up is stopped and said there, and the others go on
+    (a LabError only when none came up)."""
     paths = lab_paths()
     rdir = run_dir(args)
     running = [h for h in qemu.load_state(rdir) if qemu.is_ours(h)]
@@ -104,7 +106,15 @@ def up(args: argparse.Namespace, hosts: Sequence[str]) -> list[qemu.HostState]:
             states.append(qemu.launch(spec))
             qemu.save_state(rdir, states)
         err(f"booting {', '.join(f'{s.name} (pid {s.pid}, 127.0.0.1:{s.port})' for s in states)}")
-        qemu.wait_ready(states, args.timeout)
+        failed = qemu.wait_ready(states, args.timeout, keep_going=lost is not None)
+        if failed and lost is not None:
+            for name, what in qemu.stop([s for s in states if s.name in failed]).items():
+                err(f"{name} did not come up ({what}): {failed[name]}")
+            lost += list(failed.values())
+            states = [s for s in states if s.name not in failed]
+            qemu.save_state(rdir, states)
+            if not states:
+                raise LabError("; ".join(failed.values()))
         err(f"ready after {time.monotonic() - start:.1f} s; asking each host for its facts")
         for s in states:
             s.facts = qemu.facts_of(s)

@@ -237,26 +237,33 @@ def launch(h: HostSpec) -> HostState:
     return HostState(h.name, h.kind.name, h.port, proc.pid, argv, str(h.console), time.time())
 
 
-def wait_ready(states: Sequence[HostState], timeout: float, poll: float = 0.5) -> None:
+def wait_ready(states: Sequence[HostState], timeout: float, poll: float = 0.5, keep_going: bool = False) -> dict[str, str]:
     """Until every console says the server listens; a QEMU that died or a timeout is a LabError
-    quoting the end of that host's console or QEMU log."""
+    quoting the end of that host's console or QEMU log. With ``keep_going``, the hosts that did
+    not come up are returned instead ({name: why}), after waiting for the others."""
     pending = {s.name: s for s in states}
+    failed: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     while pending:
         for name, s in list(pending.items()):
             text = _tail(Path(s.console), 64 * 1024)
+            why = None
             if READY.search(text):
                 del pending[name]
             elif not is_ours(s):
                 qemu_log = _tail(Path(s.console).with_suffix(".qemu.log"), 4096).strip()
                 how = f"exit status {exit_status(s.pid)}" if exit_status(s.pid) is not None else "gone"
-                raise LabError(f"{name}: QEMU ended during boot ({how}): {qemu_log or last_lines(text)}")
-        if pending and time.monotonic() > deadline:
-            name, s = next(iter(pending.items()))
-            raise LabError(f"{name}: not ready after {timeout:g} s; console ends with: "
-                           f"{last_lines(_tail(Path(s.console), 4096))}")  # fmt: skip
+                why = f"{name}: QEMU ended during boot ({how}): {qemu_log or last_lines(text)}"
+            elif time.monotonic() > deadline:
+                why = f"{name}: not ready after {timeout:g} s; console ends with: {last_lines(_tail(Path(s.console), 4096))}"
+            if why is not None:
+                if not keep_going:
+                    raise LabError(why)
+                failed[name] = why
+                del pending[name]
         if pending:
             time.sleep(poll)
+    return failed
 
 
 def _tail(path: Path, size: int) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..coordination import testids
+from ..coordination import gateways, testids
 from ..coordination.rundir import run_dir_problem
 from . import dashboards
 from .options import SNAPSHOT_ENV
@@ -84,6 +84,29 @@ class XdistHooks:
         session.workers_used_host = session.workers_used_host or bool(error) or bool(mine.get("active"))
         session.restored_at_end += [f"{line} [by worker {node.gateway.id}]" for line in mine.get("restored", [])]
         session.host_changes.ignored += [r for r in mine.get("ignored", []) if r not in session.host_changes.ignored]
+        if error:
+            self._lost_host(node, error)
+
+    def _lost_host(self, node: Any, error: object) -> None:
+        """A socket gateway's worker died and nothing listens there any more (a lab host whose
+        guest panicked): say so in one line and keep xdist from replacing the worker, whose
+        connect would end the whole run in an INTERNALERROR. The other hosts finish what they
+        were sent; this host's remaining tests are not run (its test that was running fails)."""
+        address = gateways.socket_address(node.gateway.spec)
+        why = gateways.unreachable(address) if address is not None else None
+        if why is None:
+            return  # a live host, or not a socket gateway: xdist replaces the worker as usual
+        dsession = self.config.pluginmanager.getplugin("dsession")
+        if dsession is not None and hasattr(dsession, "_max_worker_restart"):
+            # xdist's only switch (its DSession checks it right after this hook): this crash
+            # counts as the last one allowed.
+            dsession._max_worker_restart = getattr(dsession, "_failed_nodes_count", 0)
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        host = f"{address[0]}:{address[1]}" if address else "?"
+        line = (f"kvmmm: host of gateway {node.gateway.id} (socket={host}) went down ({str(error).strip()[:120]}) "
+                f"and does not answer ({why}): its remaining tests are not run; the other hosts go on")
+        if reporter is not None:
+            reporter.write_line(line, red=True, bold=True)
 
     @pytest.hookimpl(optionalhook=True)  # xdist's hook, on the controller
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:

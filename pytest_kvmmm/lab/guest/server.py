@@ -31,6 +31,8 @@ def serve_one(conn: socket.socket, address: tuple[str, int]) -> None:
 
     with conn.makefile("rb") as fh:
         line = fh.readline().rstrip()
+    if not line:  # a probe (is this host still up?) or a client that gave up: nothing to run
+        return
     source = eval(line)  # execnet's framing: a Python string literal
     namespace = {"clientsock": conn, "address": address, "execmodel": get_execmodel("main_thread_only")}
     exec(compile(source + "\n", "<kvmmm-lab socket server>", "exec"), namespace)

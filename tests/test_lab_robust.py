@@ -1,0 +1,216 @@
+"""The lab when things go wrong: two builds on one cache, a lab host that dies mid-run.
+
+The build lock is exercised with real flocks (two opens of one file conflict even in one
+process); a dying host with a real execnet socket server that ends its own process, the way a
+guest's kernel panic ends the gateway of ``--tx socket=...``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_kvmmm.lab.buildlock import LOCK_NAME, build_lock
+from pytest_kvmmm.lab.image import LabError
+
+
+class TestBuildLock:
+    def test_a_second_build_waits_and_says_for_whom(self, tmp_path: Path) -> None:
+        with build_lock(tmp_path, None):
+            assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+            said = io.StringIO()
+            entered = threading.Event()
+
+            def second() -> None:
+                with build_lock(tmp_path, said):
+                    entered.set()
+
+            t = threading.Thread(target=second, daemon=True)
+            t.start()
+            time.sleep(0.5)
+            assert not entered.is_set(), "the second build did not wait for the first"
+            assert f"waiting for the kvmmm-lab build of pid {os.getpid()}" in said.getvalue()
+        t.join(10)
+        assert entered.is_set(), "the second build did not go on once the first was done"
+
+    def test_the_lock_is_free_after_its_holder(self, tmp_path: Path) -> None:
+        with build_lock(tmp_path, None):
+            pass
+        fd = os.open(tmp_path / LOCK_NAME, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+        finally:
+            os.close(fd)
+
+    def test_an_error_inside_releases_it(self, tmp_path: Path) -> None:
+        with pytest.raises(LabError), build_lock(tmp_path, None):
+            raise LabError("make failed")
+        with build_lock(tmp_path, io.StringIO()) as _:
+            pass
+
+    def test_a_link_is_not_followed(self, tmp_path: Path) -> None:
+        target = tmp_path / "victim"
+        target.write_text("precious\n")
+        (tmp_path / LOCK_NAME).symlink_to(target)
+        with pytest.raises(LabError, match="cannot be opened"), build_lock(tmp_path, None):
+            pass
+        assert target.read_text() == "precious\n"
+
+    def test_a_lock_writable_by_others_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / LOCK_NAME
+        path.write_text("1\n")
+        path.chmod(0o666)
+        with pytest.raises(LabError, match="writable by others"), build_lock(tmp_path, None):
+            pass
+        assert path.read_text() == "1\n"
+
+    def test_build_all_holds_it(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        from pytest_kvmmm.lab import build
+        from pytest_kvmmm.lab.image import BuildSettings
+
+        held: list[bool] = []
+
+        def inner(s: BuildSettings) -> dict[str, object]:
+            fd = os.open(s.paths.root / LOCK_NAME, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+            finally:
+                os.close(fd)
+            return {}
+
+        monkeypatch.setattr(build, "_build_all", inner)
+        monkeypatch.setattr(build.platform, "machine", lambda: "x86_64")
+        build.build_all(BuildSettings(cache_root=tmp_path, hosts=["x86-tdp"], jobs=1, allow_apt=False, is_root=False))
+        assert held == [True]
+
+
+CRASHING_TESTS = """
+import os, signal
+def test_a(): pass
+def test_crash():
+    if os.environ.get("KVMMM_TEST_DIE") == "host":  # the server (the "guest") goes with its worker
+        os.kill(os.getppid(), signal.SIGKILL)
+    if os.environ.get("KVMMM_TEST_DIE"):
+        os._exit(3)
+def test_z(): pass
+"""
+
+
+@pytest.mark.parametrize("die", ["host", "worker"])
+def test_a_lab_host_that_dies_fails_alone(tmp_path: Path, die: str) -> None:
+    """The lab's guest server, run here, as a socket gateway beside a popen one: when the host
+    dies (server and worker), its test fails with a clear line and the popen host still runs
+    all its tests, with no INTERNALERROR; when only the worker dies, xdist replaces it and the
+    host's remaining test runs."""
+    pytest.importorskip("xdist")
+    from pytest_kvmmm.lab import overlay, qemu
+
+    (tmp_path / "test_c.py").write_text(CRASHING_TESTS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntestpaths = test_c.py\n")
+    port = qemu.ephemeral_port()
+    env = {**os.environ, "KVMMM_TEST_DIE": die}
+    server = subprocess.Popen([sys.executable, str(overlay.GUEST_DIR / "server.py"), str(port)], env=env,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert server.stdout is not None and "ready" in server.stdout.readline()
+        clean = {k: v for k, v in os.environ.items() if k != "KVMMM_TEST_DIE"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--dist", "each", "--tx", "popen",
+             "--tx", f"socket=127.0.0.1:{port}//chdir={tmp_path}", "-rA"],
+            cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+    finally:
+        try:
+            os.killpg(server.pid, 9)
+        except ProcessLookupError:
+            pass
+        server.wait(10)
+    out = proc.stdout + proc.stderr
+    assert "INTERNALERROR" not in out, out
+    assert proc.returncode == 1, out
+    assert out.count("PASSED test_c.py::test_z") == (1 if die == "host" else 2), out
+    assert "FAILED test_c.py::test_crash" in out, out
+    went_down = f"host of gateway gw1 (socket=127.0.0.1:{port}) went down"
+    assert (went_down in out) is (die == "host"), out
+    if die == "host":
+        assert "its remaining tests are not run; the other hosts go on" in out
+
+
+class TestGatewayProbe:
+    def test_socket_address(self) -> None:
+        from pytest_kvmmm.coordination.gateways import socket_address
+
+        spec = type("Spec", (), {"socket": "127.0.0.1:47011"})()
+        assert socket_address(spec) == ("127.0.0.1", 47011)
+        assert socket_address(type("Spec", (), {"socket": None, "popen": True})()) is None
+        assert socket_address(type("Spec", (), {"socket": "127.0.0.1:port"})()) is None
+
+    def test_unreachable(self) -> None:
+        from pytest_kvmmm.coordination.gateways import unreachable
+        from pytest_kvmmm.lab import qemu
+
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen(1)
+            assert unreachable(listening.getsockname()) is None
+        assert unreachable(("127.0.0.1", qemu.ephemeral_port())) == "Connection refused"
+
+
+class TestHostsThatDoNotComeUp:
+    def test_wait_ready_keeps_going_past_a_dead_host(self, tmp_path: Path) -> None:
+        from pytest_kvmmm.lab import qemu
+
+        good, bad = tmp_path / "good.log", tmp_path / "bad.log"
+        good.write_text("boot\nkvmmm-lab: ready on port 8888\n")
+        bad.write_text("[   11.9] ip (49) used greatest stack depth\n")
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        me = qemu.proc_cmdline(os.getpid()) or []  # this process: alive and "ours"
+        states = [qemu.HostState("lab-a", "x86-tdp", 1, os.getpid(), me, str(good), 0.0),
+                  qemu.HostState("lab-b", "x86-idle", 2, dead.pid, ["x"], str(bad), 0.0)]  # fmt: skip
+        failed = qemu.wait_ready(states, timeout=1.0, poll=0.05, keep_going=True)
+        assert list(failed) == ["lab-b"] and "QEMU ended during boot" in failed["lab-b"]
+        assert "ip (49)" in failed["lab-b"]
+        with pytest.raises(LabError, match="lab-b: QEMU ended during boot"):
+            qemu.wait_ready(states, timeout=1.0, poll=0.05)
+
+    def test_wait_ready_times_out_per_host(self, tmp_path: Path) -> None:
+        from pytest_kvmmm.lab import qemu
+
+        slow = tmp_path / "slow.log"
+        slow.write_text("Run /init as init process\n")
+        me = qemu.proc_cmdline(os.getpid()) or []
+        state = qemu.HostState("lab-slow", "x86-idle", 1, os.getpid(), me, str(slow), 0.0)
+        failed = qemu.wait_ready([state], timeout=0.2, poll=0.05, keep_going=True)
+        assert "lab-slow: not ready after 0.2 s; console ends with: Run /init as init process" == failed["lab-slow"]
+
+    def test_the_ci_stage_fails_when_a_built_host_does_not_boot(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        """Built but not booted is a failure, not SKIPPED (it was: exit 0 with no host run)."""
+        from test_lab import load_ci_stage
+
+        ci = load_ci_stage()
+
+        def one_lost(args: object, batch: list[str], lost: list[str]) -> list[object]:
+            lost.append(f"lab-{batch[0]}: not ready after 300 s; console ends with: ip (49)")
+            raise LabError(lost[0])
+
+        monkeypatch.setattr(ci.cli, "cmd_build", lambda args: 0)
+        monkeypatch.setattr(ci.boot, "up", one_lost)
+        assert ci.main(["--results", str(tmp_path), "--hosts", "x86-idle"]) == 1
+        err = capsys.readouterr().err
+        assert "FAILED: did not come up: lab-x86-idle: not ready after 300 s" in err
+        assert "SKIPPED" not in err
