@@ -25,7 +25,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "suite": {"host", "coordination", "engine"},
     "reports": {"host", "coordination", "engine", "suite"},
     "baseline": {"host", "provision", "coordination", "engine"},
-    "ab": {"provision", "coordination", "engine", "baseline"},
+    "ab": {"host", "provision", "coordination", "engine", "baseline"},
     "lab": {"host", "provision", "suite", "reports"},
     "pytest": {"host", "provision", "coordination", "engine", "suite", "reports", "baseline"},
 }

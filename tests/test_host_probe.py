@@ -261,3 +261,16 @@ def test_fresh_pools_reread_only_the_pools(tmp_path: Path) -> None:
     (root / "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("12\n")
     mended = with_fresh_pools(broken, root)  # a reason from an earlier read does not linger
     assert "hugetlb.hugepages-2048kB" not in mended.unknown and mended.hugetlb_pool(2048).free == 12  # type: ignore[union-attr]
+
+
+def test_every_table_names_facts_that_records_have() -> None:
+    """The tables pick keys of ``fact_texts``; a key it never makes is a fact a table silently
+    lacks (kvmmm-ab's once asked for cpu_model, gbpages, hypervisor and kvm_mode)."""
+    from pytest_kvmmm.ab.table import DECIDING_FACTS
+    from pytest_kvmmm.host.report import ENV_KEYS, facts_line
+    from pytest_kvmmm.lab.table import FACT_KEYS
+    from pytest_kvmmm.reports.summary import HOST_FACTS
+
+    for keys in (DECIDING_FACTS, FACT_KEYS, HOST_FACTS):
+        assert set(keys) <= set(ENV_KEYS), set(keys) - set(ENV_KEYS)
+    assert facts_line({"tdp": "yes", "arch": "x86_64", "kvm": ""}, ("arch", "kvm", "tdp", "ttrem")) == "arch x86_64, tdp yes"

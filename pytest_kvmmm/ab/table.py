@@ -18,11 +18,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..baseline.table import format_change, format_value
+from ..host import report as host_report
 from .paired import PairedChange, TestKey
 
-#: Host facts that decide an MMU result, in the order a reviewer asks for them.
-DECIDING_FACTS = ("arch", "kernel", "cpu_model", "kvm", "tdp", "tdp_mmu", "gbpages", "emulated",
-                  "hypervisor", "ttrem", "fwb", "kvm_mode", "page_size", "thp")  # fmt: skip
+#: Host facts that decide an MMU result, in the order a reviewer asks for them (keys of
+#: ``host.report.fact_texts``, which every record's ``host_facts`` holds).
+DECIDING_FACTS = ("arch", "kernel", "kvm", "tdp", "tdp_mmu", "guest_1g_pages", "emulated",
+                  "ttrem", "fwb", "arm64_mode", "page_size", "thp")  # fmt: skip
 #: Case parameters a sweep or matrix varies, with the flag each has on a selftest's command line.
 PARAMS = (("guest_mode", "-m"), ("vcpus", "-v"), ("backing", "-s"))
 
@@ -84,21 +86,21 @@ def line(change: PairedChange) -> str:
             f" ({format_change(change.change)})  rounds {spread_of_rounds(change)}  {change.verdict}")  # fmt: skip
 
 
-def facts_line(records: Mapping[TestKey, Mapping[str, Any]]) -> list[str]:
+def host_lines(records: Mapping[TestKey, Mapping[str, Any]]) -> list[str]:
+    """A line per host of the report: the facts that decide an MMU result."""
     hosts: dict[str, Mapping[str, Any]] = {}
     for (host, _), rec in records.items():
         facts = rec.get("host_facts")
         if isinstance(facts, Mapping):
             hosts.setdefault(host, facts)
-    return [f"host {h or '-'}: " + ", ".join(f"{k} {f[k]}" for k in DECIDING_FACTS if f.get(k) not in (None, ""))
-            for h, f in hosts.items()]  # fmt: skip
+    return [f"host {h or '-'}: " + host_report.facts_line(f, DECIDING_FACTS) for h, f in hosts.items()]
 
 
 def header(report: AbReport) -> list[str]:
     lines = [f"{side}: {what}" for side, what in report.builds.items()]
     lines.append(f"rounds: {report.rounds}, interleaved (before, after / after, before / ...) on one host, one boot")
     lines.append("command: " + " ".join(report.command))
-    lines += facts_line(report.records)
+    lines += host_lines(report.records)
     argvs = sorted({" ".join(str(a) for a in rec.get("argv") or ()) for rec in report.records.values() if rec.get("argv")})
     lines += [f"  $ {a}" for a in argvs]
     return lines

@@ -1,7 +1,9 @@
-"""Host facts as text: the one place they become text (``fact_texts``), the one-line pytest header
-and ``--kvm-host-info``. Pure."""
+"""Host facts as text: the one place they become text (``fact_texts``), a line of them per host
+(``facts_line``), the one-line pytest header and ``--kvm-host-info``. Pure."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 from .kvm import MMU_PARAMS
 from .mm import HugetlbPool
@@ -86,6 +88,13 @@ def fact_texts(host: HostFacts, selftests: str | None = None, emulated: str | No
     if emulated:
         env["emulated"] = emulated
     return {key: env[key] for key in ENV_KEYS if key in env}
+
+
+def facts_line(facts: Mapping[str, str], keys: Sequence[str]) -> str:
+    """``arch x86_64, tdp yes, tdp_mmu no``: the facts among ``keys`` a host's ``fact_texts`` have,
+    in that order; each table shows the keys that matter to its reader (the terminal's hosts,
+    the lab's table, kvmmm-ab's)."""
+    return ", ".join(f"{k} {facts[k]}" for k in keys if facts.get(k) not in (None, ""))
 
 
 def summary_line(h: HostFacts) -> str:

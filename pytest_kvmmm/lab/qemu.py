@@ -330,11 +330,12 @@ def facts_of(h: HostState, tries: int = 3) -> dict[str, Any]:
 def summary(facts: Mapping[str, Any]) -> str:
     """One line of the facts the lab is about (the results' host facts: TDP, TDP MMU, 1 GiB
     guest pages, FWB, KVM mode, TTRem, page_idle ...) and the guest modes it supports."""
+    from ..host.report import facts_line
     from .table import FACT_KEYS
 
     env = facts.get("environment") or {}
     parts = [f"{facts.get('hostname')}: {env.get('arch')} {env.get('kernel')}"]
-    parts += [f"{k} {env[k]}" for k in FACT_KEYS if k in env and k not in ("arch", "kernel")]
+    parts.append(facts_line(env, [k for k in FACT_KEYS if k not in ("arch", "kernel")]))
     modes = facts.get("lab_supported_modes")
     if modes is not None:
         parts.append(f"{len(modes)} guest modes supported ({' '.join(modes)})")

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..host.report import facts_line
 from ..suite.catalogue import CATALOGUE
 
 _TEST = re.compile(r"::(test_[A-Za-z0-9_]+)")
@@ -98,7 +99,7 @@ def render(records: Sequence[Mapping[str, Any]], width: int = 60) -> list[str]:
     lines.append("host facts:")
     for h in hosts:
         f = facts.get(h, {})
-        lines.append(f"  {h}: " + ", ".join(f"{k} {f[k]}" for k in FACT_KEYS if k in f))
+        lines.append(f"  {h}: " + facts_line(f, FACT_KEYS))
     missing = never_passed(table)
     lines.append("")
     lines.append(f"entries that passed on no host: {', '.join(missing) if missing else 'none'}")
