@@ -11,6 +11,7 @@ import json
 import stat
 import sys
 import textwrap
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -168,6 +169,14 @@ def make_host_root(
     answers = json.loads((SNAPSHOTS / "kvm" / f"{kvm}.json").read_text())
     (root / "kvmmm-snapshot.json").write_text(json.dumps({"format": 1, "kvm": answers}))
     return root
+
+
+def wait_for(path: Path, timeout: float = 30) -> None:
+    """Until ``path`` exists (a fake binary's sign that it started): fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
 
 
 def process_gone(pid: int) -> bool:

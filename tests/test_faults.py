@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from fakes import make_fake, make_host_root, process_gone, records
+from fakes import make_fake, make_host_root, process_gone, records, wait_for
 from pytest_kvmmm.coordination.host_changes import HostChanges
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the refusal applies when running as root")
@@ -30,13 +30,6 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def wait_for(path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert path.exists(), f"{path} never appeared"
 
 
 @ROOT_ONLY

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import make_fake, make_host_root, process_gone, records
+from fakes import make_fake, make_host_root, process_gone, records, wait_for
 from pytest_kvmmm.coordination.rundir import run_dir
 
 SUITE = """
@@ -33,13 +33,6 @@ SUITE = """
     def test_3_never_runs():
         pass
 """
-
-
-def wait_for(path: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert path.exists(), f"{path} never appeared"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
