@@ -93,3 +93,39 @@ def test_a_binary_is_resolved_once_per_run_and_not_again_when_the_caller_did(
     assert looked_up == [], "the engine resolved the binary again"
     e.run("set_memory_region_test", ["2"], repeat=3)
     assert looked_up == ["set_memory_region_test"], "three runs, one look-up"
+
+
+def test_the_engine_is_built_without_touching_the_host(tmp_path: Path) -> None:
+    """Built in one step from its settings; the host is probed when first needed and the kernel
+    log opened by ``watch`` (the session calls it once the run needs the host)."""
+    probes = []
+    root = make_host_root(tmp_path / "root")
+
+    def first() -> HostFacts:
+        probes.append(1)
+        return probe_host(root)
+
+    settings = EngineSettings(roots=lambda: [], default_timeout=30, kmsg=tmp_path / "no-kmsg", kernel_mode="report")
+    made = SelftestEngine(settings, HostView(root, first))
+    assert not made.view.probed and made.kernel_watch is None and made.counters is None and made.host_changes is None
+    made.watch()
+    assert not probes and made.kernel_watch is not None and not made.kernel_watch.active
+    assert "cannot read" in (made.kernel_watch.reason or "")
+    assert made.host().hostname == "fakehost" and probes == [1]
+    made.host()
+    assert probes == [1]
+
+
+def test_the_host_view_rereads_pools_without_a_new_probe(tmp_path: Path) -> None:
+    """What is computed from whole facts (their text) is redone after a reprobe, not after the
+    hugetlb pools are read again before a hugetlb case."""
+    root = make_host_root(tmp_path / "root", pools={2048: {"nr": 8, "free": 8}})
+    view = HostView(root)
+    pool = view.facts().hugetlb_pool(2048)
+    assert pool is not None and pool.free == 8 and view.generation == 1
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("3\n")
+    view.reread_pools()
+    pool = view.facts().hugetlb_pool(2048)
+    assert pool is not None and pool.free == 3 and view.generation == 1
+    view.reprobe()
+    assert view.generation == 2
