@@ -52,6 +52,18 @@ WITH_KVM = """
     def test_kvm_b(kvm_info):
         assert kvm_info is not None
 """
+# What pytest before 8 does to every registered plugin when it looks for fixtures (parsefactories):
+# it reads each attribute, properties included; the floor set (pytest 7.4) does it, here on any pytest.
+SCAN_LIKE_PYTEST_7 = """
+    import pytest
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_configure(config):
+        for name, plugin in config.pluginmanager.list_name_plugin():
+            if name.startswith("kvmmm"):
+                for attribute in dir(plugin):
+                    getattr(plugin, attribute, None)
+"""
 
 
 def run(tmp_path: Path, pytester: pytest.Pytester, body: str, *args: str) -> tuple[str, list[str]]:
@@ -75,6 +87,14 @@ def test_a_run_without_selftest_tests_touches_nothing(pytester: pytest.Pytester,
     out, touched = run(tmp_path, pytester, PLAIN, *xdist)
     assert touched == [], "no /dev/kvm, /dev/kmsg, sysfs, procfs or journal access"
     assert "kvmmm:" not in out, "no header or summary lines"
+
+
+def test_reading_every_attribute_of_the_plugins_touches_nothing(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """pytest 7.4 reads every attribute of a registered plugin: none may probe the host (a
+    ``host_label`` property did, and the run above opened /proc/meminfo and /dev/kvm there)."""
+    pytester.makeconftest(textwrap.dedent(SCAN_LIKE_PYTEST_7))
+    _, touched = run(tmp_path, pytester, PLAIN)
+    assert touched == [], "no /dev/kvm, /dev/kmsg, sysfs, procfs or journal access"
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="the control needs /dev/kvm to probe")

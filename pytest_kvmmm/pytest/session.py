@@ -103,9 +103,10 @@ class KvmmmPlugin:
             self.restored += self.host_changes.restore_stale()
         self.engine.start(self._coordinator() if self.is_worker else None)
 
-    @property
     def host_label(self) -> str:
-        """The host results are attributed to: the (snapshot's) hostname."""
+        """The host results are attributed to: the (snapshot's) hostname. A method, not a
+        property: pytest before 8 reads every attribute of a registered plugin when it looks for
+        fixtures, and a property would probe the host in a run without selftest tests."""
         if self._label is None:
             self._label = self.host().hostname or socket.gethostname()
         return self._label
@@ -255,7 +256,7 @@ class KvmmmPlugin:
         if results and deciding:
             record = {
                 "nodeid": testids.stable_nodeid(item.path, item.nodeid),
-                "host": self.host_label,
+                "host": self.host_label(),
                 "outcome": report.outcome,
                 **results[-1].record(),
             }
@@ -268,7 +269,7 @@ class KvmmmPlugin:
             record = self.dash.decide(item, report, record)  # pytest's verdict, known issues
             if allure.enabled(self.config):
                 # annotate while allure-pytest still holds the result open
-                allure.annotate_test(item, results, scale=self.settings.scale, host=self.host_label)
+                allure.annotate_test(item, results, scale=self.settings.scale, host=self.host_label())
             # A fresh list: item.user_properties is shared by the setup/call/teardown reports.
             report.user_properties = [*report.user_properties, (RECORD_PROPERTY, record)]
             if report.skipped and isinstance(report.longrepr, tuple):
@@ -332,7 +333,7 @@ class KvmmmPlugin:
             terminalreporter.write_line(line)
         for line in count_tables(self.records) if verbosity >= 0 else []:
             terminalreporter.write_line(line)
-        for line in off_lines(self.records, self.host_label if self.engine.counters is not None else None):
+        for line in off_lines(self.records, self.host_label() if self.engine.counters is not None else None):
             terminalreporter.write_line(line)
         if self.engine.counters is not None and self.engine.counters.failures:
             failures = self.engine.counters.failures
@@ -388,7 +389,7 @@ class KvmmmPlugin:
         target = allure.alluredir(self.config)
         if self.is_worker or target is None or self.config.option.collectonly:
             return
-        hosts = allure_report.hosts_from_records(self.records) or {self.host_label: self.host_facts()}
+        hosts = allure_report.hosts_from_records(self.records) or {self.host_label(): self.host_facts()}
         try:
             allure_report.write_session_files(target, hosts)
         except OSError as exc:  # a link or directory in the results folder: one line, no INTERNALERROR
