@@ -33,7 +33,7 @@ from ..host.emulation import emulated_by
 from ..host.report import fact_texts, summary_line
 from ..host.view import HostView
 from ..provision.cache import journal_dir
-from ..reports import allure_report
+from ..reports import allure_config, allure_report
 from ..reports.results import ResultsWriter
 from ..reports.summary import quiet_lines, summary_lines
 from . import allure, dashboards, parametrize
@@ -385,13 +385,14 @@ class KvmmmPlugin:
         self.dash.html_row(report, cells)
 
     def _allure_session_files(self) -> None:
-        """Allure: categories.json and environment.properties, once, by the process that owns the session."""
+        """Allure: categories.json, environment.properties and allurerc.mjs, once, by the process that owns the session."""
         target = allure.alluredir(self.config)
         if self.is_worker or target is None or self.config.option.collectonly:
             return
         hosts = allure_report.hosts_from_records(self.records) or {self.host_label(): self.host_facts()}
         try:
             allure_report.write_session_files(target, hosts)
+            allure_config.write_config(target)  # Allure 3's categories and per-host environments
         except OSError as exc:  # a link or directory in the results folder: one line, no INTERNALERROR
             self.allure_error = str(exc) if isinstance(exc, UnsafePath) else f"cannot write in {target}: {exc.strerror or exc}"
 
