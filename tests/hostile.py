@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pytest_kvmmm.engine import guest_modes, metrics, outcome, output_checks
+from pytest_kvmmm.engine import assertions, guest_modes, metrics, outcome, output_checks
 from pytest_kvmmm.engine.process import ProcessResult
 
 try:
@@ -94,9 +94,9 @@ def cases(size: int = MIB) -> dict[str, Case]:
     return {
         "blank_lines": (_fill("\n", size // 2) + _fill(" \t \n", size // 2),) * 2,
         "space_line": (" " * size + "\n" + misses,) * 2,
-        "assert_headers": ("", _fill(outcome.ASSERT_BANNER + "\n", size)),
+        "assert_headers": ("", _fill(assertions.BANNER + "\n", size)),
         "vcpu_interleave": (_fill(interleaved, size),) * 2,
-        "addr2line_noise": ("", outcome.ASSERT_BANNER + "\n  a.c:1: x\n" + _fill(frames + noise, size) + "  msg\n"),
+        "addr2line_noise": ("", assertions.BANNER + "\n  a.c:1: x\n" + _fill(frames + noise, size) + "  msg\n"),
         "binary": (binary, binary),
         "metric_misses": (_fill(metric, size),) * 2,
         "skip_lines": (_fill("ok 1 # SKIPPED x\n  # SKIP_\n", size), _fill("x, skipping testy\n", size)),

@@ -6,7 +6,8 @@ import signal
 
 import pytest
 
-from pytest_kvmmm.engine.outcome import Status, assertion_summary, classify, skip_reason
+from pytest_kvmmm.engine.assertions import report
+from pytest_kvmmm.engine.outcome import Status, classify, skip_reason
 from pytest_kvmmm.engine.process import ProcessResult
 
 ASSERT_BLOCK = """\
@@ -75,7 +76,8 @@ def test_exit_254_fails_with_the_assertion_block() -> None:
 
 def test_assertion_summary_without_message() -> None:
     block = "==== Test Assertion Failure ====\n  x86_64/foo.c:12: false\n  pid=1 tid=1 errno=0 - Success\n"
-    assert assertion_summary(block) == "x86_64/foo.c:12: false"
+    found = report(block)
+    assert found is not None and found.summary == "x86_64/foo.c:12: false"
 
 
 def test_other_exit_without_block_uses_the_last_line() -> None:

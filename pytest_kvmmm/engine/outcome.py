@@ -26,7 +26,6 @@ from .process import ProcessResult
 KSFT_PASS = 0
 KSFT_SKIP = 4
 
-ASSERT_BANNER = assertions.BANNER
 #: Output tail shown for a failure without an assertion block, a crash or a timeout.
 TAIL_LINES = 20
 #: Characters of a stream's end looked at for its tail and its last line.
@@ -104,13 +103,6 @@ def skip_reason(stdout: str, stderr: str) -> str | None:
         if found is not None:
             return textsafe.line(found)
     return None
-
-
-def assertion_summary(block: str) -> str:
-    """One line from an assertion block: ``file.c:123: expression`` plus the last message line,
-    without stack frames and addr2line noise (see ``assertions``)."""
-    found = assertions.report(block)
-    return found.summary if found else "assertion failed"
 
 
 def _shown(text: str) -> list[str]:
