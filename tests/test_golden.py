@@ -45,6 +45,9 @@ EXPECTED = {
     "max_guest_memory_test.pass.lab-x86-tdp": (Status.PASSED, ""),
     "pre_fault_memory_test.pass.lab-x86-tdp": (Status.PASSED, ""),
     "set_memory_region_test.two_loops.lab-x86-tdp": (Status.PASSED, ""),
+    # ... and on its x86 host with idle page tracking built in (lab-x86-idle).
+    "access_tracking_perf_test.page_idle.lab-x86-idle": (Status.PASSED, ""),
+    "access_tracking_perf_test.page_idle_overlap.lab-x86-idle": (Status.PASSED, ""),
     "set_memory_region_test.bad_arg": (
         Status.FAILED,
         "set_memory_region_test exit 254: lib/test_util.c:371: num_str != end_ptr: "
