@@ -5,7 +5,11 @@
 //
 // SPEC: {"playwright": "<node_modules/playwright-core>", "chromium": "/usr/bin/chromium",
 //        "base": "http://127.0.0.1:PORT/index.html",
-//        "pages": [{"name": "overview", "hash": "", "click": ["text", ...], "screenshot": "PATH", "height": 1000}, ...]}
+//        "pages": [{"name": "overview", "hash": "", "click": ["text", ...], "screenshot": "PATH", "height": 1000,
+//                   "ready": "CSS selector (default: Allure 2's .app__content)",
+//                   "storage": {"key": "JSON value"}}, ...]}
+// "storage" is put into the page's localStorage before it loads (Allure 3 keeps the chosen
+// environment there: {"currentEnvironment": "\"<id>\""}).
 // Output: {"<name>": "<document.body.innerText after the clicks>", ...}
 "use strict";
 
@@ -28,6 +32,10 @@ async function main() {
     const page = await context.newPage();
     for (const p of spec.pages) {
       await page.setViewportSize({ width: 1440, height: p.height || 1000 });
+      if (p.storage) {  // the report's origin first: localStorage belongs to it
+        await page.goto(spec.base);
+        await page.evaluate((items) => Object.entries(items).forEach(([k, v]) => localStorage.setItem(k, v)), p.storage);
+      }
       await page.goto(spec.base + (p.hash ? "#" + p.hash : ""));
       await page.waitForLoadState("networkidle");
       await page.waitForSelector(p.ready || ".app__content", { timeout: 20000 });

@@ -15,21 +15,20 @@ Then ``allure generate`` (Allure 2, Java) and checks, on the report's own data a
 Chromium: every result is its own test (two hosts never fold into retries), labels,
 parameters with the host, attachments, stage steps, history from run 1, the categories Allure
 computed (cross-checked against ``allure_files.categorize``), and the environment naming both
-hosts. Screenshots go to the output directory. Exit status 1 when a check fails.
+hosts. And Allure 3 (npm ``allure@3``, Node.js, no Java) from the same results with the plugin's
+``allurerc.mjs`` (ci/allure3_check.py). ``--allure 3`` checks Allure 3 alone (no Java needed),
+``--allure 2`` Allure 2 alone. Screenshots go to the output directory. Exit status 1 when a
+check fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -39,38 +38,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from allure3_check import check_allure3  # noqa: E402
+from allure_lib import ARM_HOST, Checks, Context, browse, read_json, results_of, run, say  # noqa: E402
+
 from fakes import make_host_root  # noqa: E402
 from pytest_kvmmm.provision.cache import default_cache_root  # noqa: E402
 from pytest_kvmmm.reports.allure_files import CATEGORIES, categorize, parse_properties  # noqa: E402
 
 SUITE = ["--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", "-p", "no:cacheprovider", "-q"]
-ARM_HOST = "lab-arm64"
-
-
-class Checks:
-    """Named checks, printed as they pass or fail; the run fails if any did."""
-
-    def __init__(self) -> None:
-        self.failed: list[str] = []
-        self.passed = 0
-
-    def __call__(self, name: str, ok: object, detail: str = "") -> bool:
-        mark = "ok  " if ok else "FAIL"
-        print(f"  [{mark}] {name}" + (f": {detail}" if detail else ""), flush=True)
-        if ok:
-            self.passed += 1
-        else:
-            self.failed.append(name)
-        return bool(ok)
-
-
-def say(text: str) -> None:
-    print(f"[allure-check] {text}", flush=True)
-
-
-def run(cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    say("$ " + " ".join(str(c) for c in cmd))
-    return subprocess.run([str(c) for c in cmd], text=True, capture_output=True, **kw)
 
 
 def pytest_run(results: Path, snapshot: Path, extra: Sequence[str] = (), clean: bool = False) -> int:
@@ -82,10 +57,6 @@ def pytest_run(results: Path, snapshot: Path, extra: Sequence[str] = (), clean: 
     tail = [ln for ln in proc.stdout.splitlines() if ln.strip()][-1:] or [proc.stderr.strip()[-300:]]
     say(f"  exit {proc.returncode}: {tail[0]}")
     return proc.returncode
-
-
-def results_of(directory: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(directory.glob("*-result.json"))]
 
 
 def param(result: dict[str, Any], name: str) -> str | None:
@@ -105,88 +76,11 @@ def leaves(tree: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield child
 
 
-@functools.cache
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def serve(directory: Path) -> http.server.ThreadingHTTPServer:
-    """Allure 2's page loads its data with XHR, which file:// forbids: serve it on loopback."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(directory)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "ci" / "artifacts" / "allure", help="artifacts directory (default: %(default)s)")
-    parser.add_argument("--tools", type=Path, default=default_cache_root() / "tools" / "allure",
-                        help="npm prefix with allure-commandline and playwright-core (default: %(default)s)")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
-    parser.add_argument("--reuse", action="store_true", help="reuse the results of an earlier check (only regenerate and check)")
-    args = parser.parse_args(argv)
-    t0 = time.monotonic()
-    out: Path = args.out.resolve()
-    allure = args.tools / "node_modules" / ".bin" / "allure"
-    playwright = args.tools / "node_modules" / "playwright-core"
-    for tool in (allure, playwright, Path(args.chromium)):
-        if not tool.exists():
-            say(f"missing {tool}: run ci/allure_report.sh, which installs it")
-            return 2
-    check = Checks()
-    results_1, report_1, results, report = out / "results-1", out / "report-1", out / "results", out / "report"
-    snap_live, snap_arm = out / "snapshots" / "live", out / "snapshots" / ARM_HOST
-    timings: dict[str, float] = {}
-
-    # --- the runs ----------------------------------------------------------------------
-    if not args.reuse:
-        for d in (results_1, report_1, results, report, out / "snapshots"):
-            shutil.rmtree(d, ignore_errors=True)
-        (out / "snapshots").mkdir(parents=True)
-        snapshot_tool = Path(sys.executable).with_name("kvmmm-snapshot")
-        proc = run([snapshot_tool if snapshot_tool.exists() else "kvmmm-snapshot", snap_live])
-        check("kvmmm-snapshot of this host", proc.returncode == 0, proc.stderr.strip()[-200:])
-        make_host_root(
-            snap_arm, machine="aarch64", release="6.16.0-lab", kvm="arm64_ttrem2", kvm_modules={}, hostname=ARM_HOST,
-            cpus="0-7", pools={2048: {"nr": 512, "free": 512}, 1048576: {"nr": 0, "free": 0}},
-            cpuinfo="processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\n",
-        )
-        t = time.monotonic()
-        rc = pytest_run(results_1, snap_live, ["-k", "test_kvm_page_table"], clean=True)
-        check("run 1: this host, page-table tests", rc in (0, 1) and results_of(results_1), f"exit {rc}")
-        timings["run 1 (page table, this host)"] = time.monotonic() - t
-        t = time.monotonic()
-        rc = pytest_run(results, snap_live, clean=True)
-        check("run 2: this host, smoke suite", rc in (0, 1), f"exit {rc} (1: some test failed, e.g. dirty_ring)")
-        timings["run 2 (smoke suite, this host)"] = time.monotonic() - t
-        t = time.monotonic()
-        rc = pytest_run(results, snap_arm)
-        check(f"run 3: {ARM_HOST} snapshot, same directory", rc in (0, 1), f"exit {rc}")
-        timings[f"run 3 (smoke suite, {ARM_HOST})"] = time.monotonic() - t
-
-    # --- identities, before any report ---------------------------------------------------------
-    first, both = results_of(results_1), results_of(results)
-    hosts = {param(r, "host") for r in both}
-    check("results of both hosts in one directory", hosts == {"'vm'", f"'{ARM_HOST}'"} or len(hosts) == 2, str(sorted(h or "" for h in hosts)))
-    live_host = next((param(r, "host") for r in first), None)
-    by_host: dict[str | None, dict[str, dict[str, Any]]] = {}
-    for r in both:
-        by_host.setdefault(param(r, "host"), {})[key(r)] = r
-    live, arm = by_host.get(live_host, {}), by_host.get(f"'{ARM_HOST}'", {})
-    check("the same tests on both hosts", set(live) == set(arm) and len(live) >= 20, f"{len(live)} and {len(arm)} tests")
-    rerun_same = [key(r) for r in first if live.get(key(r), {}).get("historyId") == r["historyId"]]
-    check("rerun on the same host: same historyId", len(rerun_same) == len(first) > 0, f"{len(rerun_same)}/{len(first)} page-table tests")
-    shared = {r["historyId"] for r in live.values()} & {r["historyId"] for r in arm.values()}
-    check("two hosts: no historyId shared", not shared, f"{len(shared)} shared")
-    same_case_id = sum(live[k]["testCaseId"] == arm[k]["testCaseId"] for k in live if k in arm)
-    check("testCaseId is the test function's, on both hosts (md5 of fullName)", same_case_id == len(live), f"{same_case_id} equal")
-
-    # --- Allure 2 report ------------------------------------------------------------------
+def check_allure2(ctx: Context, allure: Path) -> dict[str, Any]:
+    """Allure 2 (Java) from the results: the report's own data, then its pages in headless Chromium."""
+    check, out, timings = ctx.check, ctx.out, ctx.timings
+    results_1, report_1, results, report = ctx.results_1, ctx.report_1, ctx.results, ctx.report
+    both, live_host, host_name = ctx.both, ctx.live_host, ctx.host_name
     t = time.monotonic()
     proc = run([allure, "generate", results_1, "-o", report_1, "--clean"])
     check("allure generate report-1", proc.returncode == 0, proc.stderr.strip()[-300:])
@@ -212,7 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     def case_named(prefix: str, host: str) -> dict[str, Any] | None:
         return next((c for c in cases if c["name"].startswith(prefix) and c["name"].endswith(f" on {host}")), None)
 
-    host_name = (live_host or "'vm'").strip("'")
     pt = case_named("kvm_page_table_test: anonymous,", host_name)
     check("page-table test titled from its case", pt is not None, pt["name"] if pt else "missing")
     if pt is not None:
@@ -269,7 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # --- in the browser ----------------------------------------------------------------------
     t = time.monotonic()
-    server = serve(report)
     # the failure page: preferably a page-table run that died (it shows the stage it never finished)
     failed_arm = sorted(
         (c for c in cases if c["status"] == "failed" and c["name"].endswith(f" on {ARM_HOST}")),
@@ -292,13 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = [s["name"] for s in failed["testStage"]["steps"]]
         pages.append({"name": "failure", "hash": f"testresult/{failed['uid']}", "click": [*steps[:1], "failure reason"],
                       "screenshot": str(out / "test-failure.png"), "height": 1900})
-    spec = {"playwright": str(playwright), "chromium": args.chromium, "base": f"http://127.0.0.1:{server.server_address[1]}/index.html", "pages": pages}
-    spec_path = out / "browser-spec.json"
-    spec_path.write_text(json.dumps(spec, indent=2))
-    proc = run(["node", REPO / "ci" / "allure_browser.js", spec_path])
-    server.shutdown()
+    seen, proc = browse(ctx, report, pages, "")
     timings["headless chromium"] = time.monotonic() - t
-    seen: dict[str, str] = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout else {}
     check("the report opens in headless Chromium", proc.returncode == 0, proc.stderr.strip()[-400:])
     if seen:
         check("overview: both hosts, environment, our categories",
@@ -316,15 +203,97 @@ def main(argv: Sequence[str] | None = None) -> int:
         page = seen["failure"]
         check("failure page: its category, the failure reason, the binary's assertion",
               all(s in page for s in ("Categories: ", "failure reason", "==== Test Assertion Failure ====")), failed_arm[0]["name"])
+    return {"version": version, "report": str(report), "categories": dict(decided)}
 
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "ci" / "artifacts" / "allure", help="artifacts directory (default: %(default)s)")
+    parser.add_argument("--tools", type=Path, default=default_cache_root() / "tools" / "allure",
+                        help="npm prefix with allure-commandline and playwright-core (default: %(default)s)")
+    parser.add_argument("--allure", choices=("2", "3"), action="append",
+                        help="the Allure to check, repeatable (default: both): 2 (allure-commandline, Java) in TOOLS, "
+                             "3 (npm allure@3, Node.js only) in TOOLS/allure3")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--reuse", action="store_true", help="reuse the results of an earlier check (only regenerate and check)")
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    out: Path = args.out.resolve()
+    versions = set(args.allure or ("2", "3"))
+    allure = args.tools / "node_modules" / ".bin" / "allure"
+    allure3 = args.tools / "allure3" / "node_modules" / ".bin" / "allure"
+    playwright = args.tools / "node_modules" / "playwright-core"
+    tools = [allure] * ("2" in versions) + [allure3] * ("3" in versions) + [playwright, Path(args.chromium)]
+    for tool in tools:
+        if not tool.exists():
+            say(f"missing {tool}: run ci/allure_report.sh, which installs it")
+            return 2
+    check = Checks()
+    results_1, report_1, results, report = out / "results-1", out / "report-1", out / "results", out / "report"
+    snap_live, snap_arm = out / "snapshots" / "live", out / "snapshots" / ARM_HOST
+    timings: dict[str, float] = {}
+
+    # --- the runs ----------------------------------------------------------------------
+    if not args.reuse:
+        for d in (results_1, report_1, results, report, out / "snapshots"):
+            shutil.rmtree(d, ignore_errors=True)
+        (out / "snapshots").mkdir(parents=True)
+        snapshot_tool = Path(sys.executable).with_name("kvmmm-snapshot")
+        proc = run([snapshot_tool if snapshot_tool.exists() else "kvmmm-snapshot", snap_live])
+        check("kvmmm-snapshot of this host", proc.returncode == 0, proc.stderr.strip()[-200:])
+        make_host_root(
+            snap_arm, machine="aarch64", release="6.16.0-lab", kvm="arm64_ttrem2", kvm_modules={}, hostname=ARM_HOST,
+            cpus="0-7", pools={2048: {"nr": 512, "free": 512}, 1048576: {"nr": 0, "free": 0}},
+            cpuinfo="processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\n",
+        )
+        t = time.monotonic()
+        rc = pytest_run(results_1, snap_live, ["-k", "test_kvm_page_table"], clean=True)
+        check("run 1: this host, page-table tests", rc in (0, 1) and results_of(results_1), f"exit {rc}")
+        timings["run 1 (page table, this host)"] = time.monotonic() - t
+        t = time.monotonic()
+        rc = pytest_run(results, snap_live, clean=True)
+        check("run 2: this host, smoke suite", rc in (0, 1), f"exit {rc} (1: some test failed, e.g. dirty_ring)")
+        timings["run 2 (smoke suite, this host)"] = time.monotonic() - t
+        t = time.monotonic()
+        rc = pytest_run(results, snap_arm)
+        check(f"run 3: {ARM_HOST} snapshot, same directory", rc in (0, 1), f"exit {rc}")
+        timings[f"run 3 (smoke suite, {ARM_HOST})"] = time.monotonic() - t
+
+    # --- identities, before any report ---------------------------------------------------------
+    first, both = results_of(results_1), results_of(results)
+    hosts = {param(r, "host") for r in both}
+    check("results of both hosts in one directory", hosts == {"'vm'", f"'{ARM_HOST}'"} or len(hosts) == 2, str(sorted(h or "" for h in hosts)))
+    live_host = next((param(r, "host") for r in first), None)
+    by_host: dict[str | None, dict[str, dict[str, Any]]] = {}
+    for r in both:
+        by_host.setdefault(param(r, "host"), {})[key(r)] = r
+    live, arm = by_host.get(live_host, {}), by_host.get(f"'{ARM_HOST}'", {})
+    check("the same tests on both hosts", set(live) == set(arm) and len(live) >= 20, f"{len(live)} and {len(arm)} tests")
+    rerun_same = [key(r) for r in first if live.get(key(r), {}).get("historyId") == r["historyId"]]
+    check("rerun on the same host: same historyId", len(rerun_same) == len(first) > 0, f"{len(rerun_same)}/{len(first)} page-table tests")
+    shared = {r["historyId"] for r in live.values()} & {r["historyId"] for r in arm.values()}
+    check("two hosts: no historyId shared", not shared, f"{len(shared)} shared")
+    same_case_id = sum(live[k]["testCaseId"] == arm[k]["testCaseId"] for k in live if k in arm)
+    check("testCaseId is the test function's, on both hosts (md5 of fullName)", same_case_id == len(live), f"{same_case_id} equal")
+
+    host_name = (live_host or "'vm'").strip("'")
+    ctx = Context(check, out, timings, args.chromium, playwright, results_1, report_1, results, report, both, live_host, host_name)
+    summary: dict[str, Any] = {"chromium": run([args.chromium, "--version"]).stdout.strip(), "results": len(both)}
+    if "2" in versions:
+        summary["allure 2"] = check_allure2(ctx, allure)
+    if "3" in versions:
+        t = time.monotonic()
+        summary["allure 3"] = check_allure3(ctx, allure3)
+        timings["allure 3 (generate, data, headless chromium)"] = time.monotonic() - t
     total = time.monotonic() - t0
-    summary = {
-        "allure": version, "chromium": run([args.chromium, "--version"]).stdout.strip(), "results": len(both),
-        "categories": dict(decided), "timings_s": {k: round(v, 1) for k, v in timings.items()}, "total_s": round(total, 1),
+    summary.update({
+        "timings_s": {k: round(v, 1) for k, v in timings.items()}, "total_s": round(total, 1),
         "failed_checks": check.failed, "screenshots": sorted(p.name for p in out.glob("*.png")),
-    }
+    })
     (out / "check.json").write_text(json.dumps(summary, indent=2) + "\n")
-    say(f"Allure {version}; {len(both)} results; report: {report}/index.html; screenshots: {', '.join(summary['screenshots'])}")
+    for name in ("allure 2", "allure 3"):
+        if name in summary:
+            say(f"{name}: {summary[name]['version']}; report: {summary[name]['report']}/index.html")
+    say(f"{len(both)} results; screenshots: {', '.join(summary['screenshots'])}")
     say("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {total:.1f}s")
     say(f"{check.passed} checks passed, {len(check.failed)} failed" + (f": {', '.join(check.failed)}" if check.failed else ""))
     return 1 if check.failed else 0
