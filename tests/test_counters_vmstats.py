@@ -255,3 +255,26 @@ def test_parent_of_reads_proc_stat_with_a_command_that_holds_parentheses(tmp_pat
     assert parent_of(77, tmp_path) == 42
     assert parent_of(78, tmp_path) is None
     assert parent_of(os.getpid()) == os.getppid()
+
+
+class RecordingChanges:
+    """Host changes allowed: records what would be mounted (and mounts nothing)."""
+
+    def __init__(self) -> None:
+        self.mounted: list[tuple[str, str]] = []
+
+    def mount(self, fstype: str, target: str) -> str | None:
+        self.mounted.append((fstype, target))
+        return "not really"
+
+
+def test_vm_stats_alone_never_mount_tracefs_even_when_host_changes_are_allowed(tmp_path: Path) -> None:
+    from pytest_kvmmm.engine.counters.setup import counter_session
+
+    make_debugfs(tmp_path)
+    (tmp_path / "sys/kernel/tracing").mkdir(parents=True)
+    changes = RecordingChanges()
+    s = counter_session(parse_selection("vm"), "x86_64", changes, tmp_path, lambda: FakePerf())  # type: ignore[arg-type]
+    assert changes.mounted == [] and "tracefs" not in s.note
+    counter_session(parse_selection("default"), "x86_64", changes, tmp_path, lambda: FakePerf())  # type: ignore[arg-type]
+    assert changes.mounted == [("tracefs", "/sys/kernel/tracing")]

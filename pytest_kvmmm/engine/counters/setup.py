@@ -15,6 +15,7 @@ from ...coordination.host_changes import HostChanges
 from .perf import LinuxSyscalls, Syscalls
 from .session import CounterSession
 from .tracefs import TRACEFS_DIRS, find_tracefs
+from .vmstats import wanted
 
 
 def mount_tracefs(root: Path, changes: HostChanges) -> str | None:
@@ -39,7 +40,8 @@ def counter_session(
 ) -> CounterSession:
     """Counters for this process; with ``changes`` (host changes allowed) tracefs is mounted if needed."""
     mounted = ""
-    if changes is not None and find_tracefs(root).path is None:
+    tracepoints = wanted(selection, arch)[1]  # ``vm`` alone reads debugfs, never tracefs
+    if changes is not None and tracepoints and find_tracefs(root).path is None:
         why = mount_tracefs(root, changes)
         if why:
             return CounterSession({}, None, f"counters off: {why}")
