@@ -311,6 +311,7 @@ def test_a_stage_that_cannot_be_read_is_left_out_with_the_next_not_the_run(tmp_p
 def test_the_x86_default_leaves_out_what_fires_per_guest_pte() -> None:
     ids = EventIds(X86_EVENTS)
     got = resolve(parse_selection("default"), "x86_64", ids)
-    assert "kvmmmu:kvm_mmu_pagetable_walk" in got.counters and "kvm:kvm_page_fault" in got.counters
+    assert "kvmmmu:kvm_mmu_pagetable_walk" not in got.counters and "kvm:kvm_page_fault" in got.counters
+    assert "kvmmmu:kvm_mmu_pagetable_walk" in resolve(parse_selection("faults"), "x86_64", ids).counters
     assert "kvmmmu:kvm_mmu_paging_element" not in got.counters and "kvm:kvm_emulate_insn" not in got.counters
     assert "kvmmmu:kvm_mmu_paging_element" in resolve(parse_selection("mmu"), "x86_64", ids).counters
