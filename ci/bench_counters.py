@@ -123,6 +123,30 @@ def overhead(rounds: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]]]]
     ]
 
 
+def per_case(rounds: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]]]], label: str = "") -> list[str]:
+    """Each case: events counted per run, the median of its back-to-back time differences, and
+    that difference per counted event (what one tracepoint hit costs, if the hits are the cost)."""
+    diffs: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    hits: dict[str, list[float]] = {}
+    for with_c, without in rounds:
+        wo = {r["nodeid"]: r for r in without if r["status"] == "passed"}
+        for r in with_c:
+            other = wo.get(r["nodeid"])
+            if r["status"] != "passed" or other is None or not isinstance(r.get("counters"), dict):
+                continue
+            diffs.setdefault(r["nodeid"], []).append(r["duration_s"] - other["duration_s"])
+            ratios.setdefault(r["nodeid"], []).append(r["duration_s"] / other["duration_s"])
+            hits.setdefault(r["nodeid"], []).append(sum((r["counters"].get("total") or {}).values()))
+    lines = [f"{label}per case: hits per run, median time counting - not, per hit; median ratio"]
+    for nodeid in sorted(diffs):
+        d, n = statistics.median(diffs[nodeid]), statistics.median(hits[nodeid])
+        per_hit = f"{d / n * 1e9:,.0f} ns/hit" if n else "-"
+        lines.append(f"{label}  {nodeid.rsplit('::', 1)[-1]}: {n:,.0f} hits, {d * 1000:+,.0f} ms, {per_hit}; "
+                     f"x{statistics.median(ratios[nodeid]):.3f} ({len(diffs[nodeid])} pairs)")
+    return lines
+
+
 def series_by_test(runs: Sequence[list[dict[str, Any]]]) -> dict[str, Series]:
     out: dict[str, Series] = {}
     for recs in runs:
@@ -265,6 +289,7 @@ def main() -> int:
     for a in range(1, len(rounds[0])):
         label = f"[{sets[a - 1] if a - 1 < len(sets) else f'arm{a}'}] "
         lines += overhead([(arms[a], arms[0]) for arms in rounds], label)
+        lines += per_case([(arms[a], arms[0]) for arms in rounds], label)
     by_test = series_by_test(counted)
     print("\n".join([*lines, "", *aa_spread(by_test, counted), *thp_pairs(by_test, times_by_test(counted))]))
     return 0
