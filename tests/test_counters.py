@@ -315,3 +315,22 @@ def test_the_x86_default_leaves_out_what_fires_per_guest_pte() -> None:
     assert "kvmmmu:kvm_mmu_pagetable_walk" in resolve(parse_selection("faults"), "x86_64", ids).counters
     assert "kvmmmu:kvm_mmu_paging_element" not in got.counters and "kvm:kvm_emulate_insn" not in got.counters
     assert "kvmmmu:kvm_mmu_paging_element" in resolve(parse_selection("mmu"), "x86_64", ids).counters
+
+
+def test_the_last_read_after_the_exit_is_retried_while_the_kernel_answers_echild(tmp_path: Path) -> None:
+    """Seen on the TCG lab host: the read after the selftest exited failed with ECHILD (an exiting
+    thread's inherited group torn down apart from its parent's) and the run lost all its counts."""
+    perf = FakePerf()
+    s = session(make_tracefs(tmp_path, X86_EVENTS), "kvm:kvm_exit", perf=perf)
+    run = s.start("kvm_page_table_test")
+    assert run is not None
+    for line in PAGE_TABLE_LINES:
+        run.on_line(line)
+    perf.fail_reads = 4
+    counts = run.finish()
+    assert counts is not None and counts.total == {"kvm:kvm_exit": 412} and run.error is None
+    run = s.start("kvm_page_table_test")
+    assert run is not None
+    perf.fail_reads = 1000
+    assert run.finish() is None and run.error == "reading the perf counters failed: No child processes"
+    assert not perf.open_fds

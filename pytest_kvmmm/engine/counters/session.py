@@ -26,6 +26,8 @@ from .vmstats import VmSampler, find_kvm_dir, offered, wanted
 _FORMAT_FIELD_BYTES = 1 << 16
 #: Tries of a read while the selftest runs.
 READ_ATTEMPTS = 5
+#: Tries of the last read, after the selftest exited.
+FINAL_ATTEMPTS = 10
 
 
 @dataclass
@@ -189,6 +191,21 @@ class RunCounter:
                 time.sleep(0.001 * (attempt + 1))
         return None
 
+    def _read_final(self) -> dict[str, int]:
+        """The last read, after the exit. The kernel can still answer ECHILD for a moment (an
+        exiting thread's inherited group is torn down apart from its parent's: seen on a loaded
+        TCG lab host): retried for up to about half a second, then the error stands."""
+        if self._counters is None:
+            return {}
+        for attempt in range(FINAL_ATTEMPTS):
+            try:
+                return self._counters.read()
+            except CountingError:
+                if attempt == FINAL_ATTEMPTS - 1:
+                    raise
+                time.sleep(min(0.1, 0.002 * 2**attempt))
+        raise AssertionError("unreachable")
+
     @property
     def note(self) -> str:
         """Why some stages have no counts (for the result's notes), or ""."""
@@ -201,7 +218,7 @@ class RunCounter:
         if self._sampler is not None:
             self._sampler.stop()
         try:
-            total = self._counters.read() if self._counters is not None else {}
+            total = self._read_final()
         except CountingError as exc:
             self.error = self.error or str(exc)
             return None
