@@ -74,7 +74,7 @@ def run_arm(scale: str, target: str, results: Path, counting: str | None) -> lis
     """One pytest run of ``target`` (a case's node id, or ``-k`` expression for the suite)."""
     select = [target] if "::" in target else ["--pyargs", "pytest_kvmmm.suite", "-k", target]
     argv = [sys.executable, "-m", "pytest", *select, "--kvm-scale", scale,
-            "--kvm-results", str(results), "--kvm-kernel-log", "report", "-q", "-p", "no:cacheprovider"]
+            f"--kvm-results={results}", "--kvm-kernel-log", "report", "-q", "-p", "no:cacheprovider"]
     if counting:
         argv.append(f"--kvm-counters={counting}")
     subprocess.run(argv, check=False, stdout=subprocess.DEVNULL, cwd=tempfile.gettempdir())

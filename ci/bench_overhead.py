@@ -27,7 +27,7 @@ def run_suite(scale: str, results: Path) -> float:
     t0 = time.monotonic()
     subprocess.run(
         [sys.executable, "-m", "pytest", "--pyargs", "pytest_kvmmm.suite", "-m", "pagetable",
-         "--kvm-scale", scale, "--kvm-results", str(results), "-q", "-p", "no:cacheprovider"],
+         "--kvm-scale", scale, f"--kvm-results={results}", "-q", "-p", "no:cacheprovider"],
         check=False, stdout=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
     )
     return time.monotonic() - t0

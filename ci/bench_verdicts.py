@@ -52,7 +52,7 @@ POOL_PAGES = 64  # 64M of guest memory at smoke scale is 32 pages; the rest is s
 def pytest_run(directory: Path, select: str, *args: str, repeat: int | None) -> tuple[float, list[dict[str, object]]]:
     """One pytest run of the suite; its wall time and its --kvm-results records."""
     results = directory / "results.jsonl"
-    argv = [sys.executable, "-m", "pytest", *SUITE, "-k", select, "--kvm-results", str(results), *args]
+    argv = [sys.executable, "-m", "pytest", *SUITE, "-k", select, f"--kvm-results={results}", *args]
     if repeat is not None:
         argv += ["--kvm-repeat", str(repeat)]
     env = {**os.environ, store.BASELINES_ENV: str(directory)}

@@ -33,7 +33,7 @@ def run(n: int, marker: str, results: Path, dist: str) -> tuple[float, list[dict
     t0 = time.monotonic()
     subprocess.run(
         [sys.executable, "-m", "pytest", "--pyargs", "pytest_kvmmm.suite", "-m", marker, "--kvm-scale", "smoke",
-         "-n", str(n), *(["--dist", dist] if n else []), "--kvm-results", str(results), "-q",
+         "-n", str(n), *(["--dist", dist] if n else []), f"--kvm-results={results}", "-q",
          "-p", "no:cacheprovider"],
         check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
     )

@@ -343,7 +343,7 @@ def test_nothing_is_written_without_allure(pytester: pytest.Pytester, tmp_path: 
     make_fake(d, "kvm_page_table_test", stdout=golden("kvm_page_table_test.anonymous.stdout"))
     pytester.makepyfile(PASSING)
     before = set(pytester.path.rglob("*"))
-    pytester.runpytest("--kvm-selftests", str(d), "-p", "no:cacheprovider", *args).assert_outcomes(passed=1)
+    pytester.runpytest(f"--kvm-selftests={d}", "-p", "no:cacheprovider", *args).assert_outcomes(passed=1)
     new = {p for p in set(pytester.path.rglob("*")) - before if p.is_file() and p.suffix != ".pyc"}
     assert new == set()
 
@@ -359,7 +359,7 @@ def test_a_broken_annotation_warns_and_never_fails_the_test(
 
     monkeypatch.setattr(allure_report, "describe", boom)  # pytester runs in this process
     pytester.makepyfile(PASSING)
-    res = pytester.runpytest("--kvm-selftests", str(d), f"--alluredir={tmp_path / 'ar'}")
+    res = pytester.runpytest(f"--kvm-selftests={d}", f"--alluredir={tmp_path / 'ar'}")
     res.assert_outcomes(passed=1, warnings=1)
     res.stdout.fnmatch_lines(["*pytest-kvmmm: no Allure annotation for test_*.py::test_pt: RuntimeError('boom')*"])
 
@@ -401,7 +401,7 @@ def test_allure_results_of_fake_selftests(pytester: pytest.Pytester, tmp_path: P
     make_fake(d, "hang", stdout="Started all vCPUs successfully\n", hang=True)
     root = make_host_root(tmp_path / "lab-7", hostname="lab-7", thp_enabled="never")
     ar = pytester.path / "ar"
-    common = ["-p", "no:cacheprovider", "--kvm-selftests", str(d), f"--kvm-host-snapshot={root}", f"--alluredir={ar}"]
+    common = ["-p", "no:cacheprovider", f"--kvm-selftests={d}", f"--kvm-host-snapshot={root}", f"--alluredir={ar}"]
     pytester.runpytest(*PT, *common).assert_outcomes(passed=2, skipped=4)
     pytester.makepyfile(OWN_TESTS)
     pytester.runpytest(*common).assert_outcomes(failed=2)
@@ -455,7 +455,7 @@ def test_history_ids_keep_hosts_apart_and_reruns_together(
         ar = tmp_path / label
         monkeypatch.chdir(cwd)
         # separate processes: an identity must not depend on object addresses, which differ per process
-        pytester.runpytest_subprocess(*PT, "--kvm-selftests", str(d), f"--kvm-host-snapshot={root}", f"--alluredir={ar}")
+        pytester.runpytest_subprocess(*PT, f"--kvm-selftests={d}", f"--kvm-host-snapshot={root}", f"--alluredir={ar}")
         ids[label] = {f"{r['fullName']}[{dict((p['name'], p['value']) for p in r['parameters'])['kvm_case']}]": r["historyId"] for r in results(ar)}
     assert len(ids["x86"]) == 6
     assert next(iter(ids["x86"])).startswith("pytest_kvmmm.suite.test_mm#test_kvm_page_table[")
@@ -471,7 +471,7 @@ def test_two_hosts_in_one_directory(pytester: pytest.Pytester, tmp_path: Path) -
     for host in ("lab-7", "lab-8"):
         root = make_host_root(tmp_path / host, hostname=host)
         pytester.runpytest(*SUITE, "-k", "test_kvm_page_table and anonymous and not hugetlb and not thp",
-                           "--kvm-selftests", str(d), f"--kvm-host-snapshot={root}", f"--alluredir={ar}")
+                           f"--kvm-selftests={d}", f"--kvm-host-snapshot={root}", f"--alluredir={ar}")
     assert sorted(r["name"] for r in results(ar)) == [
         "kvm_page_table_test: anonymous, 2 vCPUs x 32M (64M total) on lab-7",
         "kvm_page_table_test: anonymous, 2 vCPUs x 32M (64M total) on lab-8",
@@ -493,7 +493,7 @@ def test_under_xdist_workers_write_results_and_the_controller_the_session_files(
     # The workers look at lab-7 (their gateway's snapshot), the controller at this machine: the
     # environment can only name lab-7 through the facts in the workers' records.
     res = pytester.runpytest_subprocess(*PT, "--dist=load", "--tx", f"2*popen//env:KVMMM_HOST_SNAPSHOT={root}",
-                                        "--kvm-selftests", str(d), f"--alluredir={ar}")
+                                        f"--kvm-selftests={d}", f"--alluredir={ar}")
     res.assert_outcomes(passed=5, skipped=1)
     assert len(results(ar)) == 6 and (ar / "keep-me.txt").exists(), "the controller wipes nothing"
     env = parse_properties((ar / "environment.properties").read_text())

@@ -177,8 +177,7 @@ def test_the_default_repeat_when_saving_and_the_users_choice(
 ) -> None:
     """The catalogue's perf tests run the scale's DEFAULT_REPEAT times when saving or comparing without --kvm-repeat."""
     smoke = DEFAULT_REPEAT["smoke"]
-    suite = ["--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", "--kvm-selftests",
-             str(fake.parent), "-k", "test_kvm_page_table and anonymous and not thp and not hugetlb"]
+    suite = ["--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke", f"--kvm-selftests={fake.parent}", "-k", "test_kvm_page_table and anonymous and not thp and not hugetlb"]
     res = pytester.runpytest("-p", "no:cacheprovider", host, *suite, "--kvm-save", "default")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines([f"kvmmm: perf tests run {smoke} times (the baselines default at this scale; --kvm-repeat N to change)"])
@@ -198,7 +197,8 @@ def test_the_default_repeat_when_saving_and_the_users_choice(
     ("args", "error"),
     [
         (["--kvm-fail-regression", "10"], "--kvm-fail-regression needs --kvm-compare NAME|FILE: the baseline to compare with"),
-        (["--kvm-compare", "nope"], "--kvm-compare: no baseline named 'nope' in * (none saved there yet; save one with --kvm-save NAME)"),
+        (["--kvm-compare", "nope"], "--kvm-compare: no baseline named 'nope' in * (none saved there yet; save one with --kvm-save NAME) "
+                                  "(the baselines folder from $KVMMM_BASELINES_DIR)"),
         (["--kvm-compare", "broken.json"], "--kvm-compare: broken.json is not a pytest-kvmmm baseline (no \"kind\": *"),
         (["--kvm-save", "a b"], "--kvm-save: 'a b' is not a baseline name: *"),
         (["--kvm-compare", "broken.json", "--kvm-fail-regression", "2"], "--kvm-compare: broken.json is not*"),

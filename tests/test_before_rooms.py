@@ -40,7 +40,7 @@ def test_allure_history_ids_are_those_of_before(pytester: pytest.Pytester, tmp_p
     root = make_host_root(tmp_path / "vm", hostname="vm")
     ar = tmp_path / "allure"
     pytester.runpytest_subprocess("--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke",
-                                  "-k", "test_kvm_page_table", "--kvm-selftests", str(d), f"--kvm-host-snapshot={root}",
+                                  "-k", "test_kvm_page_table", f"--kvm-selftests={d}", f"--kvm-host-snapshot={root}",
                                   f"--alluredir={ar}", "-p", "no:cacheprovider")
     got: dict[str, str] = {}
     for path in ar.glob("*-result.json"):

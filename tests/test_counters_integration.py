@@ -44,7 +44,7 @@ sys.exit(pytest.main(sys.argv[1:]))
 def run_counted(tmp_path: Path, *args: str) -> tuple[str, list[dict[str, object]]]:
     _real_build()
     argv = [sys.executable, "-c", SCRIPT, "--pyargs", "pytest_kvmmm.suite", "--kvm-scale", "smoke",
-            "--kvm-results", str(tmp_path / "r.jsonl"), "--kvm-kernel-log", "report", "-p", "no:cacheprovider", *args]
+            f"--kvm-results={tmp_path / 'r.jsonl'}", "--kvm-kernel-log", "report", "-p", "no:cacheprovider", *args]
     if find_tracefs(Path("/")).path is None or "--kvm-counters=vm" in args:
         unshare = shutil.which("unshare")
         if os.geteuid() != 0 or unshare is None:

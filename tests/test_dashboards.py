@@ -142,7 +142,7 @@ def test_a_flaky_pass_is_one_passed_record_with_its_attempts(pytester: pytest.Py
         def test_ring():
             pass
     """)
-    res = pytester.runpytest("--kvm-selftests", str(d), "--reruns", "2", "--kvm-results", "r.jsonl",
+    res = pytester.runpytest(f"--kvm-selftests={d}", "--reruns", "2", "--kvm-results", "r.jsonl",
                              "--junitxml", "j.xml", "--kvm-save", "b.json")
     assert res.parseoutcomes() == {"passed": 1, "rerun": 1}
     (rec,) = read_results(pytester.path / "r.jsonl")
@@ -169,7 +169,7 @@ def test_a_rerun_that_never_passes_is_one_failed_record(pytester: pytest.Pyteste
         def test_ring():
             pass
     """)
-    res = pytester.runpytest("--kvm-selftests", str(d), "--reruns", "1", "--kvm-results", "r.jsonl")
+    res = pytester.runpytest(f"--kvm-selftests={d}", "--reruns", "1", "--kvm-results", "r.jsonl")
     assert res.parseoutcomes() == {"failed": 1, "rerun": 1}
     (rec,) = read_results(pytester.path / "r.jsonl")
     assert rec["status"] == "failed" and rec["flaky"] is False and len(rec["attempts"]) == 2  # type: ignore[arg-type]
@@ -237,14 +237,14 @@ def test_a_named_build_that_lacks_programs_fails_the_run(pytester: pytest.Pytest
         def test_pt():
             pass
     """)
-    res = pytester.runpytest("--kvm-selftests", str(empty))
+    res = pytester.runpytest(f"--kvm-selftests={empty}")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*kvm_page_table_test not found in * (--kvm-selftests)*--kvm-selftests names this build, "
                               "and it lacks the program (--kvm-allow-missing skips instead)"])
     res = pytester.runpytest(f"--kvm-selftests={tmp_path / 'noexec'}")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*exists but is not executable*a build whose program cannot run is broken*"])
-    res = pytester.runpytest("--kvm-selftests", str(empty), "--kvm-allow-missing")
+    res = pytester.runpytest(f"--kvm-selftests={empty}", "--kvm-allow-missing")
     res.assert_outcomes(skipped=1)
     pytester.makeini(f"[pytest]\nkvm_selftests = {empty}\nkvm_allow_missing = true\n")
     pytester.runpytest().assert_outcomes(skipped=1)
@@ -255,7 +255,7 @@ def test_the_suite_on_an_empty_named_build_is_red(pytester: pytest.Pytester, tmp
     empty.mkdir()
     root = make_host_root(tmp_path / "root")
     res = pytester.runpytest("--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke",
-                             f"--kvm-host-snapshot={root}", "--kvm-selftests", str(empty), "-q")
+                             f"--kvm-host-snapshot={root}", f"--kvm-selftests={empty}", "-q")
     assert res.ret == pytest.ExitCode.TESTS_FAILED
     outcomes = res.parseoutcomes()
     assert outcomes.get("failed", 0) >= 10 and "passed" not in outcomes
@@ -335,7 +335,7 @@ import pytest
 def test_pt{i}():
     pass
 """ for i in range(12)))
-        res = pytester.runpytest(f"--kvm-selftests={bins}", "--kvm-results", str(small / "r.jsonl"))
+        res = pytester.runpytest(f"--kvm-selftests={bins}", f"--kvm-results={small / 'r.jsonl'}")
         res.assert_outcomes(passed=12)
         assert res.ret == pytest.ExitCode.TESTS_FAILED, "missing results: the run is not green"
         lines = (small / "r.jsonl").read_text().splitlines()

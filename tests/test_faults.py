@@ -78,7 +78,7 @@ def test_abort_megabytes_and_invalid_utf8(pytester: pytest.Pytester, tmp_path: P
         def test_garbage():
             pass
     """)
-    res = pytester.runpytest("--kvm-selftests", str(d), "--kvm-results", "r.jsonl")
+    res = pytester.runpytest(f"--kvm-selftests={d}", "--kvm-results", "r.jsonl")
     res.assert_outcomes(passed=1, failed=2)
     assert "Traceback" not in res.stdout.str() and "INTERNALERROR" not in res.stdout.str()
     recs = records(pytester.path / "r.jsonl")
@@ -104,7 +104,7 @@ def test_no_usable_dev_kvm_skips_every_case_with_the_reason(
     (root / "kvmmm-snapshot.json").write_text(json.dumps(meta))
     make_fake(tmp_path / "b", "kvm_page_table_test", exit=254)
     res = pytester.runpytest("--pyargs", "pytest_kvmmm.suite", "-m", "pagetable", "--kvm-scale", "smoke",
-                             f"--kvm-host-snapshot={root}", "--kvm-selftests", str(tmp_path / "b"), "-rs")
+                             f"--kvm-host-snapshot={root}", f"--kvm-selftests={tmp_path / 'b'}", "-rs")
     outcomes = res.parseoutcomes()
     assert outcomes.get("skipped", 0) >= 20 and "failed" not in outcomes and "passed" not in outcomes
     res.stdout.fnmatch_lines([f"SKIPPED *{expected}*"])
@@ -126,7 +126,7 @@ def test_pool_that_shrinks_during_the_session_gives_a_skip(pytester: pytest.Pyte
             from pytest_kvmmm.engine.requirements import HugetlbPages
             kvm_selftests.run("uses_pool", requires=[HugetlbPages(2048, 32)])
     """)
-    res = pytester.runpytest(f"--kvm-host-snapshot={root}", "--kvm-selftests", str(tmp_path / "b"), "-rs")
+    res = pytester.runpytest(f"--kvm-host-snapshot={root}", f"--kvm-selftests={tmp_path / 'b'}", "-rs")
     res.assert_outcomes(passed=1, skipped=1)
     res.stdout.fnmatch_lines(["SKIPPED * needs 32 free 2 MiB hugepages, pool has 0 (nr=32 free=0 resv=0)*"])
 
@@ -157,7 +157,7 @@ def test_ctrl_c_in_the_middle_of_a_case(pytester: pytest.Pytester, tmp_path: Pat
     # faulthandler_timeout: should the interrupt ever be lost, the stuck session's stacks are
     # in its output (seen once, under load, in CI: not reproduced in 9 runs on a loaded host).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--kvm-selftests", str(bins), "--kvm-results", "r.jsonl", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", f"--kvm-selftests={bins}", "--kvm-results", "r.jsonl", "-p", "no:cacheprovider",
          "-o", "faulthandler_timeout=20"],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -187,7 +187,7 @@ def test_a_killed_xdist_worker_does_not_stop_the_run(pytester: pytest.Pytester, 
     (bins / "hangs").write_text((bins / "hangs").read_text().replace(
         "if argv_file:", "open(argv_file + '.ppid', 'w').write(str(os.getppid()))\nif argv_file:", 1))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-n", "2", "--kvm-selftests", str(bins), "--kvm-results", "r.jsonl",
+        [sys.executable, "-m", "pytest", "-n", "2", f"--kvm-selftests={bins}", "--kvm-results", "r.jsonl",
          "-p", "no:cacheprovider"],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -233,7 +233,7 @@ def test_a_killed_session_holding_host_changes_is_restored_by_the_next(
             pass
     """)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+        [sys.executable, "-m", "pytest", f"--kvm-host-snapshot={root}", f"--kvm-selftests={bins}",
          "--kvm-allow-host-changes", "-p", "no:cacheprovider"],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -250,7 +250,7 @@ def test_a_killed_session_holding_host_changes_is_restored_by_the_next(
     assert nr.read_text().strip() == "37", "SIGKILL: nothing could restore yet"
     nr.write_text("40\n")  # someone else reserved 3 more pages meanwhile: they must stay
     # a session that runs a KVM test replays the journal first (one that runs none replays nothing)
-    res = pytester.runpytest_subprocess(f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins), "-k", "test_1")
+    res = pytester.runpytest_subprocess(f"--kvm-host-snapshot={root}", f"--kvm-selftests={bins}", "-k", "test_1")
     assert nr.read_text().strip() == "8", "shrunk back by exactly the 32 pages the killed session added"
     assert thp.read_text().strip() == "never"
     res.stdout.fnmatch_lines(["*kvmmm: restored *nr_hugepages: 40 -> 8 (removed the 32 pages pytest-kvmmm added) ?left by killed process *"])

@@ -275,7 +275,7 @@ def test_what_the_terminal_results_and_junit_show_is_clean_and_short(pytester: p
         def test_evil_skip():
             pass
     """)
-    res = pytester.runpytest("--kvm-selftests", str(d), "--kvm-results", "r.jsonl", "--junitxml", "j.xml", "-rs")
+    res = pytester.runpytest(f"--kvm-selftests={d}", "--kvm-results", "r.jsonl", "--junitxml", "j.xml", "-rs")
     res.assert_outcomes(failed=1, skipped=1)
     terminal = res.stdout.str()
     assert not any(c in terminal for c in FORBIDDEN)

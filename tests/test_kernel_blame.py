@@ -141,7 +141,7 @@ def _session(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 def _run(pytester: pytest.Pytester, bins: Path) -> pytest.RunResult:
-    return pytester.runpytest_subprocess("--kvm-selftests", str(bins), "-rA", "-p", "no:cacheprovider")
+    return pytester.runpytest_subprocess(f"--kvm-selftests={bins}", "-rA", "-p", "no:cacheprovider")
 
 
 def test_another_pids_warn_in_the_log_does_not_fail_the_test(
@@ -201,7 +201,7 @@ def test_set_memory_region_test_provokes_its_internal_error_on_purpose(
         made.unlink()
     _writer(tmp_path / "b", "set_memory_region_test", kmsg, [PVM_LINE])
     res = pytester.runpytest_subprocess("--pyargs", "pytest_kvmmm.suite", "-k", "set_memory_region",
-                                        "--kvm-selftests", str(tmp_path / "b"), "-rA", "-p", "no:cacheprovider")
+                                        f"--kvm-selftests={tmp_path / 'b'}", "-rA", "-p", "no:cacheprovider")
     out = res.stdout.str()
     if "KVM" in out and "skipped" in out.splitlines()[-1] and "passed" not in out.splitlines()[-1]:
         pytest.skip("no usable KVM here: the suite's case skips before running")

@@ -133,12 +133,12 @@ def test_a_passing_binary_fails_when_the_kernel_warns(pytester: pytest.Pytester,
         def test_pt():
             pass
     """)
-    res = pytester.runpytest_subprocess("--kvm-selftests", str(tmp_path / "b"), "--kvm-results", "r.jsonl", "-p", "no:cacheprovider")
+    res = pytester.runpytest_subprocess(f"--kvm-selftests={tmp_path / 'b'}", "--kvm-results", "r.jsonl", "-p", "no:cacheprovider")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*kvm_page_table_test passed, but the kernel logged WARN during the run*", f"*{warn}*"])
     rec = [ln for ln in (pytester.path / "r.jsonl").read_text().splitlines()][0]
     assert re.search(r"WARNING: CPU: 0 PID: \d+ at fake/kvm_mmu.c:42", rec)
     # report mode: the same run passes, the line becomes a note
-    res = pytester.runpytest_subprocess("--kvm-selftests", str(tmp_path / "b"), "--kvm-kernel-log", "report", "-p", "no:cacheprovider")
+    res = pytester.runpytest_subprocess(f"--kvm-selftests={tmp_path / 'b'}", "--kvm-kernel-log", "report", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines([f"*note: kernel: {warn}*"])

@@ -44,6 +44,13 @@ def test_command_line_beats_environment_beats_ini() -> None:
     assert pick(Config(), {}, "kvm_selftests", env_var="KVM_SELFTESTS_DIR", ini="kvm_selftests") is None
 
 
+def test_an_ini_directory_is_relative_to_the_ini_file(tmp_path: Path) -> None:
+    (tmp_path / "bins").mkdir()
+    config = Config(ini={"kvm_selftests": "bins"})
+    config.inipath = tmp_path / "pytest.ini"  # type: ignore[attr-defined]
+    assert resolve(config, env={}).explicit_root == SearchRoot(tmp_path / "bins", "ini kvm_selftests")
+
+
 def test_the_selftests_directory_keeps_where_it_came_from(tmp_path: Path) -> None:
     s = resolve(Config(ini={"kvm_selftests": str(tmp_path)}), env={})
     assert s.explicit_root == SearchRoot(tmp_path, "ini kvm_selftests")
@@ -69,6 +76,9 @@ def test_the_selftests_directory_keeps_where_it_came_from(tmp_path: Path) -> Non
         ({"kvm_backing_srcs": "swap"}, {}, {}, "--kvm-backing-srcs: unknown backing source(s) swap"),
         ({}, {"kvm_selftests": "/nonexistent/selftests"}, {}, "ini kvm_selftests: /nonexistent/selftests is not a directory"),
         ({}, {}, {"KVM_SELFTESTS_DIR": "/nonexistent/selftests"}, "$KVM_SELFTESTS_DIR: /nonexistent/selftests is not a"),
+        ({}, {}, {"KVMMM_SELFTESTS_DIR": "/nonexistent/new"}, "$KVMMM_SELFTESTS_DIR: /nonexistent/new is not a"),
+        ({}, {"kvm_selftests": "/tmp"}, {"KVMMM_SELFTESTS_DIR": "/nonexistent/new", "KVM_SELFTESTS_DIR": "/tmp"},
+         "$KVMMM_SELFTESTS_DIR: /nonexistent/new is not a"),
         ({}, {}, {"KVMMM_HOST_SNAPSHOT": "/nonexistent/snapshot"}, "$KVMMM_HOST_SNAPSHOT: "),
         ({"kvm_host_snapshot": "/nonexistent/snapshot"}, {}, {}, "--kvm-host-snapshot: "),
         ({}, {"kvm_kernel_log_noise": ["("]}, {}, "ini kvm_kernel_log_noise: "),

@@ -82,7 +82,7 @@ MARKER_TESTS = """
 def test_marker_maps_every_exit(pytester: pytest.Pytester, bins: Path) -> None:
     pytester.makepyfile(MARKER_TESTS)
     # --kvm-allow-missing: a missing or unrunnable program skips (tests/test_dashboards.py: it fails without)
-    res = pytester.runpytest("--kvm-selftests", str(bins), "--kvm-results", "r.jsonl", "-rA", "--kvm-allow-missing")
+    res = pytester.runpytest(f"--kvm-selftests={bins}", "--kvm-results", "r.jsonl", "-rA", "--kvm-allow-missing")
     res.assert_outcomes(passed=1, skipped=4, failed=4)
     out = res.stdout.str()
     assert "Traceback" not in out and "INTERNALERROR" not in out
@@ -124,7 +124,7 @@ def test_summary_section_shows_metrics(pytester: pytest.Pytester, bins: Path) ->
         def test_pt():
             pass
     """)
-    res = pytester.runpytest("--kvm-selftests", str(bins))
+    res = pytester.runpytest(f"--kvm-selftests={bins}")
     res.stdout.fnmatch_lines([
         "*= kvm selftests on * =*",
         "PASSED * test_*.py::test_pt",
@@ -143,7 +143,7 @@ def test_runner_fixture_passes_args_and_returns_result(pytester: pytest.Pytester
             r = kvm_selftests.run("kvm_page_table_test", "-b", "64M", "-v", 2)
             assert r.passed and r.metrics["KVM_ADJUST_MAPPINGS"] > 0
     """)
-    pytester.runpytest("--kvm-selftests", str(d)).assert_outcomes(passed=1)
+    pytester.runpytest(f"--kvm-selftests={d}").assert_outcomes(passed=1)
     assert argv_file.read_text().split("\n") == ["-b", "64M", "-v", "2"]
 
 
@@ -167,14 +167,14 @@ def test_marker_misuse_quotes_the_signature(pytester: pytest.Pytester, bins: Pat
         def test_x():
             pass
     """)
-    res = pytester.runpytest("--kvm-selftests", str(bins))
+    res = pytester.runpytest(f"--kvm-selftests={bins}")
     assert res.ret != 0
     res.stderr.fnmatch_lines([f"*@pytest.mark.kvm_selftest(name, *args, timeout=None): {message}*"])
 
 
 def test_kvm_result_without_marker_is_a_usage_error(pytester: pytest.Pytester, bins: Path) -> None:
     pytester.makepyfile("def test_x(kvm_result):\n    pass\n")
-    res = pytester.runpytest("--kvm-selftests", str(bins))
+    res = pytester.runpytest(f"--kvm-selftests={bins}")
     res.stderr.fnmatch_lines(["*the kvm_result fixture needs a @pytest.mark.kvm_selftest*"])
 
 
@@ -230,7 +230,7 @@ def test_suite_skips_before_running_when_the_host_lacks_pools(pytester: pytest.P
     d = tmp_path / "b"
     make_fake(d, "kvm_page_table_test", stdout=golden("kvm_page_table_test.anonymous.stdout"), argv_file=argv_file)
     root = make_host_root(tmp_path / "root", thp_enabled="never")
-    res = pytester.runpytest(*PAGE_TABLE, "--kvm-selftests", str(d), "--kvm-host-snapshot", str(root), "--kvm-results", "r.jsonl")
+    res = pytester.runpytest(*PAGE_TABLE, f"--kvm-selftests={d}", f"--kvm-host-snapshot={root}", "--kvm-results", "r.jsonl")
     res.assert_outcomes(passed=2, skipped=4)
     res.stdout.fnmatch_lines_random([
         ("SKIPPED * needs 32 free 2 MiB hugepages for anonymous_hugetlb_2mb, pool has 0 (nr=0 free=0 resv=0): "
@@ -249,7 +249,7 @@ def test_suite_runs_hugetlb_cases_when_the_pool_is_big_enough(pytester: pytest.P
     d = tmp_path / "b"
     make_fake(d, "kvm_page_table_test", stdout=golden("kvm_page_table_test.anonymous.stdout"))
     root = make_host_root(tmp_path / "root", cpus="0", pools={2048: {"nr": 32, "free": 32}, 1048576: {"nr": 1, "free": 1}})
-    res = pytester.runpytest(*PAGE_TABLE, "--kvm-selftests", str(d), "--kvm-host-snapshot", str(root), "--kvm-results", "r.jsonl")
+    res = pytester.runpytest(*PAGE_TABLE, f"--kvm-selftests={d}", f"--kvm-host-snapshot={root}", "--kvm-results", "r.jsonl")
     res.assert_outcomes(passed=6)
     rec = records(pytester.path / "r.jsonl")["test_kvm_page_table[anonymous_hugetlb_2mb]"]
     assert rec["argv"][1:] == ["-s", "anonymous_hugetlb_2mb", "-b", "64M", "-v", "1"]
@@ -259,7 +259,7 @@ def test_suite_runs_hugetlb_cases_when_the_pool_is_big_enough(pytester: pytest.P
 def test_suite_fails_when_a_pass_prints_no_stage_times(pytester: pytest.Pytester, tmp_path: Path) -> None:
     d = tmp_path / "b"
     make_fake(d, "kvm_page_table_test", stdout="Random seed: 0x6b8b4567\n\xff garbage\n")
-    res = pytester.runpytest(*SUITE, "--kvm-selftests", str(d), "-k", "test_kvm_page_table and anonymous and not thp and not hugetlb")
+    res = pytester.runpytest(*SUITE, f"--kvm-selftests={d}", "-k", "test_kvm_page_table and anonymous and not thp and not hugetlb")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*kvm_page_table_test passed but printed no value for KVM_CREATE_MAPPINGS, KVM_UPDATE_MAPPINGS*"])
 
@@ -269,14 +269,14 @@ def test_suite_collects_the_same_ids_on_any_host(pytester: pytest.Pytester, tmp_
     rich = make_host_root(tmp_path / "b", pools={2048: {"nr": 4096, "free": 4096}})
     ids = []
     for root in (empty, rich):
-        res = pytester.runpytest(*SUITE, "--collect-only", "-q", "--kvm-host-snapshot", str(root))
+        res = pytester.runpytest(*SUITE, "--collect-only", "-q", f"--kvm-host-snapshot={root}")
         ids.append([ln for ln in res.outlines if "::" in ln])
     assert ids[0] == ids[1] and len(ids[0]) >= 24
 
 
 def test_host_info_text_and_json_from_a_snapshot(pytester: pytest.Pytester, tmp_path: Path) -> None:
     root = make_host_root(tmp_path / "root", hostname="lab-7", pools={2048: {"nr": 64, "free": 60}})
-    res = pytester.runpytest("--kvm-host-info", "--kvm-host-snapshot", str(root))
+    res = pytester.runpytest("--kvm-host-info", f"--kvm-host-snapshot={root}")
     assert res.ret == 0
     res.stdout.fnmatch_lines([
         f"host lab-7 (facts from {root}, probed in * ms)",
@@ -285,7 +285,7 @@ def test_host_info_text_and_json_from_a_snapshot(pytester: pytest.Pytester, tmp_
         "*hugetlb   default 2M; 2M nr=64 free=60 resv=0 surplus=0*",
     ])
     assert "collected" not in res.stdout.str(), "--kvm-host-info must not collect or run tests"
-    res = pytester.runpytest("--kvm-host-info=json", "--kvm-host-snapshot", str(root))
+    res = pytester.runpytest("--kvm-host-info=json", f"--kvm-host-snapshot={root}")
     data = json.loads(res.stdout.str())
     assert data["hostname"] == "lab-7" and data["kvm"]["flavour"] == "kvm_pvm"
     assert data["kvm"]["tdp_mmu"] is False and data["kvm"]["params"]["kvm.tdp_mmu"]["writable"] is False
@@ -294,7 +294,7 @@ def test_host_info_text_and_json_from_a_snapshot(pytester: pytest.Pytester, tmp_
 def test_report_header_summarises_the_host(pytester: pytest.Pytester, tmp_path: Path) -> None:
     root = make_host_root(tmp_path / "root", hostname="lab-7")
     pytester.makepyfile("def test_x():\n    pass\n")
-    res = pytester.runpytest("--kvm-host-snapshot", str(root))
+    res = pytester.runpytest(f"--kvm-host-snapshot={root}")
     res.stdout.fnmatch_lines([
         # "[[]" is fnmatch's literal "[": an unescaped one opens a character class, which
         # Python 3.9 rejects for the path's reversed ranges ("t-o").
@@ -312,13 +312,13 @@ def test_host_fixtures(pytester: pytest.Pytester, tmp_path: Path) -> None:
             assert [p.size_kb for p in kvm_hugetlb_pools] == [2048, 1048576]
             assert kvm_ttrem == 2
     """)
-    pytester.runpytest("--kvm-host-snapshot", str(root)).assert_outcomes(passed=1)
+    pytester.runpytest(f"--kvm-host-snapshot={root}").assert_outcomes(passed=1)
 
 
 def test_bad_snapshot_is_a_usage_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.txt"
     bogus.write_text("x")
-    res = pytester.runpytest("--kvm-host-snapshot", str(bogus))
+    res = pytester.runpytest(f"--kvm-host-snapshot={bogus}")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*--kvm-host-snapshot: * is neither a snapshot directory nor a tarball*"])
 
@@ -356,7 +356,7 @@ REQUIRES_TESTS = """
 def test_kvm_requires_skips_with_what_is_missing(pytester: pytest.Pytester, tmp_path: Path, bins: Path) -> None:
     root = make_host_root(tmp_path / "root", pools={2048: {"nr": 64, "free": 64}})
     pytester.makepyfile(REQUIRES_TESTS)
-    res = pytester.runpytest("--kvm-host-snapshot", str(root), "--kvm-selftests", str(bins), "-rs", "--kvm-results", "r.jsonl")
+    res = pytester.runpytest(f"--kvm-host-snapshot={root}", f"--kvm-selftests={bins}", "-rs", "--kvm-results", "r.jsonl")
     res.assert_outcomes(passed=1, skipped=5)
     res.stdout.fnmatch_lines_random([
         "*needs 512 free 2 MiB hugepages, pool has 64 (nr=64 free=64 resv=0): "
@@ -403,7 +403,7 @@ def test_guest_modes_resolve_through_the_binarys_own_help(pytester: pytest.Pytes
     script.chmod(0o755)
     x86 = make_host_root(tmp_path / "x86")
     res = pytester.runpytest(
-        *PAGE_TABLE, "--kvm-selftests", str(d), "--kvm-guest-modes", "pxxv48_4k,p52v48_4k",
+        *PAGE_TABLE, f"--kvm-selftests={d}", "--kvm-guest-modes", "pxxv48_4k,p52v48_4k",
         "--kvm-backing-srcs", "anonymous", "--kvm-results", "r.jsonl", f"--kvm-host-snapshot={x86}",
     )
     res.assert_outcomes(passed=1, skipped=1)
@@ -416,7 +416,7 @@ def test_guest_modes_resolve_through_the_binarys_own_help(pytester: pytest.Pytes
     # on an arm64 host the same build's -h decides: the x86 table marks p52v48_4k unsupported
     arm = make_host_root(tmp_path / "arm", machine="aarch64", kvm="arm64_ttrem2", kvm_modules={})
     res = pytester.runpytest(
-        *PAGE_TABLE, "--kvm-selftests", str(d), "--kvm-guest-modes", "p52v48_4k",
+        *PAGE_TABLE, f"--kvm-selftests={d}", "--kvm-guest-modes", "p52v48_4k",
         "--kvm-backing-srcs", "anonymous", "--kvm-results", "r2.jsonl", f"--kvm-host-snapshot={arm}",
     )
     skip = records(pytester.path / "r2.jsonl")["test_kvm_page_table[anonymous-p52v48_4k]"]
@@ -435,7 +435,7 @@ def test_bad_mode_and_backing_selections_are_usage_errors(pytester: pytest.Pytes
 def test_exit_0_with_a_logical_failure_fails(pytester: pytest.Pytester, tmp_path: Path) -> None:
     d = tmp_path / "b"
     make_golden_fake(d, "memslot_perf_test", "memslot_perf_test.count_too_high")
-    res = pytester.runpytest(*SUITE, "-m", "memslot", "-k", "memslot_perf", "--kvm-selftests", str(d))
+    res = pytester.runpytest(*SUITE, "-m", "memslot", "-k", "memslot_perf", f"--kvm-selftests={d}")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*memslot_perf_test exit 0 but: Memslot count too high for this test, decrease the cap (max is 8209)*"])
 

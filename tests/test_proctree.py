@@ -79,7 +79,7 @@ def test_a_selftest_that_leaves_a_daemon_fails_the_test(pytester: pytest.Pyteste
         def test_leaves():
             pass
     """)
-    res = pytester.runpytest("--kvm-selftests", str(tmp_path / "b"), "-p", "no:cacheprovider")
+    res = pytester.runpytest(f"--kvm-selftests={tmp_path / 'b'}", "-p", "no:cacheprovider")
     res.assert_outcomes(failed=1)
     daemon = int((tmp_path / "d.pid").read_text())
     res.stdout.fnmatch_lines([f"*leaves left 1 processes behind: {daemon} sleep 600*"])
@@ -98,7 +98,7 @@ def test_pytest_timeout_thread_method_orphans_nothing(pytester: pytest.Pytester,
             pass
     """)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--kvm-selftests", str(tmp_path / "b"), "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", f"--kvm-selftests={tmp_path / 'b'}", "-p", "no:cacheprovider",
          "--timeout=3", "--timeout-method=thread"],
         cwd=pytester.path, capture_output=True, text=True, timeout=60,
     )

@@ -66,7 +66,7 @@ def _session(pytester: pytest.Pytester, root: Path, bins: Path, name: str) -> su
             pass
     """))
     return subprocess.Popen(
-        [sys.executable, "-m", "pytest", str(test), f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+        [sys.executable, "-m", "pytest", str(test), f"--kvm-host-snapshot={root}", f"--kvm-selftests={bins}",
          "-p", "no:cacheprovider", "-rA"],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -111,7 +111,7 @@ def test_an_untrustworthy_ledger_directory_errors_hugetlb_cases_only(
         def test_plain():
             pass
     """)
-    res = pytester.runpytest_subprocess(f"--kvm-host-snapshot={root}", "--kvm-selftests", str(tmp_path / "b"),
+    res = pytester.runpytest_subprocess(f"--kvm-host-snapshot={root}", f"--kvm-selftests={tmp_path / 'b'}",
                                         "-rA", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1, failed=1)
     res.stdout.fnmatch_lines_random([

@@ -48,7 +48,7 @@ def test_a_signal_restores_the_host_and_keeps_finished_results(
     make_fake(bins, "quick")
     pytester.makepyfile(SUITE)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+        [sys.executable, "-m", "pytest", f"--kvm-host-snapshot={root}", f"--kvm-selftests={bins}",
          "--kvm-allow-host-changes", "--kvm-results", "r.jsonl", "-p", "no:cacheprovider", "-o", "faulthandler_timeout=30"],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -89,7 +89,7 @@ def test_an_ignored_sighup_stays_ignored(pytester: pytest.Pytester, tmp_path: Pa
     """)
     proc = subprocess.Popen(
         [sys.executable, "-c", "import signal, sys, pytest; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
-         "sys.exit(pytest.main(sys.argv[1:]))", "--kvm-selftests", str(bins), "-p", "no:cacheprovider"],
+         "sys.exit(pytest.main(sys.argv[1:]))", f"--kvm-selftests={bins}", "-p", "no:cacheprovider"],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     wait_for(bins / "started")
@@ -128,7 +128,7 @@ def test_a_dead_workers_changes_are_restored_and_listed(
     pytester.makepyfile("import os, pathlib, signal\nimport pytest\n" + "".join(textwrap.dedent(t) for t in tests))
     no_replacement = ["--max-worker-restart", "0"] if dies_last else []
     uid = uuid.uuid4().hex
-    res = pytester.runpytest_subprocess("-n", "1", "--testrunuid", uid, *no_replacement, f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+    res = pytester.runpytest_subprocess("-n", "1", "--testrunuid", uid, *no_replacement, f"--kvm-host-snapshot={root}", f"--kvm-selftests={bins}",
                                         "-p", "no:cacheprovider")
     out = res.stdout.str()
     res.assert_outcomes(passed=1, failed=1)
@@ -162,7 +162,7 @@ def test_sigterm_to_the_xdist_controller_restores_the_workers_changes(
     """)
     uid = uuid.uuid4().hex
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-n", "2", "--testrunuid", uid, f"--kvm-host-snapshot={root}", "--kvm-selftests", str(bins),
+        [sys.executable, "-m", "pytest", "-n", "2", "--testrunuid", uid, f"--kvm-host-snapshot={root}", f"--kvm-selftests={bins}",
          "-p", "no:cacheprovider"],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -58,7 +58,7 @@ class Host:
         make_fake(self.bins, "quick")
 
     def args(self, *more: str) -> list[str]:
-        return [f"--kvm-host-snapshot={self.root}", "--kvm-selftests", str(self.bins), "-p", "no:cacheprovider", *more]
+        return [f"--kvm-host-snapshot={self.root}", f"--kvm-selftests={self.bins}", "-p", "no:cacheprovider", *more]
 
     def journal(self, entries: object, directory: Path | None = None) -> Path:
         """A dead process's journal, written as the plugin writes it (0600 in a 0700 directory)."""
@@ -181,10 +181,10 @@ def test_a_session_that_runs_no_kvm_test_replays_nothing(pytester: pytest.Pytest
     journal = host.journal([GROW_8])
     monkeypatch.setenv("KVMMM_HOST_SNAPSHOT", str(host.root))  # no --kvm-* option named
     pytester.makepyfile(KVM_AND_PLAIN)
-    res = pytester.runpytest("--kvm-selftests", str(host.bins), "-k", "plain", "-p", "no:cacheprovider")
+    res = pytester.runpytest(f"--kvm-selftests={host.bins}", "-k", "plain", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1, deselected=1)
     assert host.nr.read_text().strip() == "40" and journal.exists()
-    res = pytester.runpytest("--kvm-selftests", str(host.bins), "-k", "test_kvm", "-p", "no:cacheprovider")
+    res = pytester.runpytest(f"--kvm-selftests={host.bins}", "-k", "test_kvm", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1, deselected=1)
     assert host.nr.read_text().strip() == "32" and not journal.exists(), "a KVM test replays it"
 
@@ -339,7 +339,7 @@ def test_a_typo_in_an_option_never_empties_the_results_file(pytester: pytest.Pyt
     results = pytester.path / "r.jsonl"
     results.write_text('{"format": 1, "nodeid": "from the last run"}\n')
     pytester.makepyfile(MARKS_A_FILE)
-    res = pytester.runpytest("--kvm-results", str(results), *typo, "-p", "no:cacheprovider")
+    res = pytester.runpytest(f"--kvm-results={results}", *typo, "-p", "no:cacheprovider")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     assert results.read_text() == '{"format": 1, "nodeid": "from the last run"}\n'
 
@@ -359,7 +359,7 @@ def test_a_results_file_swapped_for_a_link_during_the_run_is_not_written_through
         def test_1_kvm():
             pass
     """)
-    res = pytester.runpytest("--kvm-results", str(results), "--kvm-selftests", str(tmp_path / "bins"), "-p", "no:cacheprovider")
+    res = pytester.runpytest(f"--kvm-results={results}", f"--kvm-selftests={tmp_path / 'bins'}", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=2)
     assert (tmp_path / "precious").read_text() == "keep"
     res.stdout.fnmatch_lines([f"kvmmm: --kvm-results: refusing to write {results}: it is a symbolic link"])
@@ -457,7 +457,7 @@ def test_allure_session_files_are_never_read_or_written_through_a_link(pytester:
         def test_kvm():
             pass
     """)
-    res = pytester.runpytest(f"--alluredir={allure}", "--kvm-selftests", str(tmp_path / "bins"), "-p", "no:cacheprovider")
+    res = pytester.runpytest(f"--alluredir={allure}", f"--kvm-selftests={tmp_path / 'bins'}", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1)
     assert secret.read_text() == "root=$6$secret-hash\n"
     leaked = [p for p in allure.iterdir() if not p.is_symlink() and "secret-hash" in p.read_text(errors="replace")]

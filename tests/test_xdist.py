@@ -51,7 +51,7 @@ def test_hugetlb_cases_share_the_pool_without_overcommitting_it(
     pytester.makepyfile(HUGETLB_TESTS)
     res = pytester.runpytest_subprocess(
         "-n", "2", "-p", "no:cacheprovider", f"--kvm-host-snapshot={root}",
-        "--kvm-selftests", str(tmp_path / "bins"), "--kvm-results", "r.jsonl",
+        f"--kvm-selftests={tmp_path / 'bins'}", "--kvm-results", "r.jsonl",
     )
     res.assert_outcomes(passed=2)
     a, b = read_results(pytester.path / "r.jsonl")
@@ -63,7 +63,7 @@ def test_a_pool_for_one_hugetlb_case_serializes_the_suite(pytester: pytest.Pytes
     root = make_host_root(tmp_path / "root", pools={2048: {"nr": 32, "free": 32}, 1048576: {"nr": 0, "free": 0}})
     res = pytester.runpytest_subprocess(
         *PT, "-n", "2", "-k", "kvm_page_table and hugetlb_2mb or kvm_page_table and shared_hugetlb",
-        f"--kvm-host-snapshot={root}", "--kvm-selftests", str(slow_bins), "--kvm-results", "r.jsonl",
+        f"--kvm-host-snapshot={root}", f"--kvm-selftests={slow_bins}", "--kvm-results", "r.jsonl",
     )
     res.assert_outcomes(passed=2)
     a, b = read_results(pytester.path / "r.jsonl")
@@ -74,7 +74,7 @@ def test_perf_tests_never_overlap_and_outcomes_match_n0(pytester: pytest.Pyteste
     root = make_host_root(tmp_path / "root", pools={2048: {"nr": 128, "free": 128}})
     common = ["--pyargs", "pytest_kvmmm.suite", "-m", "pagetable or memslot", "--kvm-scale", "smoke",
               "-p", "no:cacheprovider", "-k", "kvm_page_table or memslot_modification or set_memory_region",
-              f"--kvm-host-snapshot={root}", "--kvm-selftests", str(slow_bins)]
+              f"--kvm-host-snapshot={root}", f"--kvm-selftests={slow_bins}"]
     serial = pytester.runpytest_subprocess(*common, "--kvm-results", "n0.jsonl")
     parallel = pytester.runpytest_subprocess(*common, "-n", "2", "--kvm-results", "n2.jsonl")
     def counts(res: pytest.RunResult) -> dict[str, int]:
@@ -108,7 +108,7 @@ def test_two_gateways_two_hosts(pytester: pytest.Pytester, tmp_path: Path, slow_
         *PT, "-k", "kvm_page_table or handoff", "test_handoff.py",
         # one gateway sees an arm64 lab host (its snapshot), the other the live host
         "--dist", "each", "--tx", f"popen//env:KVMMM_HOST_SNAPSHOT={arm}", "--tx", "popen",
-        "--kvm-selftests", str(slow_bins), "--kvm-results", "r.jsonl", "-rs",
+        f"--kvm-selftests={slow_bins}", "--kvm-results", "r.jsonl", "-rs",
     )
     out = res.stdout.str()
     assert "Different tests were collected" not in out

@@ -1,7 +1,8 @@
 """Finding a selftest binary: which directories to search, in which layouts, under which names.
 
 Pure apart from ``stat`` calls. The search order is the user's explicit directory
-(``--kvm-selftests`` > ``$KVM_SELFTESTS_DIR`` > ini ``kvm_selftests``: the first one set
+(``--kvm-selftests`` > ``$KVMMM_SELFTESTS_DIR`` (or its older name ``$KVM_SELFTESTS_DIR``) >
+ini ``kvm_selftests``, resolved by ``pytest/invocation.py``: the first one set
 wins and is the only place searched, so a run never silently uses another build), else
 the ``kvmmm-build`` cache, else the places distributions install kselftests.
 
@@ -20,7 +21,10 @@ from pathlib import Path
 
 from ..provision.cache import MANIFEST_NAME, choose_build, complete_builds, read_manifest
 
-ENV_VAR = "KVM_SELFTESTS_DIR"
+#: The selftests directory's variable (the plugin's one prefix, KVMMM_), and its name before
+#: the prefix, still honoured after it.
+ENV_VAR = "KVMMM_SELFTESTS_DIR"
+LEGACY_ENV_VAR = "KVM_SELFTESTS_DIR"
 DISTRO_DIRS = (
     Path("/usr/libexec/kselftests/kvm"),  # Fedora/RHEL kernel-selftests-internal
     Path("/usr/lib/kselftests/kvm"),
@@ -54,7 +58,7 @@ def _aliases() -> dict[str, tuple[str, ...]]:
 
 ALIASES: Mapping[str, tuple[str, ...]] = _aliases()
 
-BUILD_HINT = "build them with `kvmmm-build` (or point --kvm-selftests / KVM_SELFTESTS_DIR at a build)"
+BUILD_HINT = "build them with `kvmmm-build` (or point --kvm-selftests=DIR or $KVMMM_SELFTESTS_DIR at a build)"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="kvmmm-snapshot",
         description="Capture the sysfs/procfs files pytest-kvmmm reads and the KVM API's answers, "
-        "so `pytest --kvm-host-snapshot OUT` reproduces this host's skip decisions elsewhere.",
+        "so `pytest --kvm-host-snapshot=OUT` reproduces this host's skip decisions elsewhere.",
     )
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     ap.add_argument("out", type=Path, help="a directory, or a file ending in .tar.gz to write a tarball")

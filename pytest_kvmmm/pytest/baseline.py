@@ -13,7 +13,6 @@ configure time, in every process) holds the state:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,8 @@ from ..engine.result import SelftestResult
 from ..host.emulation import emulated_by
 from ..host.model import HostFacts
 from ..reports.verdict import first_line
+from . import options
+from .invocation import Raw
 from .keys import RECORD_PROPERTY, RESULTS_KEY, SCALE_KEY
 
 #: This plugin's: the fingerprint of the host a test ran on, and the metrics that failed it.
@@ -70,7 +71,7 @@ HELP_FAIL = (
 )
 HELP_FORCE = "give verdicts (and fail regressions) even when the baseline comes from a host with another fingerprint"
 HELP_BASELINES = (
-    f"folder of saved baselines; also ${store.BASELINES_ENV} and ini kvm_baselines "
+    f"folder of saved baselines; also ${store.BASELINES_ENV} and ini kvm_baselines (relative to the ini file) "
     "(default: ~/.cache/pytest-kvmmm/baselines)"
 )
 
@@ -149,38 +150,42 @@ class BaselineSettings:
         return self.save_to is not None or self.before is not None
 
 
+def _folder_note(directory: Raw | None) -> str:
+    """Where the baselines folder came from, for a message about a name in it."""
+    return "" if directory is None else f" (the baselines folder from {directory.origin})"
+
+
 def resolve(config: pytest.Config) -> BaselineSettings:
-    """The options: command line > environment > ini > default; a bad value is a UsageError saying why."""
-    opt = config.getoption
-    directory = store.baselines_dir(opt("kvm_baselines") or os.environ.get(store.BASELINES_ENV)
-                                    or config.getini("kvm_baselines") or None)
-    save_name = opt("kvm_save") or None
+    """The options, through ``options.sources`` (command line > environment > ini > default); a
+    bad value is a UsageError saying why and where it came from."""
+    src = options.sources(config)
+    folder = src.pick("kvm_baselines", env=(store.BASELINES_ENV,), ini="kvm_baselines", path=True)
+    directory = store.baselines_dir(folder.value if folder else None, src.env)
+    save, compare_with = src.option("kvm_save"), src.option("kvm_compare")
     save_to = None
-    if save_name:
+    if save is not None and save.value:
         try:
-            save_to = store.save_path(save_name, directory)
+            save_to = store.save_path(save.value, directory)
         except store.BaselineError as exc:
-            raise pytest.UsageError(f"--kvm-save: {exc}") from None
+            raise pytest.UsageError(f"{save.origin}: {exc}") from None
         problem = target_problem(save_to) if not hasattr(config, "workerinput") else None
         if problem:  # found now, not after the whole run
-            raise pytest.UsageError(f"--kvm-save: {problem}")
+            raise pytest.UsageError(f"{save.origin}: {problem}{'' if store.is_path(save.value) else _folder_note(folder)}")
     before = None
-    if opt("kvm_compare"):
+    if compare_with is not None and compare_with.value:
         try:
-            before = store.load(store.find(opt("kvm_compare"), directory))
+            before = store.load(store.find(compare_with.value, directory))
         except store.BaselineError as exc:
-            raise pytest.UsageError(f"--kvm-compare: {exc}") from None
-    fail_pct = None
-    if opt("kvm_fail_regression") is not None:
-        if before is None:
-            raise pytest.UsageError("--kvm-fail-regression needs --kvm-compare NAME|FILE: the baseline to compare with")
-        fail_pct = parse_pct(opt("kvm_fail_regression"), "--kvm-fail-regression")
-    elif config.getini("kvm_fail_regression") and before is not None:
-        fail_pct = parse_pct(config.getini("kvm_fail_regression"), "ini kvm_fail_regression")
+            note = "" if store.is_path(compare_with.value) else _folder_note(folder)
+            raise pytest.UsageError(f"{compare_with.origin}: {exc}{note}") from None
+    threshold = src.pick("kvm_fail_regression", ini="kvm_fail_regression")
+    if threshold is not None and before is None and threshold.origin.startswith("--"):
+        raise pytest.UsageError("--kvm-fail-regression needs --kvm-compare NAME|FILE: the baseline to compare with")
+    fail_pct = parse_pct(threshold.value, threshold.origin) if threshold is not None and before is not None else None
     repeat = None
-    if (save_to or before) and opt("kvm_repeat") is None and not config.getini("kvm_repeat"):
+    if (save_to or before) and src.pick("kvm_repeat", ini="kvm_repeat") is None:
         repeat = DEFAULT_REPEAT.get(config.stash.get(SCALE_KEY, "default"), DEFAULT_REPEAT["default"])
-    return BaselineSettings(save_name, save_to, before, fail_pct, bool(opt("kvm_compare_force")), repeat)
+    return BaselineSettings(save.value if save and save.value else None, save_to, before, fail_pct, bool(src.option("kvm_compare_force")), repeat)
 
 
 class BaselinePlugin:

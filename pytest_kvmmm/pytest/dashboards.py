@@ -21,10 +21,11 @@ import pytest
 
 from ..coordination.safefs import replace_file, target_problem
 from ..reports import junit, kcidb, known_issues, lava, squad, verdict
+from . import options
 
 HELP_KNOWN = (
     "known-issues file (TOML, YAML or JSON): failures matching an entry's tests and host facts "
-    "become expected failures with the entry's link; also ini kvm_known_issues"
+    "become expected failures with the entry's link; also ini kvm_known_issues (relative to the ini file)"
 )
 HELP_KCIDB = "write the run as KCIDB JSON (KernelCI) to FILE at the end"
 HELP_SQUAD = "write the run as SQUAD submissions to DIR/<host>/{tests,metrics,metadata}.json at the end"
@@ -47,20 +48,18 @@ WORKERINPUT_ISSUES = "kvmmm_known_issues"
 
 
 def _load_issues(config: pytest.Config) -> list[Any]:
-    """The known-issues entries, decoded and checked: from the controller under xdist, else the file."""
+    """The known-issues entries, decoded and checked: from the controller under xdist, else the file
+    (the option's path as given, an ini path relative to the ini file)."""
     handed = getattr(config, "workerinput", {}).get(WORKERINPUT_ISSUES)
     if handed is not None:
         return list(handed)
-    value = config.getoption("kvm_known_issues") or config.getini("kvm_known_issues")
-    if not value:
+    raw = options.sources(config).pick("kvm_known_issues", ini="kvm_known_issues", path=True)
+    if raw is None or not raw.value:
         return []
-    path = Path(value)
-    if not path.is_absolute() and not config.getoption("kvm_known_issues"):
-        path = Path(config.rootpath) / path  # an ini path is relative to the rootdir
     try:
-        return known_issues.load_raw(path)
+        return known_issues.load_raw(Path(raw.value))
     except known_issues.KnownIssuesError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.UsageError(f"{raw.origin}: {exc}") from None
 
 
 def _will_rerun(item: pytest.Item) -> bool:

@@ -120,7 +120,7 @@ def kvm_scale(request: pytest.FixtureRequest) -> Scale:
 def kvm_selftests(request: pytest.FixtureRequest) -> SelftestRunner:
     """Runs KVM selftest binaries: ``kvm_selftests.run("kvm_page_table_test", "-b", "64M")``.
 
-    The binary is found in --kvm-selftests / $KVM_SELFTESTS_DIR / the kvmmm-build cache;
+    The binary is found in --kvm-selftests / $KVMMM_SELFTESTS_DIR / the kvmmm-build cache;
     its exit decides the test (0 pass, 4 skip with the binary's reason, else fail with its
     assertion block) and its metrics are recorded.
     """

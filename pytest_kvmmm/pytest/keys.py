@@ -6,12 +6,15 @@ objects, so every piece of state has one typed name, here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ..coordination.host_changes import HostChanges
 from ..engine.engine import SelftestEngine
 from ..engine.requirements import Requirement
 from ..engine.result import SelftestResult
+from .invocation import Sources
 from .markers import SelftestCall
 
 #: The session's engine (fixtures and the baseline plugin run selftests through it).
@@ -29,5 +32,9 @@ REQUIRES_KEY = pytest.StashKey[tuple[Requirement, ...]]()
 #: Kernel log lines (regular expressions) an item's selftest provokes on purpose: its catalogue
 #: entry's, for the ``.test`` files and ``-m kvm`` tests that run a catalogue binary.
 EXPECTED_KERNEL_KEY = pytest.StashKey[tuple[str, ...]]()
+#: Where this process's settings come from (``options.sources``), and what its records keep of
+#: how the run was asked for (``options.inputs``).
+SOURCES_KEY = pytest.StashKey[Sources]()
+INPUTS_KEY = pytest.StashKey[dict[str, Any]]()
 #: The name of a test's selftest record in ``report.user_properties`` (see ``session.py``).
 RECORD_PROPERTY = "kvm_selftest"

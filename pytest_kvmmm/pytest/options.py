@@ -1,8 +1,10 @@
-"""The plugin's settings: option and ini definitions, and the one place that resolves them.
+"""The plugin's settings: option and ini definitions, and the values they resolve to.
 
-Help texts are shared by the option and its ini key. Precedence is command line >
-environment > ini > default; a bad value raises ``pytest.UsageError`` naming where it
-came from.
+Help texts are shared by the option and its ini key. Where a value comes from is decided by
+``invocation.Sources`` (command line > environment > ini > default, ini paths relative to the
+ini file), for this module, the baselines' and the dashboards' options alike; a bad value
+raises ``pytest.UsageError`` naming that origin. ``resolve`` also stops a path option written
+with a space (``invocation.spaced_path_problem``).
 """
 
 from __future__ import annotations
@@ -13,25 +15,36 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
 from ..coordination.safefs import target_problem
 from ..engine.counters import SET_NAMES, parse_selection
-from ..engine.discovery import ENV_VAR, SearchRoot
+from ..engine.discovery import ENV_VAR, LEGACY_ENV_VAR, SearchRoot
 from ..engine.guest_modes import DEFAULT_MODE, parse_mode_selection
 from ..host.snapshot import open_snapshot
 from ..suite.backing import BACKING_SOURCES
 from ..suite.params import ParamSetting, parse_option
 from ..suite.scale import SCALES
+from .invocation import (
+    Options,
+    Raw,
+    Sources,
+    addopts_words,
+    run_inputs,
+    sources_of,
+    spaced_path_problem,
+)
+from .keys import INPUTS_KEY, SOURCES_KEY
 
 DEFAULT_TIMEOUT_S = 120.0  # tools/testing/selftests/kvm/settings: timeout=120
 SNAPSHOT_ENV = "KVMMM_HOST_SNAPSHOT"
 
 HELP_SELFTESTS = (
-    f"directory of built KVM selftests (build or `make install` layout); also ${ENV_VAR} "
-    "and ini kvm_selftests. Default: the kvmmm-build cache, then distro kselftests"
+    f"directory of built KVM selftests (build or `make install` layout); also ${ENV_VAR} (or the "
+    f"older ${LEGACY_ENV_VAR}) and ini kvm_selftests (relative to the ini file). Default: the "
+    "kvmmm-build cache, then distro kselftests"
 )
 HELP_TIMEOUT = f"seconds before a selftest's process group is killed (default {DEFAULT_TIMEOUT_S:g})"
 HELP_SCALE = "sizes for the shipped suite: " + ", ".join(f"{s.name} ({s.help})" for s in SCALES.values())
@@ -145,33 +158,48 @@ class Settings:
     allow_missing: bool = False
 
 
-class Options(Protocol):
-    """What the resolver reads: a ``pytest.Config`` (a stand-in in the unit tests)."""
-
-    def getoption(self, name: str) -> Any: ...
-
-    def getini(self, name: str) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Raw:
-    """A setting as the user gave it, and where: the message about a bad value names it."""
-
-    value: str
-    origin: str
+def sources(config: Options, env: Mapping[str, str] | None = None) -> Sources:
+    """This process's ``invocation.Sources``, made once (kept on ``config.stash``, so every resolver
+    adds the ini values it reads to the same record of inputs); ``env`` makes a fresh one."""
+    stash: pytest.Stash | None = getattr(config, "stash", None)
+    if env is None and stash is not None and SOURCES_KEY in stash:
+        return stash[SOURCES_KEY]
+    made = sources_of(config, os.environ if env is None else env)
+    if stash is not None:
+        stash[SOURCES_KEY] = made
+    return made
 
 
-def pick(config: Options, env: Mapping[str, str], dest: str, *, env_var: str | None = None, ini: str | None = None) -> Raw | None:
-    """Command line > environment > ini: the first of option ``dest``, ``$env_var`` and ini ``ini``
-    that is set ("" on the command line is set: a mistake, not "use the default")."""
-    value = config.getoption(dest)
-    if value is not None and value is not False and value != []:
-        return Raw(str(value), "--" + dest.replace("_", "-"))
-    if env_var and env.get(env_var):
-        return Raw(env[env_var], f"${env_var}")
-    if ini and config.getini(ini):
-        return Raw(str(config.getini(ini)), f"ini {ini}")
-    return None
+def pick(config: Options, env: Mapping[str, str], dest: str, *, env_var: str | Sequence[str] | None = None,
+         ini: str | None = None, path: bool = False) -> Raw | None:
+    """Command line > environment > ini, for one setting (see ``invocation.Sources.pick``)."""
+    names = (env_var,) if isinstance(env_var, str) else tuple(env_var or ())
+    return sources_of(config, env).pick(dest, env=names, ini=ini, path=path)
+
+
+def check_invocation(config: Any, env: Mapping[str, str]) -> None:
+    """A path option written with a space that moved pytest's rootdir stops the run with the fix.
+    Only where pytest read the command line: xdist workers get the controller's arguments."""
+    params = getattr(config, "invocation_params", None)
+    if params is None or hasattr(config, "workerinput"):
+        return
+    words = [*addopts_words(env), *(str(a) for a in params.args)]
+    tests = [str(t) for t in getattr(config.option, "file_or_dir", None) or ()]
+    problem = spaced_path_problem(words, tests, Path(params.dir))
+    if problem:
+        raise pytest.UsageError(problem)
+
+
+def inputs(config: pytest.Config, snapshot: str) -> dict[str, Any]:
+    """What each record keeps of how this run was asked for (``invocation.run_inputs``; ``snapshot``
+    is ``Settings.host_source``), computed once per process at its first record, after every
+    resolver read its ini values."""
+    if INPUTS_KEY not in config.stash:
+        found = sources(config)
+        params = config.invocation_params
+        config.stash[INPUTS_KEY] = run_inputs(params.args, params.dir, config.inipath, found.ini_read, found.env, snapshot)
+    kept: dict[str, Any] = config.stash[INPUTS_KEY]
+    return dict(kept)
 
 
 def _timeout(raw: Raw | None) -> float:
@@ -275,30 +303,32 @@ def _results(config: Options, raw: Raw | None) -> Path | None:
 def resolve(config: Options, env: Mapping[str, str] | None = None) -> Settings:
     """Every setting of the session plugin, from ``config`` and ``env`` (default ``os.environ``)."""
     env = os.environ if env is None else env
+    check_invocation(config, env)
+    src = sources(config, env)
     try:
-        noise = tuple(re.compile(p) for p in config.getini("kvm_kernel_log_noise"))
+        noise = tuple(re.compile(p) for p in src.ini("kvm_kernel_log_noise") or ())
     except re.error as exc:
-        raise pytest.UsageError(f"ini kvm_kernel_log_noise: {exc}") from None
+        raise pytest.UsageError(f"{src.ini_origin('kvm_kernel_log_noise')}: {exc}") from None
     try:
         param_axes = tuple(tuple(axis) for axis in parse_option(config.getoption("kvm_param_values") or []))
     except ValueError as exc:
         raise pytest.UsageError(f"--kvm-param-values: {exc}") from None
-    snapshot = pick(config, env, "kvm_host_snapshot", env_var=SNAPSHOT_ENV)
+    snapshot = src.pick("kvm_host_snapshot", env=(SNAPSHOT_ENV,))
     return Settings(
-        explicit_root=_explicit_root(pick(config, env, "kvm_selftests", env_var=ENV_VAR, ini="kvm_selftests")),
-        timeout_s=_timeout(pick(config, env, "kvm_timeout", ini="kvm_timeout")),
-        scale=_one_of(pick(config, env, "kvm_scale", ini="kvm_scale"), tuple(SCALES), "default", "scale"),
-        results=_results(config, pick(config, env, "kvm_results")),
+        explicit_root=_explicit_root(src.pick("kvm_selftests", env=(ENV_VAR, LEGACY_ENV_VAR), ini="kvm_selftests", path=True)),
+        timeout_s=_timeout(src.pick("kvm_timeout", ini="kvm_timeout")),
+        scale=_one_of(src.pick("kvm_scale", ini="kvm_scale"), tuple(SCALES), "default", "scale"),
+        results=_results(config, src.pick("kvm_results")),
         host_root=_host_root(snapshot),
         host_source="/" if snapshot is None else snapshot.value,
-        modes=_modes(pick(config, env, "kvm_guest_modes", ini="kvm_guest_modes")),
-        backings=_backings(pick(config, env, "kvm_backing_srcs", ini="kvm_backing_srcs")),
-        sweep_vcpus=_sweep(pick(config, env, "kvm_sweep", ini="kvm_sweep")),
-        repeat=_repeat(pick(config, env, "kvm_repeat", ini="kvm_repeat")),
-        kernel_log=_one_of(pick(config, env, "kvm_kernel_log", ini="kvm_kernel_log"), ("fail", "report", "off"),
+        modes=_modes(src.pick("kvm_guest_modes", ini="kvm_guest_modes")),
+        backings=_backings(src.pick("kvm_backing_srcs", ini="kvm_backing_srcs")),
+        sweep_vcpus=_sweep(src.pick("kvm_sweep", ini="kvm_sweep")),
+        repeat=_repeat(src.pick("kvm_repeat", ini="kvm_repeat")),
+        kernel_log=_one_of(src.pick("kvm_kernel_log", ini="kvm_kernel_log"), ("fail", "report", "off"),
                            "fail", "kernel log mode"),
         kernel_noise=noise,
         param_axes=param_axes,
-        counters=_counters(pick(config, env, "kvm_counters", ini="kvm_counters")),
-        allow_missing=bool(config.getoption("kvm_allow_missing") or config.getini("kvm_allow_missing")),
+        counters=_counters(src.pick("kvm_counters", ini="kvm_counters")),
+        allow_missing=bool(src.option("kvm_allow_missing") or src.ini("kvm_allow_missing")),
     )

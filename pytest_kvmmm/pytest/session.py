@@ -36,7 +36,7 @@ from ..provision.cache import journal_dir
 from ..reports import allure_config, allure_report
 from ..reports.results import ResultsWriter
 from ..reports.summary import quiet_lines, summary_lines
-from . import allure, dashboards, parametrize
+from . import allure, dashboards, options, parametrize
 from .activation import is_selftest_item, named_option
 from .engine_setup import build_engine
 from .fixtures import SelftestRunner
@@ -263,6 +263,7 @@ class KvmmmPlugin:
             # The facts of the host that ran it: the controller describes hosts it never probed
             # (xdist workers on lab hosts) in the terminal, --kvm-results and Allure.
             record[allure_report.RECORD_FACTS] = self.host_facts()
+            record["inputs"] = options.inputs(self.config, self.settings.host_source)  # how the run was asked for
             counting = self.engine.counters
             if counting is not None and not counting.active and results[-1].returncode is not None:
                 record[COUNTERS_OFF] = counting.note  # why, for a controller that never saw this host's header
