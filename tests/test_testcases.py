@@ -96,7 +96,7 @@ def bins(tmp_path: Path) -> Path:
 def _run(pytester: pytest.Pytester, tmp_path: Path, bins: Path, *args: str, machine: str = "x86_64") -> pytest.RunResult:
     root = make_host_root(tmp_path / f"root-{machine}", machine=machine)
     return pytester.runpytest("-p", "no:cacheprovider", f"--kvm-host-snapshot={root}", f"--kvm-selftests={bins}",
-                              "--kvm-results", "r.jsonl", "-rA", *args)
+                              "--kvm-results=r.jsonl", "-rA", *args)  # '=': a test file outside the directory is named
 
 
 def test_a_directory_of_test_files_runs_with_the_plugins_outcomes(
