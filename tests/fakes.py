@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 GOLDEN = Path(__file__).parent / "golden"
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -193,3 +194,18 @@ def records(path: Path) -> dict[str, dict[str, object]]:
     from pytest_kvmmm.reports.results import read_results
 
     return {str(rec["nodeid"]).split("::")[-1]: rec for rec in read_results(path)}
+
+
+def describe_run(
+    results: Any, case: Any = None, sizing: Any = None, *, scale: str, host: str, test_name: str = "", markers: Any = ()
+) -> Any:
+    """Allure's view of ``results`` as the plugin makes it: through the test's record, whose shape
+    is the case's (sized by ``sizing``) or, for a test of one's own, its arguments'."""
+    from pytest_kvmmm.reports import allure_report
+    from pytest_kvmmm.reports.record import build
+    from pytest_kvmmm.suite.shape import of_argv, of_case
+
+    last = results[-1]
+    shape = of_case(case, sizing) if case is not None else of_argv(last.name, last.argv)
+    record = build(last, shape, nodeid="t.py::t", host=host, outcome="passed")
+    return allure_report.describe(results, record, scale=scale, test_name=test_name, markers=markers)

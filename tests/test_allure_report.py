@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
-from fakes import golden, make_fake, make_golden_fake, make_host_root
+from fakes import describe_run, golden, make_fake, make_golden_fake, make_host_root
 from pytest_kvmmm.engine.metrics import parse_metrics
 from pytest_kvmmm.engine.outcome import Status
 from pytest_kvmmm.engine.result import SelftestResult
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.host.report import ENV_KEYS
 from pytest_kvmmm.host.report import fact_texts as host_environment
+from pytest_kvmmm.host.units import MIB
 from pytest_kvmmm.pytest import allure as allure_glue
 from pytest_kvmmm.reports import allure_report
 from pytest_kvmmm.reports.allure_files import (
@@ -32,9 +33,10 @@ from pytest_kvmmm.reports.allure_files import (
     split_environment,
     write_session_files,
 )
-from pytest_kvmmm.reports.allure_report import describe
+from pytest_kvmmm.reports.record import Record
 from pytest_kvmmm.suite.cases import Case, cases
 from pytest_kvmmm.suite.catalogue import BY_NAME
+from pytest_kvmmm.suite.scale import Sizing
 
 BIN = "/cache/selftests/6.12.117"
 PT_ARGV = (f"{BIN}/kvm_page_table_test", "-s", "anonymous_thp", "-b", "64M", "-v", "2")
@@ -62,7 +64,8 @@ def params(annotation: allure_report.Annotation) -> dict[str, tuple[object, bool
 
 
 def test_page_table_case_title_labels_and_parameters() -> None:
-    a = describe([result()], case("kvm_page_table_test", "anonymous_thp"), scale="smoke", host="vm",
+    sizing = Sizing(64 * MIB, 2, 0)  # what run_case capped the case to: its -b 64M -v 2
+    a = describe_run([result()], case("kvm_page_table_test", "anonymous_thp"), sizing, scale="smoke", host="vm",
                  markers=["pagetable", "perf", "thp", "parametrize"])
     assert a.title == "kvm_page_table_test: anonymous_thp, 2 vCPUs x 32M (64M total) on vm"
     assert dict(a.labels) == {
@@ -81,7 +84,8 @@ def test_per_vcpu_memory_variant_mode_notes_and_iterations() -> None:
     argv = (f"{BIN}/dirty_log_perf_test", "-g", "-s", "anonymous", "-b", "64M", "-v", "1", "-i", "2", "-m", "9")
     c = Case(BY_NAME["dirty_log_perf_test"], BY_NAME["dirty_log_perf_test"].variants[1], "anonymous", "pxxv48_4k")
     notes = ("vCPUs capped from 2 to 1 (online CPUs)",)
-    a = describe([result(argv=argv, notes=notes, metrics={})], c, scale="default", host="lab-7", markers=["perf"])
+    sized = Sizing(64 * MIB, 1, 2, notes=notes)
+    a = describe_run([result(argv=argv, notes=notes, metrics={})], c, sized, scale="default", host="lab-7", markers=["perf"])
     assert a.title == "dirty_log_perf_test: no_manual_protect, anonymous, pxxv48_4k, 1 vCPU, 64M on lab-7"
     assert dict(a.labels)["story"] == "no_manual_protect"
     assert dict(a.labels)["severity"] == "normal"
@@ -93,18 +97,18 @@ def test_per_vcpu_memory_variant_mode_notes_and_iterations() -> None:
 
 def test_a_test_of_ones_own_keeps_its_name_and_has_no_scale() -> None:
     argv = (f"{BIN}/kvm_page_table_test", "-b", "256M", "-v", "4")
-    a = describe([result(argv=argv)], None, scale="smoke", host="vm", test_name="test_fast")
+    a = describe_run([result(argv=argv)], None, scale="smoke", host="vm", test_name="test_fast")
     assert a.title == "test_fast: kvm_page_table_test, 4 vCPUs x 64M (256M total) on vm"
     assert "scale" not in params(a) and "story" not in dict(a.labels)
     assert params(a)["guest mode"] == ("default", True), "kvm_page_table_test takes -m: no -m is its default"
     mgm = (f"{BIN}/x86_64/max_guest_memory_test", "-c", "2", "-m", "4", "-s", "1")
-    a = describe([result(argv=mgm, metrics={})], None, scale="smoke", host="vm", test_name="test_mgm")
+    a = describe_run([result(argv=mgm, metrics={})], None, scale="smoke", host="vm", test_name="test_mgm")
     assert a.title == "test_mgm: max_guest_memory_test, 2 vCPUs on vm"
     assert set(params(a)) == {"host", "vCPUs"}, "its -m is memory and its -s a slot size: neither a mode nor a backing"
 
 
 def test_attachments_of_a_pass() -> None:
-    a = describe([result(stdout=golden("kvm_page_table_test.anonymous.stdout"))], case("kvm_page_table_test", "anonymous_thp"),
+    a = describe_run([result(stdout=golden("kvm_page_table_test.anonymous.stdout"))], case("kvm_page_table_test", "anonymous_thp"),
                  scale="smoke", host="vm")
     bodies = {x.name: x.body for x in a.attachments}
     assert list(bodies) == ["command", "stdout", "stderr", "metrics.json"]
@@ -115,33 +119,33 @@ def test_attachments_of_a_pass() -> None:
 
 def test_attachments_of_a_failure_a_timeout_and_a_prechecked_skip() -> None:
     fail = result(Status.FAILED, returncode=254, reason="kvm_page_table_test exit 254: x", details="==== Test Assertion Failure ====\n  a.c:1: x")
-    names = [x.name for x in describe([fail], None, scale="smoke", host="vm").attachments]
+    names = [x.name for x in describe_run([fail], None, scale="smoke", host="vm").attachments]
     assert names == ["command", "stdout", "stderr", "metrics.json", "failure reason"]
-    reason = describe([fail], None, scale="smoke", host="vm").attachments[-1].body
+    reason = describe_run([fail], None, scale="smoke", host="vm").attachments[-1].body
     assert reason == "kvm_page_table_test exit 254: x\n\n==== Test Assertion Failure ====\n  a.c:1: x\n"
 
     hang = result(Status.TIMEOUT, returncode=None, metrics={}, stdout="Started all vCPUs successfully\n", reason="timed out")
-    names = [x.name for x in describe([hang], None, scale="smoke", host="vm").attachments]
+    names = [x.name for x in describe_run([hang], None, scale="smoke", host="vm").attachments]
     assert names == ["command", "stdout (partial: killed at the timeout)", "stderr (partial: killed at the timeout)", "failure reason"]
 
     skip = result(Status.SKIPPED, returncode=None, metrics={}, stdout="", started_at=None, reason="needs 32 free 2 MiB hugepages")
-    a = describe([skip], case("kvm_page_table_test", "anonymous_hugetlb_2mb"), scale="smoke", host="vm")
+    a = describe_run([skip], case("kvm_page_table_test", "anonymous_hugetlb_2mb"), scale="smoke", host="vm")
     assert [x.name for x in a.attachments] == ["command (not run)", "skip reason"]
     assert a.steps == (), "nothing ran: no step"
 
     unresolved = SelftestResult("kvm_page_table_test", ("kvm_page_table_test",), Status.SKIPPED, "guest mode p52v48_4k ...")
-    assert [x.name for x in describe([unresolved], None, scale="smoke", host="vm").attachments] == ["skip reason"]
+    assert [x.name for x in describe_run([unresolved], None, scale="smoke", host="vm").attachments] == ["skip reason"]
 
 
 def test_several_runs_in_one_test_are_numbered() -> None:
-    a = describe([result(), result(Status.FAILED, returncode=1, reason="r")], None, scale="smoke", host="vm", test_name="t")
+    a = describe_run([result(), result(Status.FAILED, returncode=1, reason="r")], None, scale="smoke", host="vm", test_name="t")
     assert [x.name for x in a.attachments][:2] == ["run 1: command", "run 1: stdout"]
     assert "run 2: failure reason" in [x.name for x in a.attachments]
     assert [s.status for s in a.steps] == ["passed", "failed"]
 
 
 def test_page_table_stages_are_steps_with_the_binarys_times() -> None:
-    (run,) = describe([result()], case("kvm_page_table_test", "anonymous_thp"), scale="smoke", host="vm").steps
+    (run,) = describe_run([result()], case("kvm_page_table_test", "anonymous_thp"), scale="smoke", host="vm").steps
     assert run.name == "kvm_page_table_test -s anonymous_thp -b 64M -v 2 (0.91 s)"
     assert (run.start, run.stop, run.status) == (1_000_000, 1_000_910, "passed")
     assert [s.name for s in run.steps] == ["KVM_CREATE_MAPPINGS: 254.0 ms", "KVM_UPDATE_MAPPINGS: 76.8 ms", "KVM_ADJUST_MAPPINGS: 62.2 ms"]
@@ -151,7 +155,7 @@ def test_page_table_stages_are_steps_with_the_binarys_times() -> None:
 
 def test_a_page_table_run_that_died_shows_the_stage_it_did_not_finish() -> None:
     died = result(Status.CRASHED, returncode=-11, metrics={"KVM_CREATE_MAPPINGS": 0.25}, reason="crashed: killed by SIGSEGV")
-    (run,) = describe([died], None, scale="smoke", host="vm", test_name="t").steps
+    (run,) = describe_run([died], None, scale="smoke", host="vm", test_name="t").steps
     assert [(s.name, s.status) for s in run.steps] == [
         ("KVM_CREATE_MAPPINGS: 250.0 ms", "passed"),
         ("KVM_UPDATE_MAPPINGS: not finished (write every page again with dirty logging on)", "failed"),
@@ -161,7 +165,7 @@ def test_a_page_table_run_that_died_shows_the_stage_it_did_not_finish() -> None:
 
 def test_several_guest_modes_group_their_stages() -> None:
     metrics = {f"{m}/{k}": v for m in ("p40v48_4k", "p40v48_64k") for k, v in PT_METRICS.items()}
-    (run,) = describe([result(metrics=metrics)], None, scale="smoke", host="vm", test_name="t").steps
+    (run,) = describe_run([result(metrics=metrics)], None, scale="smoke", host="vm", test_name="t").steps
     assert [s.name for s in run.steps] == ["guest mode p40v48_4k", "guest mode p40v48_64k"]
     assert all(len(s.steps) == 3 for s in run.steps)
 
@@ -170,7 +174,7 @@ def test_dirty_log_perf_stages_in_output_order() -> None:
     stdout = golden("dirty_log_perf_test.manual_protect.stdout")
     argv = (f"{BIN}/dirty_log_perf_test", "-s", "anonymous", "-b", "64M", "-v", "2", "-i", "2")
     r = result(argv=argv, stdout=stdout, metrics=parse_metrics("dirty_log_perf_test", stdout))
-    (run,) = describe([r], case("dirty_log_perf_test", "anonymous"), scale="smoke", host="vm").steps
+    (run,) = describe_run([r], case("dirty_log_perf_test", "anonymous"), scale="smoke", host="vm").steps
     names = [s.name.split(":")[0] for s in run.steps]
     assert names[0] == "populate_memory" and names[1] == "enable_dirty_logging" and names[-1] == "disable_dirty_logging"
     assert "iteration_1/dirty_memory" in names and "get_dirty_log_total" not in names
@@ -306,11 +310,11 @@ def test_session_files_merge_hosts_and_keep_other_tools_keys(tmp_path: Path) -> 
 
 
 def test_hosts_from_records() -> None:
-    records = [
+    records = [Record.from_json(r) for r in (
         {"host": "vm", "host_facts": {"kernel": "1"}},
         {"host": "arm", "host_facts": {"kernel": "2"}},
         {"host": "vm"},  # a record from before the wiring: no facts
-    ]
+    )]
     assert hosts_from_records(records) == {"vm": {"kernel": "1"}, "arm": {"kernel": "2"}}
 
 

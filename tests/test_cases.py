@@ -16,6 +16,7 @@ from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.suite.cases import Case, cases, run_case
 from pytest_kvmmm.suite.catalogue import BY_NAME
 from pytest_kvmmm.suite.scale import SCALES
+from pytest_kvmmm.suite.shape import Shape
 
 
 class Skipped(Exception):
@@ -32,8 +33,10 @@ class Runner:
         self.runs: list[dict[str, Any]] = []
 
     def run(self, name: str, *args: object, timeout: float | None = None, requires: Sequence[Requirement] = (),
-            notes: Sequence[str] = (), found: Found | NotFound | None = None, expected_kernel: Sequence[str] = ()) -> Any:
-        self.runs.append({"name": name, "args": args, "found": found, "notes": tuple(notes), "expected_kernel": tuple(expected_kernel)})
+            notes: Sequence[str] = (), found: Found | NotFound | None = None, expected_kernel: Sequence[str] = (),
+            shape: Shape | None = None) -> Any:
+        self.runs.append({"name": name, "args": args, "found": found, "notes": tuple(notes), "expected_kernel": tuple(expected_kernel),
+                          "shape": shape})
         return type("Result", (), {"metrics": self.metrics})()
 
     def resolve(self, name: str) -> Found | NotFound:
@@ -72,6 +75,9 @@ def test_a_case_runs_sized_for_the_host(tmp_path: Path) -> None:
     assert run["notes"] == ("vCPUs capped from 4 to 2 (online CPUs)",)
     assert runner.resolved == [] and run["found"] is None, "the default mode needs no -h: the engine resolves"
     assert run["expected_kernel"] == tuple(entry.expected_kernel)
+    # what it ran as goes with it, for its record: the case and the capped sizes, not its -b/-v
+    assert run["shape"] == Shape(case_id="anonymous", variant="", backing="anonymous", mode="default",
+                                 vcpus=2, memory_per_vcpu=512 << 20, memory_total=1 << 30, iterations=None)
 
 
 def test_a_chosen_mode_resolves_the_binary_once_and_passes_it_on(tmp_path: Path) -> None:

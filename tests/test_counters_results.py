@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from counter_fakes import X86_EVENTS, FakePerf, make_tracefs
-from fakes import make_fake, make_golden_fake, make_host_root
+from fakes import describe_run, make_fake, make_golden_fake, make_host_root
 from pytest_kvmmm.baseline.compare import compare
 from pytest_kvmmm.baseline.counts import CountVerdict, count_changes, count_verdict
 from pytest_kvmmm.baseline.fingerprint import Fingerprint
@@ -23,7 +23,8 @@ from pytest_kvmmm.engine.discovery import SearchRoot
 from pytest_kvmmm.engine.engine import EngineSettings, SelftestEngine
 from pytest_kvmmm.host import probe_host
 from pytest_kvmmm.host.view import HostView
-from pytest_kvmmm.reports.allure_report import describe
+from pytest_kvmmm.reports.record import build
+from pytest_kvmmm.suite.shape import Shape
 
 
 def counting_engine(tmp_path: Path, perf: FakePerf) -> SelftestEngine:
@@ -60,7 +61,7 @@ def test_a_counted_run_carries_stage_counts_in_its_record(tmp_path: Path) -> Non
     make_golden_fake(tmp_path / "bins", "kvm_page_table_test", "kvm_page_table_test.anonymous")
     result = counting_engine(tmp_path, perf).run("kvm_page_table_test", ["-b", "64M"], repeat=2)
     assert result.passed and result.counters is not None and not perf.open_fds
-    rec = result.record()["counters"]
+    rec = build(result, Shape(), nodeid="t.py::x", host="vm", outcome="passed").to_json()["counters"]
     assert isinstance(rec, dict)
     assert list(rec["stages"]) == ["KVM_CREATE_MAPPINGS", "KVM_UPDATE_MAPPINGS", "KVM_ADJUST_MAPPINGS"]
     assert len(rec["runs"]) == 2  # one per repeat, in order
@@ -142,7 +143,7 @@ def test_counts_survive_saving_and_come_from_records() -> None:
 def test_allure_stage_steps_carry_their_counts_and_a_counts_table_is_attached(tmp_path: Path) -> None:
     make_golden_fake(tmp_path / "bins", "kvm_page_table_test", "kvm_page_table_test.anonymous")
     result = counting_engine(tmp_path, FakePerf()).run("kvm_page_table_test")
-    annotation = describe([result], None, scale="smoke", host="vm")
+    annotation = describe_run([result], None, scale="smoke", host="vm")
     stages = annotation.steps[0].steps
     assert [p.name for p in stages[0].parameters] == ["kvm_exit"]
     counts = next(a for a in annotation.attachments if a.name == "counts")

@@ -295,13 +295,13 @@ def test_what_the_terminal_results_and_junit_show_is_clean_and_short(pytester: p
 
 
 def test_allure_shows_the_clean_reason_and_still_attaches_the_full_output() -> None:
+    from fakes import describe_run
     from pytest_kvmmm.engine.result import SelftestResult
-    from pytest_kvmmm.reports.allure_report import describe
 
     out = classify(proc(254, "", HOSTILE_STDERR))
     res = SelftestResult("evil", ("/x/evil",), out.status, out.reason, out.details, binary="/x/evil",
                          returncode=254, stderr=HOSTILE_STDERR)
-    a = describe([res], None, scale="smoke", host="vm", test_name="test_evil")
+    a = describe_run([res], None, scale="smoke", host="vm", test_name="test_evil")
     bodies = {x.name: x.body for x in a.attachments}
     shown_ok(bodies["failure reason"].rstrip("\n"), 3 + assertions.MAX_FRAMES + assertions.MAX_MESSAGE)
     assert bodies["stderr"] == HOSTILE_STDERR  # the full output, as the selftest wrote it

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_kvmmm.reports import junit, kcidb, known_issues, lava, squad, verdict
+from pytest_kvmmm.reports.record import Record
 from pytest_kvmmm.reports.results import ResultsWriter
 
 FACTS = {"arch": "x86_64", "kernel": "6.18.44-fc-v669", "kvm": "kvm_pvm", "tdp": "no", "tdp_mmu": "no", "page_size": "4K"}
@@ -31,29 +32,44 @@ def record(nodeid: str = "pytest_kvmmm/suite/test_mm.py::test_dirty_log_perf[ano
 # --- verdicts ---------------------------------------------------------------------------
 
 
+def typed(**kw: Any) -> Record:
+    return Record.from_json(record(**kw))
+
+
 def test_a_test_pytest_failed_is_not_passed_and_its_numbers_are_not_measurements() -> None:
-    rec = verdict.agree(record(), "failed", "\nAssertionError: metric 'writes' missing\nmore")
+    rec = verdict.agree(typed(), "failed", "\nAssertionError: metric 'writes' missing\nmore").to_json()
     assert rec["status"] == "failed" and rec["reason"] == "AssertionError: metric 'writes' missing"
     assert rec["metrics"] == {} and rec["samples"] == {}
     assert rec[verdict.FAILED_RUN_METRICS] == {"get_dirty_log_s": 0.0123, "populate_pgs_per_s": 123456.0}
 
 
 def test_a_binary_failure_keeps_its_own_reason_and_loses_its_numbers() -> None:
-    rec = verdict.agree(record(status="timeout", reason="timed out after 2s", counters={"total": {"pf": 3}}), "failed", "other")
+    rec = verdict.agree(typed(status="timeout", reason="timed out after 2s", counters={"total": {"pf": 3}}), "failed", "other").to_json()
     assert rec["status"] == "timeout" and rec["reason"] == "timed out after 2s" and rec["metrics"] == {}
     assert "counters" not in rec and rec[verdict.FAILED_RUN_COUNTERS] == {"total": {"pf": 3}}
 
 
 def test_a_body_skip_is_a_skipped_record() -> None:
-    rec = verdict.agree(record(), "skipped", "Skipped: not on this host")
+    rec = verdict.agree(typed(), "skipped", "Skipped: not on this host").to_json()
     assert rec["status"] == "skipped" and rec["reason"] == "Skipped: not on this host" and rec["metrics"] == {}
 
 
 def test_attempts_keep_verdicts_not_numbers() -> None:
-    first = verdict.attempt_of(record(status="failed", reason="Page 175 missing"))
-    rec = verdict.with_attempts(record(), [first])
+    first = verdict.attempt_of(typed(status="failed", reason="Page 175 missing"))
+    rec = verdict.with_attempts(typed(), [first]).to_json()
     assert rec["flaky"] is True and [a["status"] for a in rec["attempts"]] == ["failed", "passed"]
     assert all("metrics" not in a for a in rec["attempts"]) and rec["metrics"]
+
+
+def test_verdicts_are_new_records_the_first_one_unchanged() -> None:
+    first = typed()
+    later = verdict.regressed(verdict.agree(first, "passed", ""), "regressed against baseline 'b': KVM_X +30%\n  more")
+    assert (later.status, later.outcome, later.reason) == ("failed", "failed", "regressed against baseline 'b': KVM_X +30%")
+    assert later.metrics == first.metrics and "metrics_of_failed_run" not in later.to_json(), "a regression keeps its numbers"
+    assert first == typed() and first.status == "passed", "replace, never an edit"
+    xfail = verdict.expected_failure(verdict.agree(first, "failed", "boom"), {"id": "k", "link": "L"})
+    assert (xfail.status, xfail.outcome, xfail.known_issue) == (verdict.XFAILED, "skipped", {"id": "k", "link": "L"})
+    assert verdict.known_issue_passed(first, {"id": "k"}).known_issue == {"id": "k", "passed": True}
 
 
 # --- known issues -----------------------------------------------------------------------
@@ -130,9 +146,9 @@ def test_a_missing_known_issues_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_junit_properties_carry_host_facts_metrics_counters_attempts_and_known_issue() -> None:
-    rec = verdict.with_attempts(record(counters={"total": {"pf_fixed": 12, "bogus": "x"}, "stages": {"populate": {"pf_fixed": 10}},
+    rec = verdict.with_attempts(typed(counters={"total": {"pf_fixed": 12, "bogus": "x"}, "stages": {"populate": {"pf_fixed": 10}},
                                                  "derived": {"populate/ns_per_fault": 2500.5}}, known_issue={"id": "k", "link": "L"}),
-                                [{"status": "failed", "reason": "boom"}])
+                                [{"status": "failed", "reason": "boom"}]).to_json()
     props = dict(junit.properties(rec))
     assert props["kvm.host"] == "vm" and props["kvm.fact.kvm"] == "kvm_pvm" and props["kvm.fact.tdp_mmu"] == "no"
     assert props["kvm.metric.get_dirty_log_s"] == "0.0123" and props["kvm.unit.get_dirty_log_s"] == "s"

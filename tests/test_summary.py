@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytest_kvmmm.reports.record import Record
 from pytest_kvmmm.reports.summary import (
     format_metric,
     host_lines,
@@ -16,8 +17,8 @@ from pytest_kvmmm.reports.summary import (
 PT = "pytest_kvmmm/suite/test_mm.py::test_kvm_page_table"
 
 
-def rec(nodeid: str, status: str = "passed", host: str = "vm", **kw: Any) -> dict[str, Any]:
-    return {"nodeid": nodeid, "host": host, "status": status, "binary": "kvm_page_table_test", **kw}
+def rec(nodeid: str, status: str = "passed", host: str = "vm", **kw: Any) -> Record:
+    return Record.from_json({"nodeid": nodeid, "host": host, "status": status, "binary": "kvm_page_table_test", **kw})
 
 
 def test_units() -> None:
@@ -31,7 +32,7 @@ def test_several_hosts_name_theirs_and_get_a_facts_line_each() -> None:
         rec(f"{PT}[anonymous]", host="lab-arm64", metrics={"KVM_CREATE_MAPPINGS": 0.25},
             host_facts={"arch": "aarch64", "ttrem": "2", "memory": "not shown"}),
     ]
-    assert host_lines(records, "host_facts") == ["lab-arm64: arch aarch64, ttrem 2", "vm: arch x86_64, kernel 6.12", ""]
+    assert host_lines(records) == ["lab-arm64: arch aarch64, ttrem 2", "vm: arch x86_64, kernel 6.12", ""]
     assert any(line.endswith(f"lab-arm64: {PT}[anonymous]") for line in outcome_lines(records))
     assert metric_tables(records) == [
         "",
@@ -39,8 +40,8 @@ def test_several_hosts_name_theirs_and_get_a_facts_line_each() -> None:
         "vm [anonymous]                     0.5000s",
         "lab-arm64 [anonymous]              0.2500s",
     ]
-    assert host_lines(records[:1], "host_facts") == [], "one host: the header describes it already"
-    assert summary_lines(records)[:3] == host_lines(records, "host_facts")
+    assert host_lines(records[:1]) == [], "one host: the header describes it already"
+    assert summary_lines(records)[:3] == host_lines(records)
 
 
 def test_tables_show_headline_metrics_only_and_wrap() -> None:

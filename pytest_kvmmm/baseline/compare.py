@@ -15,7 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from .counts import CountChange, count_changes
-from .fingerprint import Difference, compared_differences, machine_differences, unforceable
+from .fingerprint import (
+    Difference,
+    Fingerprint,
+    compared_differences,
+    machine_differences,
+    unforceable,
+)
 from .stats import MetricChange, Verdict, compare_samples, is_headline, seed_for
 from .store import Baseline, TestRun
 
@@ -159,3 +165,31 @@ def failing(changes: Sequence[MetricChange], thresholds: Mapping[str, float], de
         if change.verdict is Verdict.REGRESSED and change.regression >= limit:
             out.append((change, limit))
     return out
+
+
+def regressed(
+    baseline: Baseline,
+    host: str,
+    fingerprint: Fingerprint,
+    nodeid: str,
+    samples: Mapping[str, Sequence[float]],
+    thresholds: tuple[float, Mapping[str, float]],
+    *,
+    force: bool = False,
+) -> list[tuple[MetricChange, float]]:
+    """One test of the running session (``--kvm-fail-regression``): its metrics that regressed
+    beyond their threshold (``thresholds``: default, per metric), each with its threshold. None
+    for a host the baseline lacks, a test it lacks or without samples, and a machine that differs
+    (unless forced; never an emulated host against a physical one)."""
+    pairs = pair_hosts(list(baseline.hosts), [host])
+    if not pairs or not samples:
+        return []
+    run = baseline.hosts[pairs[0][0]]
+    diffs = machine_differences(run.fingerprint, fingerprint)
+    if diffs and (not force or unforceable(diffs)):
+        return []  # refused: the controller says why, loudly
+    found = find_test(run.tests, nodeid)
+    if found is None:
+        return []
+    default, per_metric = thresholds
+    return failing(metric_changes(run.tests[found], samples, host=host, nodeid=nodeid), per_metric, default)

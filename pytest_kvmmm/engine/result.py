@@ -52,28 +52,8 @@ class SelftestResult:
         """``samples``, or for a result without repeats each metric as its one sample."""
         return self.samples or {k: (v,) for k, v in self.metrics.items()}
 
-    def record(self) -> dict[str, object]:
-        """The ``--kvm-results`` fields of this run (JSON-ready)."""
-        ended = None if self.started_at is None else self.started_at + self.duration_s
-        return {
-            "binary": self.name,
-            "path": self.binary,
-            "argv": list(self.argv),
-            "status": self.status.value,
-            "returncode": self.returncode,
-            "duration_s": round(self.duration_s, 6),
-            "reason": self.reason,
-            "metrics": dict(self.metrics),
-            "samples": {k: list(v) for k, v in self.all_samples.items()},
-            "started_at": self.started_at,
-            "ended_at": ended,
-            "notes": list(self.notes),
-            "kernel_log": list(self.kernel_log),
-            **({} if self.counters is None else {"counters": self.counters_json()}),
-        }
-
     def counters_json(self) -> dict[str, Any]:
-        """The ``counters`` of the record: per run and stage, medians, derived figures."""
+        """The ``counters`` of its record (``reports/record.py``): per run and stage, medians, derived figures."""
         if self.counters is None:
             return {}
         return self.counters.to_json(self.metrics, guest_memory_bytes(self.name, self.argv[1:]))

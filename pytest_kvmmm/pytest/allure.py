@@ -9,16 +9,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ..coordination.safefs import UnsafePath
 from ..engine.result import SelftestResult
-from ..reports import allure_report
+from ..reports import allure_config, allure_report
+from ..reports.record import Record
 from ..suite.cases import Case
-from .keys import RESULTS_KEY
 
 _ANNOTATED = pytest.StashKey[bool]()
 
@@ -35,6 +36,24 @@ def alluredir(config: pytest.Config) -> Path | None:
         return None
     # allure-pytest resolves it against the working directory at configure time.
     return Path(config.invocation_params.dir, value).resolve()
+
+
+def write_session_files(
+    config: pytest.Config, records: Sequence[Record], this_host: Callable[[], dict[str, dict[str, str]]]
+) -> str | None:
+    """categories.json and environment.properties with the facts of every host in ``records``
+    and Allure 3's allurerc.mjs
+    (``this_host`` without records); a problem is one line, returned, never an INTERNALERROR."""
+    target = alluredir(config)
+    if target is None or config.option.collectonly:
+        return None
+    hosts = allure_report.hosts_from_records(records) or this_host()
+    try:
+        allure_report.write_session_files(target, hosts)
+        allure_config.write_config(target)  # Allure 3's categories and per-host environments
+    except OSError as exc:  # a link or directory in the results folder
+        return str(exc) if isinstance(exc, UnsafePath) else f"cannot write in {target}: {exc.strerror or exc}"
+    return None
 
 
 def enabled(config: pytest.Config) -> bool:
@@ -61,23 +80,21 @@ def suite_full_name(item: pytest.Item) -> str | None:
     return f"{module}#{getattr(item, 'originalname', item.name)}"
 
 
-def annotate_test(item: pytest.Item, results: Sequence[SelftestResult] | None = None, *, scale: str, host: str) -> None:
-    """Give the running test's Allure result its labels, title, parameters, attachments and steps.
+def annotate_test(item: pytest.Item, results: Sequence[SelftestResult], record: Record, *, scale: str) -> None:
+    """Give the running test's Allure result its labels, title, parameters, attachments and steps,
+    from its record and its selftest runs.
 
     Call it from ``pytest_runtest_makereport`` of the report that decides the test (the call
     report, or a setup report that skipped or failed), while allure-pytest still holds the
-    result open. ``results`` default to the item's selftest runs. A no-op without Allure, for a
-    test without selftest runs, and on a second call for the same item.
+    result open. A no-op without Allure, for a test without selftest runs, and on a second
+    call for the same item.
     """
-    if item.stash.get(_ANNOTATED, False) or not enabled(item.config):
-        return
-    results = results if results is not None else item.stash.get(RESULTS_KEY, None)
-    if not results:
+    if item.stash.get(_ANNOTATED, False) or not enabled(item.config) or not results:
         return
     item.stash[_ANNOTATED] = True
     try:
         markers = [m.name for m in item.iter_markers()]
-        annotation = allure_report.describe(results, case_of(item), scale=scale, host=host, test_name=item.name, markers=markers)
+        annotation = allure_report.describe(results, record, scale=scale, test_name=item.name, markers=markers)
         if any(m.name == "allure_label" and m.kwargs.get("label_type") == "severity" for m in item.iter_markers()):
             # the test's own @allure.severity wins (allure-pytest adds it at teardown)
             annotation = dataclasses.replace(annotation, labels=tuple(lb for lb in annotation.labels if lb[0] != "severity"))

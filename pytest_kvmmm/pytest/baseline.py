@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from ..baseline import store
-from ..baseline.compare import compare, failing, find_test, metric_changes, pair_hosts
+from ..baseline.compare import compare, pair_hosts, regressed
 from ..baseline.fingerprint import (
     Fingerprint,
     fingerprint,
@@ -29,17 +29,17 @@ from ..baseline.fingerprint import (
     selftests_build,
     unforceable,
 )
-from ..baseline.stats import MIN_EFFECT_PCT, MetricChange
+from ..baseline.stats import MIN_EFFECT_PCT
 from ..baseline.table import regression_message, terminal_lines
 from ..coordination.safefs import target_problem
 from ..engine.engine import SelftestEngine
 from ..engine.result import SelftestResult
 from ..host.emulation import emulated_by
 from ..host.model import HostFacts
-from ..reports.verdict import first_line
+from ..reports.record import Record
 from . import options
 from .invocation import Raw
-from .keys import RECORD_PROPERTY, RESULTS_KEY, SCALE_KEY
+from .keys import RECORD_PROPERTY, REGRESSED_KEY, SCALE_KEY
 
 #: This plugin's: the fingerprint of the host a test ran on, and the metrics that failed it.
 HOST_PROPERTY = "kvm_baseline_host"
@@ -194,7 +194,7 @@ class BaselinePlugin:
         config: pytest.Config,
         engine: SelftestEngine,
         host: Callable[[], HostFacts],
-        records: list[dict[str, Any]],
+        records: list[Record],
         label: Callable[[], str],
     ) -> None:
         """``host``, ``records`` and ``label`` are the session plugin's: this host's facts, the
@@ -266,55 +266,35 @@ class BaselinePlugin:
             self.settings.fail_pct, _entry_thresholds(item), parse_regression_marker(mark) if mark is not None else None
         )
 
-    def regressions(self, item: pytest.Item, host: str, result: SelftestResult) -> list[tuple[MetricChange, float]]:
-        """The metrics of ``result`` that regressed beyond the test's thresholds, with the threshold."""
-        baseline = self.settings.before
-        assert baseline is not None
-        pairs = pair_hosts(list(baseline.hosts), [host])
-        if not pairs:
-            return []
-        run = baseline.hosts[pairs[0][0]]
-        diffs = machine_differences(run.fingerprint, self.fingerprint())
-        if diffs and (not self.settings.force or unforceable(diffs)):
-            return []  # refused: the controller says why, loudly
-        found = find_test(run.tests, item.nodeid)
-        samples = result.all_samples
-        if found is None or not samples:
-            return []
-        before = run.tests[found]
-        default, per_metric = self.thresholds(item)
-        return failing(metric_changes(before, samples, host=host, nodeid=item.nodeid), per_metric, default)
+    def regression(self, item: pytest.Item, host: str, result: SelftestResult) -> str | None:
+        """The session's verdict hook (``KvmmmPlugin.regression``): why a passed test fails for
+        ``--kvm-fail-regression``, or None. The session fails the report and the record with it;
+        the failed metrics go on the report (``FAILED_PROPERTY``) for the controller's line."""
+        if self.settings.fail_pct is None or self.settings.before is None:
+            return None
+        found = regressed(self.settings.before, host, self.fingerprint(), item.nodeid, result.all_samples,
+                          self.thresholds(item), force=self.settings.force)
+        if not found:
+            return None
+        item.stash[REGRESSED_KEY] = [c.metric for c, _ in found]
+        return regression_message(self.settings.before.name, found)
 
-    @pytest.hookimpl(wrapper=True, tryfirst=True)  # tryfirst: outermost, sees the session plugin's record
+    @pytest.hookimpl(wrapper=True, tryfirst=True)  # tryfirst: outermost, after the session attached the record
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """The report that carries a record also carries the fingerprint of its host (and the
+        metrics a regression failed it for): the controller saves and compares by host."""
         report = yield
-        if not self.settings.active:
+        if not self.settings.active or not any(name == RECORD_PROPERTY for name, _ in report.user_properties):
             return report
-        index, record = next(
-            ((i, dict(value)) for i, (name, value) in enumerate(report.user_properties)
-             if name == RECORD_PROPERTY and isinstance(value, dict)),
-            (None, {}),
-        )
-        if index is None:
-            return report
-        host = str(record.get("host"))
-        extra: list[tuple[str, object]] = [(HOST_PROPERTY, {"host": host, "fingerprint": self.fingerprint().to_json()})]
-        results = item.stash.get(RESULTS_KEY, None)
-        if report.when == "call" and report.passed and self.settings.fail_pct is not None and results:
-            found = self.regressions(item, host, results[-1])
-            if found:
-                assert self.settings.before is not None  # a --kvm-fail-regression threshold needs one
-                report.outcome = "failed"
-                report.longrepr = regression_message(self.settings.before.name, found)
-                record["outcome"] = "failed"
-                # the record follows pytest's verdict; its numbers stay: they are what regressed
-                record.update(status="failed", reason=first_line(str(report.longrepr)))
-                extra.append((FAILED_PROPERTY, {"nodeid": item.nodeid, "metrics": [c.metric for c, _ in found]}))
-        properties = list(report.user_properties)
-        properties[index] = (RECORD_PROPERTY, record)
-        report.user_properties = [*properties, *extra]
+        extra: list[tuple[str, object]] = [
+            (HOST_PROPERTY, {"host": self.label(), "fingerprint": self.fingerprint().to_json()})
+        ]
+        failed = item.stash.get(REGRESSED_KEY, None)
+        if report.when == "call" and failed:
+            extra.append((FAILED_PROPERTY, {"nodeid": item.nodeid, "metrics": failed}))
+        report.user_properties = [*report.user_properties, *extra]
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -330,7 +310,7 @@ class BaselinePlugin:
         """The session's run as a baseline, made once all its reports are in (saved and compared alike)."""
         if self._this_run is None:
             self._this_run = store.from_records(
-                self.records,
+                [r.to_json() for r in self.records],  # as from --kvm-results files (kvmmm-ab)
                 self.fingerprints,
                 name=self.settings.save_name or "this run",
                 scale=self.config.stash.get(SCALE_KEY, None),

@@ -13,7 +13,7 @@ import importlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ import pytest
 
 from ..coordination.safefs import replace_file, target_problem
 from ..reports import junit, kcidb, known_issues, lava, squad, verdict
+from ..reports.record import Record
 from . import options
+from .keys import RECORD_PROPERTY
 
 HELP_KNOWN = (
     "known-issues file (TOML, YAML or JSON): failures matching an entry's tests and host facts "
@@ -30,7 +32,6 @@ HELP_KNOWN = (
 HELP_KCIDB = "write the run as KCIDB JSON (KernelCI) to FILE at the end"
 HELP_SQUAD = "write the run as SQUAD submissions to DIR/<host>/{tests,metrics,metadata}.json at the end"
 HELP_ORIGIN = "KCIDB origin (CI system name, [a-z0-9_]+) for --kvm-kcidb ids (default kvmmm)"
-RECORD_PROPERTY = "kvm_selftest"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -108,33 +109,32 @@ class Dashboards:
 
     # --- on the process that ran the test ---------------------------------------------
 
-    def _match_facts(self, record: Mapping[str, Any]) -> dict[str, str]:
+    def _match_facts(self, record: Record) -> dict[str, str]:
         if self._facts is None:
             self._facts = known_issues.flatten(self._probe_json())
-        facts = record.get("host_facts")
-        return {**self._facts, **({str(k): str(v) for k, v in facts.items()} if isinstance(facts, Mapping) else {})}
+        return {**self._facts, **dict(record.host_facts or {})}
 
-    def decide(self, item: pytest.Item, report: pytest.TestReport, record: dict[str, Any]) -> dict[str, Any]:
+    def decide(self, item: pytest.Item, report: pytest.TestReport, record: Record) -> Record:
         """The record follows pytest's verdict; a known issue's failure becomes an expected failure."""
         record = verdict.agree(record, report.outcome, _failure_text(report) if not report.passed else "")
         if not self.issues or report.when not in ("setup", "call"):
             return record
         if report.failed and not _will_rerun(item):
-            text = f"{record.get('reason', '')}\n{_failure_text(report)}"
-            issue = known_issues.match(self.issues, str(record.get("nodeid")), self._match_facts(record), text)
+            text = f"{record.reason}\n{_failure_text(report)}"
+            issue = known_issues.match(self.issues, record.nodeid, self._match_facts(record), text)
             if issue is not None:
                 report.outcome = "skipped"
                 report.wasxfail = issue.reason  # pytest's attribute of an expected failure
-                record.update(status=verdict.XFAILED, outcome="skipped", known_issue=issue.to_json())
+                record = verdict.expected_failure(record, issue.to_json())
         elif report.passed and report.when == "call":
-            issue = known_issues.match(self.issues, str(record.get("nodeid")), self._match_facts(record))
+            issue = known_issues.match(self.issues, record.nodeid, self._match_facts(record))
             if issue is not None:
-                record["known_issue"] = {**issue.to_json(), "passed": True}
+                record = verdict.known_issue_passed(record, issue.to_json())
         return record
 
     # --- on the controller -------------------------------------------------------------
 
-    def final(self, report: pytest.TestReport, record: dict[str, Any]) -> dict[str, Any] | None:
+    def final(self, report: pytest.TestReport, record: Record) -> Record | None:
         """The record to keep for this report, or None for an attempt that will be rerun."""
         gateway = getattr(getattr(report, "node", None), "gateway", None)
         key = (report.nodeid, str(getattr(gateway, "id", "")))
@@ -145,8 +145,9 @@ class Dashboards:
             self._attempts.setdefault(key, []).append(attempt)
             return None
         record = verdict.with_attempts(record, self._attempts.pop(key, []))
-        self._junit(report, record)
-        self._send_lava(record)
+        data = record.to_json()
+        self._junit(report, data)
+        self._send_lava(data)
         return record
 
     def _junit(self, report: pytest.TestReport, record: Mapping[str, Any]) -> None:
@@ -172,20 +173,24 @@ class Dashboards:
 
     # --- at the end ------------------------------------------------------------------
 
-    def write_exports(self, records: list[dict[str, Any]]) -> list[str]:
-        """Write --kvm-kcidb and --kvm-squad; the lines to show (written files or why not)."""
+    def write_exports(self, records: Sequence[Record]) -> list[str]:
+        """Write --kvm-kcidb and --kvm-squad (from the records' JSON form, which the exporters
+        also read from files); the lines to show (written files or why not)."""
         lines: list[str] = []
+        if not (self.config.getoption("kvm_kcidb") or self.config.getoption("kvm_squad")):
+            return lines
+        data = [r.to_json() for r in records]
         target = self.config.getoption("kvm_kcidb")
         if target:
             origin = self.config.getini("kvm_kcidb_origin") or "kvmmm"
-            doc = kcidb.document(records, origin=origin, run=self.run_id)
+            doc = kcidb.document(data, origin=origin, run=self.run_id)
             lines.append(_write_json(Path(target), doc, "KCIDB"))
         folder = self.config.getoption("kvm_squad")
         if folder:
-            subs = squad.submissions(records, job_id=self.run_id)
+            subs = squad.submissions(data, job_id=self.run_id)
             for host, parts in subs.items():
-                for part, data in parts.items():
-                    problem = _write_json(Path(folder) / host / f"{part}.json", data, "SQUAD")
+                for part, body in parts.items():
+                    problem = _write_json(Path(folder) / host / f"{part}.json", body, "SQUAD")
                     if problem.startswith("could not"):
                         lines.append(problem)
             lines.append(f"SQUAD: {folder} ({len(subs)} host(s): {', '.join(sorted(subs))})")
@@ -203,7 +208,7 @@ class Dashboards:
         link = f'<br>known issue: <a href="{html.escape(str(known.get("link")))}">{html.escape(str(known.get("id")))}</a>' if known else ""
         cells.append(f'<td class="col-kvm">{html.escape(str(record.get("host", "")))}<br>{metrics}{link}</td>')
 
-    def html_environment(self, records: list[dict[str, Any]]) -> None:
+    def html_environment(self, records: Sequence[Record]) -> None:
         """Each host's facts in pytest-html's environment table (pytest-metadata's dict)."""
         try:
             metadata_key = importlib.import_module("pytest_metadata.plugin").metadata_key
@@ -213,9 +218,8 @@ class Dashboards:
         if metadata is None:
             return
         for record in records[-1:]:
-            facts = record.get("host_facts")
-            if isinstance(facts, Mapping):
-                metadata[f"kvm host {record.get('host')}"] = ", ".join(f"{k} {v}" for k, v in facts.items())
+            if record.host_facts is not None:
+                metadata[f"kvm host {record.host}"] = ", ".join(f"{k} {v}" for k, v in record.host_facts.items())
 
 
 def _write_json(path: Path, data: Any, what: str) -> str:

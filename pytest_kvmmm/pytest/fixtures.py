@@ -19,7 +19,8 @@ from ..host.mm import HugetlbPool
 from ..host.model import HostFacts
 from ..suite.params import ParamSetting, needs_reload, unavailable
 from ..suite.scale import SCALES, Scale
-from .keys import CHANGES_KEY, ENGINE_KEY, RESULTS_KEY, SCALE_KEY
+from ..suite.shape import Shape
+from .keys import CHANGES_KEY, ENGINE_KEY, RESULTS_KEY, SCALE_KEY, SHAPE_KEY
 
 
 def failure_text(result: SelftestResult) -> str:
@@ -56,12 +57,15 @@ class SelftestRunner:
         check: bool = True,
         found: Found | NotFound | None = None,
         expected_kernel: Sequence[str] = (),
+        shape: Shape | None = None,
     ) -> SelftestResult:
         """Run selftest ``name`` with ``args``; with ``check`` its skip or failure ends the test.
 
         ``requires`` are checked against the host first: an unmet one skips without
         running the binary. Every run is recorded for ``--kvm-results`` and the summary.
         ``expected_kernel`` are patterns of kernel lines the selftest provokes on purpose.
+        ``shape`` is what a catalogue case runs as (its record says so); a test of one's own
+        has none, its arguments say it.
         """
         perf = self._item.get_closest_marker("perf") is not None
         result = self._engine.run(
@@ -70,6 +74,8 @@ class SelftestRunner:
             expected_kernel=expected_kernel,
         )
         self._item.stash.setdefault(RESULTS_KEY, []).append(result)
+        if shape is not None:
+            self._item.stash[SHAPE_KEY] = shape
         if check:
             raise_for(result)
         return result

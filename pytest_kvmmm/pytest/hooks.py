@@ -48,7 +48,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(plugin, "kvmmm-session")
     if xdist.distributing(config):
         config.pluginmanager.register(xdist.XdistHooks(config, plugin), "kvmmm-xdist")
-    config.pluginmanager.register(BaselinePlugin(config, plugin.engine, plugin.host, plugin.records, plugin.host_label), "kvmmm-baseline")
+    baseline = BaselinePlugin(config, plugin.engine, plugin.host, plugin.records, plugin.host_label)
+    plugin.regression = baseline.regression  # the session decides the record; this plugin knows regressions
+    config.pluginmanager.register(baseline, "kvmmm-baseline")
     config.pluginmanager.register(timeout_guard, "kvmmm-timeout-guard")
     config.pluginmanager.register(testcase_items.TestcasePlugin(config), "kvmmm-testcases")
     config.pluginmanager.register(all_kvm.AllKvmOptIn(), "kvmmm-all-kvm")

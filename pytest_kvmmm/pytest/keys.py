@@ -14,6 +14,7 @@ from ..coordination.host_changes import HostChanges
 from ..engine.engine import SelftestEngine
 from ..engine.requirements import Requirement
 from ..engine.result import SelftestResult
+from ..suite.shape import Shape
 from .invocation import Sources
 from .markers import SelftestCall
 
@@ -38,3 +39,7 @@ SOURCES_KEY = pytest.StashKey[Sources]()
 INPUTS_KEY = pytest.StashKey[dict[str, Any]]()
 #: The name of a test's selftest record in ``report.user_properties`` (see ``session.py``).
 RECORD_PROPERTY = "kvm_selftest"
+#: What a catalogue case ran as (its case and the sizes it was capped to), for its record.
+SHAPE_KEY = pytest.StashKey[Shape]()
+#: The metrics ``--kvm-fail-regression`` failed a test for (the baseline plugin's verdict).
+REGRESSED_KEY = pytest.StashKey[list[str]]()

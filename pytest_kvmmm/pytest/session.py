@@ -4,15 +4,17 @@ Lifecycle: built in ``pytest_configure`` from the resolved settings, touching no
 host. It activates when the run needs the host (its first selftest test, or a named
 ``--kvm-*`` option): undo what a killed earlier session left changed, watch the kernel log,
 count events, join the xdist run's shared state. Per test it checks ``kvm_requires``, runs a
-``kvm_selftest`` marker's binary and attaches the test's record to its report; the controller
-collects the records, writes ``--kvm-results`` and prints the summary. At session finish it
+``kvm_selftest`` marker's binary and, on the report that decides the test, attaches its record
+(made once in ``reports/record.py`` from the last result and the case, then given pytest's,
+a known issue's and a baseline regression's verdicts: ``records.decide``); the controller
+reads the records back from the reports, gives a rerun test its attempts, writes
+``--kvm-results`` and prints the summary (``terminal.py``). At session finish it
 restores the host and writes Allure's and the dashboards' files; ``pytest_unconfigure``
 closes what it opened.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -20,23 +22,22 @@ from typing import Any
 
 import pytest
 
-from ..coordination import testids
 from ..coordination.host_changes import HostChanges
 from ..coordination.ledger import HostCoordinator
 from ..coordination.rundir import remove_run_dirs, run_dir, shared_probe
 from ..coordination.safefs import UnsafePath, private_dir
 from ..coordination.signals import SignalGuard
-from ..engine.counters.report import COUNTERS_OFF, count_tables, counters_header, off_lines
 from ..engine.requirements import Requirement, first_unmet
+from ..engine.result import SelftestResult
 from ..host import HostFacts, probe_host
 from ..host.emulation import emulated_by
-from ..host.report import fact_texts, summary_line
+from ..host.report import fact_texts
 from ..host.view import HostView
 from ..provision.cache import journal_dir
-from ..reports import allure_config, allure_report
+from ..reports import allure_report
+from ..reports.record import Record
 from ..reports.results import ResultsWriter
-from ..reports.summary import quiet_lines, summary_lines
-from . import allure, dashboards, options, parametrize
+from . import allure, dashboards, options, parametrize, terminal
 from .activation import is_selftest_item, named_option
 from .engine_setup import build_engine
 from .fixtures import SelftestRunner
@@ -44,12 +45,12 @@ from .keys import (
     CALL_KEY,
     CHANGES_KEY,
     EXPECTED_KERNEL_KEY,
-    RECORD_PROPERTY,
     REQUIRES_KEY,
     RESULTS_KEY,
 )
 from .markers import SELFTEST_SIGNATURE, parse_requires, parse_selftest_marker
 from .options import Settings
+from .records import Regression, attach, decide, from_report, point_skip_at_test
 from .xdist import WORKEROUTPUT, handed_host
 
 #: Exit statuses of sessions that did not run: their --kvm-results file is left as it was.
@@ -64,7 +65,9 @@ class KvmmmPlugin:
         self.settings = settings
         self.is_worker = hasattr(config, "workerinput")
         self._label: str | None = None
-        self.records: list[dict[str, Any]] = []
+        self.records: list[Record] = []
+        #: Set by the baseline plugin: why a passed test regressed against the baseline, or None.
+        self.regression: Regression | None = None
         #: (generation of the facts, their text): see ``host_facts``.
         self._host_facts: tuple[int, dict[str, str]] | None = None
         #: This process's host facts, shared with the engine (which re-probes after it changed the host).
@@ -163,22 +166,10 @@ class KvmmmPlugin:
 
     def _header_lines(self) -> list[str]:
         self.engine.watch()
-        host = self.host()
-        roots = self.engine.search_roots()
-        source = f"{roots[0].path} ({roots[0].origin})" if roots else "none found (run kvmmm-build)"
-        where = "" if self.settings.host_root == Path("/") else f" [snapshot {self.settings.host_root}]"
-        lines = [
-            f"kvmmm: {host.hostname}{where}: {summary_line(host)}",
-            f"kvmmm: selftests {source}; scale {self.settings.scale}; timeout {self.settings.timeout_s:g}s",
-        ]
-        watch = self.engine.kernel_watch
-        if watch is not None and not watch.active:
-            lines.append(f"kvmmm: kernel log watch off: {watch.reason}")
-        if self.engine.counters is not None:
-            lines.append(counters_header(self.engine.counters))
-        if self.engine.host_changes is not None:
-            lines.append("kvmmm: host changes allowed: hugetlb pools and THP may be changed, and are restored after the run")
-        return lines
+        return terminal.header_lines(
+            self.host(), self.engine.search_roots(), self.settings, self.engine.kernel_watch, self.engine.counters,
+            changes_allowed=self.engine.host_changes is not None,
+        )
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         parametrize.generate(metafunc, self.settings)
@@ -254,46 +245,40 @@ class KvmmmPlugin:
         results = item.stash.get(RESULTS_KEY, None)
         deciding = report.when == "call" or (report.when == "setup" and not report.passed)
         if results and deciding:
-            record = {
-                "nodeid": testids.stable_nodeid(item.path, item.nodeid),
-                "host": self.host_label(),
-                "outcome": report.outcome,
-                **results[-1].record(),
-            }
-            # The facts of the host that ran it: the controller describes hosts it never probed
-            # (xdist workers on lab hosts) in the terminal, --kvm-results and Allure.
-            record[allure_report.RECORD_FACTS] = self.host_facts()
-            record["inputs"] = options.inputs(self.config, self.settings.host_source)  # how the run was asked for
-            counting = self.engine.counters
-            if counting is not None and not counting.active and results[-1].returncode is not None:
-                record[COUNTERS_OFF] = counting.note  # why, for a controller that never saw this host's header
-            record = self.dash.decide(item, report, record)  # pytest's verdict, known issues
+            record = self._record(item, report, results[-1])
             if allure.enabled(self.config):
                 # annotate while allure-pytest still holds the result open
-                allure.annotate_test(item, results, scale=self.settings.scale, host=self.host_label())
-            # A fresh list: item.user_properties is shared by the setup/call/teardown reports.
-            report.user_properties = [*report.user_properties, (RECORD_PROPERTY, record)]
-            if report.skipped and isinstance(report.longrepr, tuple):
-                # Point the skip at the test, not at the plugin line that raised it. A catalogue
-                # test's function is made in cases.py: name its suite module instead.
-                path, line = item.reportinfo()[:2]
-                if Path(path) != item.path:
-                    path, line = item.path, 0
-                report.longrepr = (os.fspath(path), (line or 0) + 1, report.longrepr[2])
+                allure.annotate_test(item, results, record, scale=self.settings.scale)
+            attach(report, record)
+            point_skip_at_test(item, report)
         return report
+
+    def _record(self, item: pytest.Item, report: pytest.TestReport, result: SelftestResult) -> Record:
+        """The test's record (built once, ``reports/record.py``), with every verdict after the binary's."""
+        counting = self.engine.counters
+        return decide(
+            item, report, result, host=self.host_label(), host_facts=self.host_facts(), dash=self.dash,
+            # why, for a controller that never saw this host's header
+            counters_off=counting.note if counting is not None and not counting.active and result.returncode is not None else None,
+            regression=self.regression,
+            inputs=options.inputs(self.config, self.settings.host_source),  # how the run was asked for
+        )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.is_worker:  # the controller writes, once, from the forwarded report
             return
-        for name, value in report.user_properties:
-            if name == RECORD_PROPERTY and isinstance(value, dict):
-                record = self.dash.final(report, value)  # None: an attempt pytest-rerunfailures reruns
-                if record is None:
-                    continue
-                self.records.append(record)
-                self._write_record(record)
+        try:
+            found = from_report(report)
+        except (TypeError, ValueError) as exc:
+            self.dash.problems.append(f"could not read the record of {report.nodeid}: {exc}")
+            return
+        for record in found:
+            final = self.dash.final(report, record)  # None: an attempt pytest-rerunfailures reruns
+            if final is not None:
+                self.records.append(final)
+                self._write_record(final)
 
-    def _write_record(self, record: dict[str, Any] | None) -> None:
+    def _write_record(self, record: Record | None) -> None:
         """Append ``record`` to --kvm-results (None: only create the file); a file that cannot
         be written is reported once, at the end, and the run goes on."""
         if self.writer is None or self.results_error is not None:
@@ -302,7 +287,7 @@ class KvmmmPlugin:
             if record is None:
                 self.writer.open()
             else:
-                self.writer.write(record)
+                self.writer.write(record.to_json())
         except OSError as exc:
             self.results_error = str(exc) if isinstance(exc, UnsafePath) else f"cannot write {self.writer.path}: {exc.strerror or exc}"
 
@@ -316,33 +301,15 @@ class KvmmmPlugin:
         ignored = self.host_changes.ignored_line()
         if ignored and ignored != self._reported_ignored:
             terminalreporter.write_line(f"kvmmm: {ignored}", yellow=True)
-        # Config.get_verbosity came with pytest 8; before it, -v is the option's count
-        verbosity = int(self.config.get_verbosity() if hasattr(self.config, "get_verbosity") else self.config.option.verbose)
-        extra = [*self.dash.exports, *self.dash.problems]
-        if self.writer is not None and self.writer.problem:
-            extra.append(self.writer.problem)
-        if not self.records or verbosity <= -2:
-            for line in extra:
-                terminalreporter.write_line(f"kvmmm: {line}", red=line.startswith("could not"))
-            return
-        hosts = sorted({str(r.get("host")) for r in self.records})
-        terminalreporter.write_sep("=", f"kvm selftests on {', '.join(hosts)}")
-        lines = quiet_lines(self.records) if verbosity < 0 else summary_lines(
-            self.records, verbose=verbosity > 0, facts_key=allure_report.RECORD_FACTS
+        extra = [*self.dash.exports, *self.dash.problems, *([self.writer.problem] if self.writer and self.writer.problem else [])]
+        counters = self.engine.counters
+        terminal.write_section(
+            terminalreporter, self.records, level=terminal.verbosity(self.config),
+            counters_host=self.host_label() if counters is not None else None,
+            counting_failures=counters.failures if counters is not None else (),
+            results=self.writer.path if self.writer is not None and self.results_error is None else None,
+            extra=extra,
         )
-        for line in lines:
-            terminalreporter.write_line(line)
-        for line in count_tables(self.records) if verbosity >= 0 else []:
-            terminalreporter.write_line(line)
-        for line in off_lines(self.records, self.host_label() if self.engine.counters is not None else None):
-            terminalreporter.write_line(line)
-        if self.engine.counters is not None and self.engine.counters.failures:
-            failures = self.engine.counters.failures
-            terminalreporter.write_line(f"kvmmm: counters: {len(failures)} run(s) not counted: {failures[0]}")
-        if self.writer is not None and self.results_error is None and verbosity >= 0:
-            terminalreporter.write_line(f"results: {os.fspath(self.writer.path)}")
-        for line in extra:
-            terminalreporter.write_line(line, red=line.startswith("could not") or line.startswith("--kvm-results"))
 
     def host_facts(self) -> dict[str, str]:
         """This host's facts as strings, computed once per process: in every record, the terminal's
@@ -387,15 +354,8 @@ class KvmmmPlugin:
 
     def _allure_session_files(self) -> None:
         """Allure: categories.json, environment.properties and allurerc.mjs, once, by the process that owns the session."""
-        target = allure.alluredir(self.config)
-        if self.is_worker or target is None or self.config.option.collectonly:
-            return
-        hosts = allure_report.hosts_from_records(self.records) or {self.host_label(): self.host_facts()}
-        try:
-            allure_report.write_session_files(target, hosts)
-            allure_config.write_config(target)  # Allure 3's categories and per-host environments
-        except OSError as exc:  # a link or directory in the results folder: one line, no INTERNALERROR
-            self.allure_error = str(exc) if isinstance(exc, UnsafePath) else f"cannot write in {target}: {exc.strerror or exc}"
+        if not self.is_worker:
+            self.allure_error = allure.write_session_files(self.config, self.records, lambda: {self.host_label(): self.host_facts()})
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.writer is not None:

@@ -24,6 +24,7 @@ from typing import Any
 from ..coordination.safefs import read_private, replace_file
 from ..engine.discovery import SearchRoot
 from ..host.report import ENV_KEYS
+from .record import Record
 
 #: Record field (``report.user_properties`` "kvm_selftest") with ``host.report.fact_texts()``, so the
 #: controller can describe hosts it never probed (xdist workers on lab hosts).
@@ -134,13 +135,12 @@ def selftests_build(roots: Sequence[SearchRoot]) -> str | None:
     return f"{root.path} ({root.origin})"
 
 
-def hosts_from_records(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+def hosts_from_records(records: Iterable[Record]) -> dict[str, dict[str, str]]:
     """``{host: facts}`` from the session's selftest records (the last record of a host wins)."""
     hosts: dict[str, dict[str, str]] = {}
     for record in records:
-        facts = record.get(RECORD_FACTS)
-        if isinstance(facts, Mapping) and record.get("host"):
-            hosts[str(record["host"])] = {str(k): str(v) for k, v in facts.items()}
+        if record.host_facts is not None and record.host:
+            hosts[record.host] = dict(record.host_facts)
     return hosts
 
 

@@ -42,10 +42,8 @@ from ..engine.counters.report import attachment_text, short
 from ..engine.guest_modes import DEFAULT_MODE
 from ..engine.outcome import Status
 from ..engine.result import SelftestResult
-from ..host.units import format_size, parse_size
-from ..suite.backing import BACKING_SOURCES
-from ..suite.cases import Case
-from ..suite.catalogue import BY_NAME, Entry
+from ..host.units import format_size
+from ..suite.shape import Shape
 from .allure_files import (
     CATEGORIES,
     RECORD_FACTS,
@@ -55,6 +53,7 @@ from .allure_files import (
     selftests_build,
     write_session_files,
 )
+from .record import Record
 
 __all__ = [
     "CATEGORIES", "RECORD_FACTS", "categories_json", "categorize",
@@ -63,16 +62,6 @@ __all__ = [
 ]
 
 EPIC = "KVM MMU"
-
-_ENTRIES: dict[str, Entry] = {
-    **{alias: e for e in BY_NAME.values() for alias in e.aliases},
-    **BY_NAME,
-}
-#: Where a binary takes its vCPU count, when not ``-v``.
-_VCPU_FLAG = {"max_guest_memory_test": "-c", "mmu_stress_test": "-c"}
-#: Binaries whose ``-i`` is a number of iterations.
-_ITERATIONS = ("dirty_log_test", "dirty_log_perf_test", "memslot_modification_stress_test")
-
 
 # --- what a test looks like ------------------------------------------------------------
 
@@ -117,89 +106,21 @@ class Annotation:
     steps: tuple[Step, ...] = ()
 
 
-def _flag(argv: Sequence[str], flag: str) -> str | None:
-    """The value after ``flag`` in a selftest's arguments (``argv[0]`` is the binary)."""
-    args = list(argv[1:])
-    for i, arg in enumerate(args[:-1]):
-        if arg == flag:
-            return args[i + 1]
-    return None
-
-
-def _size(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """What the run's arguments say about its size: vCPUs and guest memory."""
-
-    vcpus: int | None
-    per_vcpu: int | None
-    total: int | None
-
-    def text(self) -> str:
-        if self.vcpus is None:
-            return f"{format_size(self.total)} total" if self.total else ""
-        cpus = f"{self.vcpus} vCPU{'s' if self.vcpus != 1 else ''}"
-        if self.per_vcpu is None or self.total is None:
-            return cpus
-        if self.vcpus == 1:
-            return f"{cpus}, {format_size(self.total)}"
-        return f"{cpus} x {format_size(self.per_vcpu)} ({format_size(self.total)} total)"
-
-
-def _shape(result: SelftestResult, entry: Entry | None) -> _Shape:
-    raw_vcpus = _flag(result.argv, _VCPU_FLAG.get(result.name, "-v"))
-    vcpus = int(raw_vcpus) if raw_vcpus is not None and raw_vcpus.isdigit() else None
-    memory = _size(_flag(result.argv, "-b"))
-    if memory is None or entry is None:  # an unknown binary's -b may mean anything
-        return _Shape(vcpus, None, None)
-    n = vcpus or 1
-    if entry.per_vcpu:
-        return _Shape(vcpus, memory, memory * n)
-    return _Shape(vcpus, memory // n, memory)
-
-
-def _entry_of(result: SelftestResult, case: Case | None) -> Entry | None:
-    return case.entry if case is not None else _ENTRIES.get(result.name)
-
-
-def _guest_mode(result: SelftestResult, case: Case | None, entry: Entry | None) -> str | None:
-    if case is not None:
-        return case.mode if entry is None or entry.takes_modes else None
-    if entry is not None and entry.takes_modes:
-        mode_id = _flag(result.argv, "-m")
-        return DEFAULT_MODE if mode_id is None else f"id {mode_id}"
-    return None
-
-
-def _story(case: Case | None) -> str | None:
-    if case is None:
-        return None
-    return case.variant.id or case.backing or "default"
-
-
 def _severity(markers: Iterable[str]) -> str:
     """Guest page-table tests are the job of the suite: their failures come first."""
     return "critical" if "pagetable" in markers else "normal"
 
 
-def _title(result: SelftestResult, case: Case | None, test_name: str, mode: str | None, shape: _Shape, host: str) -> str:
+def _title(result: SelftestResult, shape: Shape, test_name: str, host: str) -> str:
     """``<binary>: <variant>, <backing>, <mode>, <size> on <host>``; a test of one's own keeps its name first."""
     parts: list[str] = []
-    if case is not None:
-        parts += [p for p in (case.variant.id, case.backing) if p]
-    if mode and mode != DEFAULT_MODE:
-        parts.append(mode)
-    if shape.text():
-        parts.append(shape.text())
-    if case is None:
+    if shape.case_id is not None:
+        parts += [p for p in (shape.variant, shape.backing) if p]
+    if shape.mode and shape.mode != DEFAULT_MODE:
+        parts.append(shape.mode)
+    if shape.size_text():
+        parts.append(shape.size_text())
+    if shape.case_id is None:
         return f"{test_name}: {', '.join([result.name, *parts])} on {host}"
     return f"{result.name}: {', '.join(parts)} on {host}" if parts else f"{result.name} on {host}"
 
@@ -341,52 +262,41 @@ def _run_step(result: SelftestResult) -> Step | None:
 # --- the whole annotation ------------------------------------------------------------------
 
 
+def _parameters(shape: Shape, notes: Sequence[str], *, scale: str, host: str) -> list[Parameter]:
+    """``host`` and (for a case) ``scale`` and ``kvm_case`` make the identity; the rest is shown only."""
+    params = [Parameter("host", host)]
+    if shape.case_id is not None:
+        params.append(Parameter("scale", scale))
+        params.append(Parameter("kvm_case", shape.case_id))
+    shown: list[tuple[str, str | int | None]] = [
+        ("guest mode", shape.mode),
+        ("backing source", shape.backing),
+        ("vCPUs", shape.vcpus),
+        ("memory per vCPU", None if shape.memory_per_vcpu is None else format_size(shape.memory_per_vcpu)),
+        ("memory total", None if shape.memory_total is None else format_size(shape.memory_total)),
+        ("iterations", shape.iterations),
+        ("notes", "; ".join(notes) if notes else None),
+    ]
+    params += [Parameter(name, value, excluded=True) for name, value in shown if value is not None and value != ""]
+    return params
+
+
 def describe(
     results: Sequence[SelftestResult],
-    case: Case | None,
+    record: Record,
     *,
     scale: str,
-    host: str,
     test_name: str = "",
     markers: Iterable[str] = (),
 ) -> Annotation:
-    """The Allure view of one test whose selftest runs were ``results`` (the last one decides)."""
+    """The Allure view of one test: its record (what it ran as, on which host) and its selftest
+    runs, ``results`` (the last one decides: attachments and steps come from each)."""
     if not results:
         raise ValueError("describe() needs at least one selftest result")
-    result = results[-1]
-    entry = _entry_of(result, case)
-    shape = _shape(result, entry)
-    mode = _guest_mode(result, case, entry)
-    backing = case.backing if case is not None else _flag(result.argv, "-s")
-    if backing not in BACKING_SOURCES:  # -s is a slot size or a memslot cap to some binaries
-        backing = None
-    markers = tuple(markers)
-
+    result, shape, host = results[-1], record.shape, record.host
     labels = [("epic", EPIC), ("feature", result.name), ("parentSuite", host), ("severity", _severity(markers))]
-    story = _story(case)
-    if story:
-        labels.append(("story", story))
-
-    params = [Parameter("host", host)]
-    if case is not None:
-        params.append(Parameter("scale", scale))
-        params.append(Parameter("kvm_case", case.id))
-    if mode is not None:
-        params.append(Parameter("guest mode", mode, excluded=True))
-    if backing:
-        params.append(Parameter("backing source", backing, excluded=True))
-    if shape.vcpus is not None:
-        params.append(Parameter("vCPUs", shape.vcpus, excluded=True))
-    if shape.per_vcpu is not None:
-        params.append(Parameter("memory per vCPU", format_size(shape.per_vcpu), excluded=True))
-    if shape.total is not None:
-        params.append(Parameter("memory total", format_size(shape.total), excluded=True))
-    iterations = _flag(result.argv, "-i") if result.name in _ITERATIONS else None
-    if iterations is not None:
-        params.append(Parameter("iterations", int(iterations) if iterations.isdigit() else iterations, excluded=True))
-    if result.notes:
-        params.append(Parameter("notes", "; ".join(result.notes), excluded=True))
-
+    if shape.story:
+        labels.append(("story", shape.story))
     attachments: list[Attachment] = []
     steps: list[Step] = []
     for i, run in enumerate(results, 1):
@@ -395,9 +305,9 @@ def describe(
         if step is not None:
             steps.append(step)
     return Annotation(
-        _title(result, case, test_name, mode, shape, host),
+        _title(result, shape, test_name, host),
         tuple(labels),
-        tuple(params),
+        tuple(_parameters(shape, record.notes, scale=scale, host=host)),
         tuple(attachments),
         tuple(steps),
     )

@@ -1,16 +1,16 @@
 """The terminal's ``kvm selftests`` section: with several hosts their facts first, then outcomes,
 then one compact metrics table per binary.
 
-Pure: records in, lines out. Per-iteration and per-run series (``iteration_N/...``,
+Pure: records (``record.Record``) in, lines out. Per-iteration and per-run series (``iteration_N/...``,
 ``run_N/...``) stay in ``--kvm-results``; the tables show the headline numbers a reviewer compares.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from ..engine.metrics import metric_unit
+from .record import Record
 
 MAX_WIDTH = 120
 
@@ -33,24 +33,24 @@ def _case_label(nodeid: str) -> str:
     return name[name.index("[") :] if "[" in name else name
 
 
-def outcome_lines(records: Sequence[Mapping[str, Any]], verbose: bool = False) -> list[str]:
+def outcome_lines(records: Sequence[Record], verbose: bool = False) -> list[str]:
     """A line per test; with several hosts (an xdist lab run) each line names its host."""
-    several = len({rec.get("host") for rec in records}) > 1
+    several = len({rec.host for rec in records}) > 1
     lines = []
     for rec in records:
-        status = str(rec.get("status", "?"))
-        where = f"{rec.get('host')}: " if several else ""
-        lines.append(f"{status.upper():8} {float(rec.get('duration_s') or 0.0):7.2f}s  {where}{rec.get('nodeid', '?')}")
-        if rec.get("reason") and (verbose or status != "passed"):
-            lines.append(f"         {rec['reason']}")
-        known = rec.get("known_issue")
-        if isinstance(known, Mapping):
+        status = rec.status or "?"
+        where = f"{rec.host}: " if several else ""
+        lines.append(f"{status.upper():8} {rec.duration_s:7.2f}s  {where}{rec.nodeid or '?'}")
+        if rec.reason and (verbose or status != "passed"):
+            lines.append(f"         {rec.reason}")
+        known = rec.known_issue
+        if known is not None:
             did = "did not show (passed): retire it?" if known.get("passed") else "expected"
             lines.append(f"         known issue {known.get('id')} {did} {known.get('link')}")
-        if rec.get("attempts"):
-            lines.append("         attempts: " + ", ".join(str(a.get("status")) for a in rec["attempts"]))
+        if rec.attempts:
+            lines.append("         attempts: " + ", ".join(str(a.get("status")) for a in rec.attempts))
         if verbose or status != "skipped":
-            lines += [f"         note: {note}" for note in rec.get("notes") or ()]
+            lines += [f"         note: {note}" for note in rec.notes]
     return lines
 
 
@@ -74,17 +74,16 @@ def _table(binary: str, rows: list[tuple[str, Mapping[str, float]]]) -> list[str
     return out
 
 
-def metric_tables(records: Sequence[Mapping[str, Any]]) -> list[str]:
+def metric_tables(records: Sequence[Record]) -> list[str]:
     """One table per binary: a row per case that printed metrics, a column per headline metric."""
     by_binary: dict[str, list[tuple[str, Mapping[str, float]]]] = {}
-    several = len({rec.get("host") for rec in records}) > 1
+    several = len({rec.host for rec in records}) > 1
     for rec in records:
-        metrics = rec.get("metrics") or {}
-        if metrics:
-            label = _case_label(str(rec.get("nodeid")))
+        if rec.metrics:
+            label = _case_label(rec.nodeid)
             if several:
-                label = f"{rec.get('host')} {label}"
-            by_binary.setdefault(str(rec.get("binary")), []).append((label, metrics))
+                label = f"{rec.host} {label}"
+            by_binary.setdefault(rec.binary, []).append((label, rec.metrics))
     lines: list[str] = []
     for binary, rows in by_binary.items():
         table = _table(binary, rows)
@@ -100,14 +99,14 @@ HOST_FACTS = (
 )
 
 
-def host_lines(records: Sequence[Mapping[str, Any]], facts_key: str) -> list[str]:
+def host_lines(records: Sequence[Record]) -> list[str]:
     """One line per host of a multi-host run (the last record of a host has its facts): the
     controller's header only describes the controller's own host."""
-    facts: dict[str, Mapping[str, Any]] = {}
+    facts: dict[str, Mapping[str, str]] = {}
     for rec in records:
-        if isinstance(rec.get(facts_key), Mapping):
-            facts[str(rec.get("host"))] = rec[facts_key]
-    if len({rec.get("host") for rec in records}) < 2:
+        if rec.host_facts is not None:
+            facts[rec.host] = rec.host_facts
+    if len({rec.host for rec in records}) < 2:
         return []
     return [
         f"{host}: " + ", ".join(f"{k} {facts[host][k]}" for k in HOST_FACTS if k in facts[host])
@@ -115,23 +114,22 @@ def host_lines(records: Sequence[Mapping[str, Any]], facts_key: str) -> list[str
     ] + [""]
 
 
-def summary_lines(records: Sequence[Mapping[str, Any]], verbose: bool = False, facts_key: str = "host_facts") -> list[str]:
-    return host_lines(records, facts_key) + outcome_lines(records, verbose) + metric_tables(records)
+def summary_lines(records: Sequence[Record], verbose: bool = False) -> list[str]:
+    return host_lines(records) + outcome_lines(records, verbose) + metric_tables(records)
 
 
-def totals_line(records: Sequence[Mapping[str, Any]]) -> str:
+def totals_line(records: Sequence[Record]) -> str:
     """``kvm: 9 passed, 1 xfailed, 121 skipped on vm, lab-arm64-4k``: one line of totals."""
     counts: dict[str, int] = {}
     for rec in records:
-        status = str(rec.get("status", "?"))
-        counts[status] = counts.get(status, 0) + 1
-    hosts = sorted({str(rec.get("host")) for rec in records})
-    flaky = sum(1 for rec in records if rec.get("flaky"))
+        counts[rec.status or "?"] = counts.get(rec.status or "?", 0) + 1
+    hosts = sorted({rec.host for rec in records})
+    flaky = sum(1 for rec in records if rec.flaky)
     text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     return f"kvm: {text}" + (f" ({flaky} flaky)" if flaky else "") + f" on {', '.join(hosts)}"
 
 
-def quiet_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+def quiet_lines(records: Sequence[Record]) -> list[str]:
     """``-q``: the tests that did not pass or skip (with their reasons), then the totals."""
-    bad = [rec for rec in records if str(rec.get("status")) not in ("passed", "skipped")]
+    bad = [rec for rec in records if rec.status not in ("passed", "skipped")]
     return [*outcome_lines(bad), totals_line(records)]

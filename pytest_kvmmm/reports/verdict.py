@@ -3,13 +3,18 @@
 The selftest engine decides a record's ``status`` from the binary alone. pytest can still
 fail the test afterwards (the test body asserts on a metric that is missing, a baseline
 regression) or skip it from the body, and pytest-rerunfailures can run it again. Pure:
-records (``dict``) in, records out; the plugin calls these from its report hooks.
+a ``Record`` in, a new one out (``dataclasses.replace``); the plugin calls these from its
+report hooks, in this order: ``agree``, a known issue (``expected_failure`` or
+``known_issue_passed``), ``regressed``, and on the controller ``with_attempts``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
+
+from .record import Record
 
 #: Record statuses that are not the binary's own (``Status`` holds those): pytest's verdicts.
 XFAILED = "xfailed"
@@ -29,47 +34,61 @@ def first_line(text: str, limit: int = 300) -> str:
     return ""
 
 
-def agree(record: dict[str, Any], outcome: str, longrepr: str) -> dict[str, Any]:
+def agree(record: Record, outcome: str, longrepr: str) -> Record:
     """Make ``status`` agree with pytest's ``outcome`` for the report that decided the test.
 
     A binary that passed in a test that pytest failed is ``failed`` with pytest's reason (a
     missing metric, a failed assertion of the body); one the body skipped is ``skipped``.
     A status that already is a failure stays as the binary made it (more precise).
     """
-    status = str(record.get("status", ""))
-    if outcome == "failed" and status in ("passed", "skipped", "missing"):
-        record["status"] = "failed"
-        record["reason"] = first_line(longrepr) or "failed by the test after the selftest passed"
-    elif outcome == "skipped" and status == "passed":
-        record["status"] = "skipped"
-        record["reason"] = first_line(longrepr) or "skipped by the test"
+    if outcome == "failed" and record.status in ("passed", "skipped", "missing"):
+        record = replace(record, status="failed", reason=first_line(longrepr) or "failed by the test after the selftest passed")
+    elif outcome == "skipped" and record.status == "passed":
+        record = replace(record, status="skipped", reason=first_line(longrepr) or "skipped by the test")
     return strip_unmeasured(record)
 
 
-def strip_unmeasured(record: dict[str, Any]) -> dict[str, Any]:
+def strip_unmeasured(record: Record) -> Record:
     """A run that did not pass measured nothing: its numbers move to ``metrics_of_failed_run``
     (kept for triage), so no summary table, export or baseline takes them as measurements."""
-    if record.get("status") in MEASURED:
+    if record.status in MEASURED:
         return record
-    if record.get("metrics") or record.get("samples"):
-        record[FAILED_RUN_METRICS] = dict(record.get("metrics") or {})
-        record["metrics"] = {}
-        record["samples"] = {}
-    if record.get("counters"):  # --kvm-counters' event counts are measurements too
-        record[FAILED_RUN_COUNTERS] = record.pop("counters")
+    if record.measured:
+        record = replace(record, metrics_of_failed_run=dict(record.metrics), metrics={}, samples={})
+    if record.counters:  # --kvm-counters' event counts are measurements too
+        record = replace(record, counters_of_failed_run=record.counters, counters=None)
     return record
 
 
-def attempt_of(record: Mapping[str, Any]) -> dict[str, Any]:
+def expected_failure(record: Record, known_issue: Mapping[str, Any]) -> Record:
+    """A failure a known issue describes: an expected failure (pytest's xfail) with its link."""
+    return replace(record, status=XFAILED, outcome="skipped", known_issue=dict(known_issue))
+
+
+def known_issue_passed(record: Record, known_issue: Mapping[str, Any]) -> Record:
+    """A pass where a known issue expected a failure: said, so the entry can be retired."""
+    return replace(record, known_issue={**known_issue, "passed": True})
+
+
+def regressed(record: Record, longrepr: str) -> Record:
+    """A pass that ``--kvm-fail-regression`` failed: failed with the regression's first line; its
+    numbers stay, they are what regressed."""
+    return replace(record, status="failed", outcome="failed", reason=first_line(longrepr))
+
+
+#: What an earlier attempt keeps: its verdict, not its numbers.
+ATTEMPT_KEYS = ("status", "reason", "returncode", "duration_s", "started_at", "ended_at", "kernel_log")
+
+
+def attempt_of(record: Record) -> dict[str, Any]:
     """What an earlier attempt (a pytest-rerunfailures rerun) keeps: its verdict, not its numbers."""
-    keep = ("status", "reason", "returncode", "duration_s", "started_at", "ended_at", "kernel_log")
-    return {k: record[k] for k in keep if k in record}
+    data = record.to_json()
+    return {k: data[k] for k in ATTEMPT_KEYS if k in data}
 
 
-def with_attempts(record: dict[str, Any], earlier: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def with_attempts(record: Record, earlier: Sequence[Mapping[str, Any]]) -> Record:
     """The final record of a rerun test: ``attempts`` lists every attempt, the final one last,
     and ``flaky`` says a failure was followed by a pass. Its status stays the final verdict."""
-    if earlier:
-        record["attempts"] = [*earlier, attempt_of(record)]
-        record["flaky"] = record.get("status") == "passed"
-    return record
+    if not earlier:
+        return record
+    return replace(record, attempts=(*earlier, attempt_of(record)), flaky=record.status == "passed")

@@ -3,7 +3,8 @@
 Generation is static (the catalogue plus the user's ``--kvm-guest-modes`` /
 ``--kvm-backing-srcs`` selection), so collection never depends on the host. Running a case
 sizes it for the host, resolves the binary once and its guest mode in its own ``-h`` table, checks
-every requirement, runs the binary and checks that a pass printed its metrics.
+every requirement, runs the binary (with what it ran as, ``shape.of_case``, for its record) and
+checks that a pass printed its metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..host.model import HostFacts
 from .backing import BACKING_SOURCES
 from .catalogue import Entry, Run, Variant, backing_needs
 from .scale import Scale, fit
+from .shape import Shape, of_case
 
 
 class Runner(Protocol):
@@ -33,6 +35,7 @@ class Runner(Protocol):
         notes: Sequence[str] = (),
         found: Found | NotFound | None = None,
         expected_kernel: Sequence[str] = (),
+        shape: Shape | None = None,
     ) -> Any: ...
 
     def resolve(self, name: str) -> Found | NotFound: ...
@@ -141,6 +144,7 @@ def run_case(case: Case, runner: Runner, host: HostFacts, scale: Scale) -> None:
         timeout=entry.timeout,
         found=found,
         expected_kernel=entry.expected_kernel,
+        shape=of_case(case, sizing),
     )
     missing = [m for m in entry.expected_metrics if not any(k == m or k.endswith("/" + m) for k in result.metrics)]
     assert not missing, f"{entry.name} passed but printed no value for {', '.join(missing)}"

@@ -98,6 +98,9 @@ class Entry:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     #: Kernel log lines (regular expressions) the selftest provokes on purpose: expected, not a failure.
     expected_kernel: tuple[str, ...] = ()
+    #: The sizes its arguments carry ("vcpus", "memory", "iterations"): what a record and its
+    #: reports say the case ran with (``shape.of_case``), never read back from the command line.
+    shown_sizes: tuple[str, ...] = ()
 
     @property
     def test_name(self) -> str:
@@ -131,6 +134,7 @@ X86 = Arch(("x86_64",))
 CATALOGUE: tuple[Entry, ...] = (
     Entry(
         name="kvm_page_table_test",
+        shown_sizes=("vcpus", "memory"),
         short="kvm_page_table",
         doc="create block mappings, update them with dirty logging on, split/rebuild them after it (KVM_*_MAPPINGS times)",
         build=lambda r: [*_backing(r), *_mem_vcpus(r), *r.mode_args],
@@ -143,6 +147,7 @@ CATALOGUE: tuple[Entry, ...] = (
     ),
     Entry(
         name="dirty_log_perf_test",
+        shown_sizes=("vcpus", "memory", "iterations"),
         short="dirty_log_perf",
         doc="populate, then dirty and harvest memory with dirty logging, per iteration",
         build=lambda r: [*_backing(r), *_mem_vcpus(r), "-i", str(r.sizing.iterations), *r.mode_args],
@@ -161,6 +166,7 @@ CATALOGUE: tuple[Entry, ...] = (
     ),
     Entry(
         name="dirty_log_test",
+        shown_sizes=("iterations",),
         short="dirty_log",
         doc="dirty-log correctness in each log mode; always about 1 GiB of guest memory",
         build=lambda r: ["-i", str(r.sizing.iterations), "-I", "10", *r.mode_args],
@@ -181,6 +187,7 @@ CATALOGUE: tuple[Entry, ...] = (
     ),
     Entry(
         name="dirty_log_page_splitting_test",
+        shown_sizes=("memory",),
         short="dirty_log_page_splitting",
         doc="eager page splitting when dirty logging starts, checked through the VM's pages_4k/2m/1g stats (x86)",
         build=lambda r: ["-b", r.sizing.size_arg, "-s", "anonymous_hugetlb"],
@@ -208,6 +215,7 @@ CATALOGUE: tuple[Entry, ...] = (
     ),
     Entry(
         name="access_tracking_perf_test",
+        shown_sizes=("vcpus", "memory"),
         short="access_tracking_perf",
         doc="mark memory idle and touch it again: the cost of aging guest memory",
         build=lambda r: [*_backing(r), *_mem_vcpus(r), *r.mode_args],
@@ -223,6 +231,7 @@ CATALOGUE: tuple[Entry, ...] = (
     ),
     Entry(
         name="max_guest_memory_test",
+        shown_sizes=("vcpus",),
         aliases=RENAMED["max_guest_memory_test"],
         short="max_guest_memory",
         doc="map the most guest memory KVM allows and zap it: the TDP MMU zap stress (mmu_stress_test since 6.14)",
@@ -239,6 +248,7 @@ CATALOGUE: tuple[Entry, ...] = (
     ),
     Entry(
         name="demand_paging_test",
+        shown_sizes=("vcpus", "memory"),
         short="demand_paging",
         doc="fault guest memory in through userfaultfd (MISSING, and MINOR on shared memory)",
         build=lambda r: [*_backing(r), *_mem_vcpus(r), *r.mode_args],
@@ -273,6 +283,7 @@ CATALOGUE: tuple[Entry, ...] = (
     ),
     Entry(
         name="memslot_modification_stress_test",
+        shown_sizes=("vcpus", "memory", "iterations"),
         short="memslot_modification_stress",
         doc="add and delete a memslot while vCPUs fault memory in",
         build=lambda r: [*_mem_vcpus(r), "-i", str(r.sizing.iterations), *r.mode_args],
