@@ -181,7 +181,8 @@ def test_the_catalogue_round_trips_through_test_files(pytester: pytest.Pytester,
 
 def test_write_all_adds_every_selftests_default_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert testcases_cli.main(["write", str(tmp_path), "--all", "--arch", "x86_64", "--kernel", "6.12"]) == 0
-    assert (tmp_path / "cpuid_test" / "default.test").read_text() == "x86_64/cpuid_test\n"
+    assert (tmp_path / "x86_64" / "cpuid_test" / "default.test").read_text() == "x86_64/cpuid_test\n"  # upstream's layout
+    assert (tmp_path / "x86_64" / "nx_huge_pages_test" / "default_scale.test").read_text().startswith("x86_64/nx_huge_pages_test -t ")
     assert (tmp_path / "dirty_log_test" / "default.test").read_text() == "dirty_log_test\n"
     assert len(list(tmp_path.rglob("default.test"))) == len(SELFTESTS["6.12"]["x86_64"]) == 84
     assert "wrote 110 test-case files" in capsys.readouterr().out
@@ -237,10 +238,10 @@ def test_writing_never_follows_a_link_where_a_folder_should_be(tmp_path: Path, c
     elsewhere.mkdir()
     out = tmp_path / "out"
     out.mkdir()
-    (out / "dirty_log_test").symlink_to(elsewhere)
+    (out / "x86_64").symlink_to(elsewhere)
     assert testcases_cli.main(["write", str(out), "--all", "--arch", "x86_64"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"refusing to write in {out / 'dirty_log_test'}: it is a symbolic link" in err
+    assert err.count("\n") == 1 and f"refusing to write in {out / 'x86_64'}: it is a symbolic link" in err
     assert not list(elsewhere.iterdir())
 
 

@@ -10,7 +10,8 @@ a variable, ``;``) is refused with the reason instead of being half-understood.
 
 Writing the catalogue's cases as such files lets one set of cases serve both runners: each
 case's arguments at a scale, uncapped (the upstream runner does not cap to the host), in
-``<dir>/<binary>/<case id>.test`` (``<scale>_scale.test`` for a case with no variant or backing). Pure: no pytest import.
+``<dir>/<program path>/<case id>.test`` (``<scale>_scale.test`` for a case with no variant or
+backing), the layout of upstream's ``testcases_default_gen``. Pure: no pytest import.
 """
 
 from __future__ import annotations
@@ -135,16 +136,19 @@ def case_command(case: Case, scale: str, version: str = DEFAULT_VERSION, arch: s
 
 
 def catalogue_testcases(scale: str, version: str = DEFAULT_VERSION, arch: str = "x86_64") -> Iterator[tuple[str, Testcase]]:
-    """Every default-mode case of the catalogue for ``arch`` as (relative file path, command). A
-    case with no variant or backing is ``<scale>_scale.test``: ``default.test`` is upstream's name
-    for a selftest's default arguments."""
+    """Every default-mode case of the catalogue for ``arch`` as (relative file path, command): in
+    the folder of the program's path, as upstream's ``make tests_install`` lays out its
+    ``default.test`` files (``x86_64/nx_huge_pages_test/default.test``). A case with no variant
+    or backing is ``<scale>_scale.test``: ``default.test`` is upstream's name for a selftest's
+    default arguments."""
     machines = ARCH_MACHINES.get(arch, (arch,))
     for entry in CATALOGUE:
         if any(isinstance(r, Arch) and not set(r.machines) & set(machines) for r in entry.requires):
             continue  # an x86-only entry has no binary in another architecture's build
         for case in cases(entry, (DEFAULT_MODE,), None):
             stem = f"{scale}_scale" if case.id == "default" else case.id
-            yield f"{entry.name}/{stem}{SUFFIX}", case_command(case, scale, version, arch)
+            command = case_command(case, scale, version, arch)
+            yield f"{command.binary}/{stem}{SUFFIX}", command
 
 
 def write(directory: Path, testcases: Sequence[tuple[str, Testcase]]) -> list[Path]:

@@ -1,8 +1,9 @@
 """``kvmmm-testcases``: write the catalogue's cases as the upstream KVM selftest runner's ``.test`` files.
 
-``kvmmm-testcases write DIR`` writes ``DIR/<binary>/<case id>.test`` for every case of the MM
-catalogue at a scale; ``--all`` also writes ``DIR/<test>/default.test`` for every KVM
-selftest of the kernel version and architecture, as ``make tests_install`` does upstream. The
+``kvmmm-testcases write DIR`` writes ``DIR/<program path>/<case id>.test`` for every case of the
+MM catalogue at a scale; ``--all`` also writes ``DIR/<program path>/default.test`` for every KVM
+selftest of the kernel version and architecture, as ``make tests_install`` does upstream
+(``DIR/x86_64/cpuid_test/default.test`` holding ``x86_64/cpuid_test``). The
 same directory runs under the upstream runner (``python3 runner -d DIR``) and under pytest
 (``pytest --kvm-testcases=DIR``).
 """
@@ -38,9 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arch = args.arch or MACHINE_ARCH.get(platform.machine(), "x86_64")
     testcases = list(catalogue_testcases(args.scale, args.kernel, arch))
     if args.all:
-        for path in SELFTESTS[args.kernel].get(arch, ()):
-            name = path.rsplit("/", 1)[-1]
-            testcases.append((f"{name}/default{SUFFIX}", Testcase(path, ())))
+        # as upstream's `make tests_install`: DIR/<TEST_GEN_PROGS entry>/default.test
+        testcases += [(f"{path}/default{SUFFIX}", Testcase(path, ())) for path in SELFTESTS[args.kernel].get(arch, ())]
     try:
         written = write(args.dir, testcases)
     except UnsafePath as exc:
