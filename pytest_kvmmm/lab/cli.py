@@ -98,7 +98,7 @@ def add_up_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port-base", type=int, default=qemu.DEFAULT_PORT_BASE,
                    help="hosts listen on 127.0.0.1:BASE+1.. (default %(default)s; 0: free ports)")
     p.add_argument("--mem", help="guest memory per host (default: the kind's, 3G)")
-    p.add_argument("--smp", type=int, help="vCPUs per host (default: the kind's, 2)")
+    p.add_argument("--smp", type=int, help="vCPUs per host (default: the kind's: 1 on x86, 2 on arm64)")
     p.add_argument("--results", default="results/lab",
                    help="directory for results, Allure files and the table, mounted at the same path in every "
                    "guest (default %(default)s, relative to the current directory; '' for none)")
