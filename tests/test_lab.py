@@ -303,7 +303,12 @@ class TestQemuArgs:
         args = qemu.qemu_args(spec(kind=hosts.HOST_KINDS["x86-tdp"]))
         joined = " ".join(args)
         assert args[0] == "qemu-system-x86_64"
-        assert "-machine q35 -cpu EPYC,+svm,+npt,+pdpe1gb -accel tcg" in joined
+        assert "-machine q35 -cpu EPYC,+svm,+npt,+pdpe1gb -accel tcg,thread=single" in joined
+        # two vCPUs taking turns on one TCG thread: max_guest_memory_test needs 2 CPUs, and
+        # vCPUs in parallel threads ran kernel text being patched (Oops: int3)
+        for kind in ("x86-tdp", "x86-idle"):
+            assert (hosts.HOST_KINDS[kind].smp, hosts.HOST_KINDS[kind].accel) == (2, "tcg,thread=single")
+        assert hosts.HOST_KINDS["arm64-cmo"].accel == "tcg"
         assert args[args.index("-append") + 1].startswith("console=ttyS0 ")
         assert args[args.index("-append") + 1].endswith(" hugepages=96")
 

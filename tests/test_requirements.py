@@ -89,3 +89,17 @@ def test_unreadable_pool_says_why(tmp_path: Path) -> None:
         "needs 32 free 2 MiB hugepages for anonymous_hugetlb_2mb, but the 2 MiB hugetlb pool cannot be read: "
         "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages: expected a number, found '???'"
     )
+
+
+def test_max_guest_memory_needs_two_cpus_whatever_the_scale(tmp_path: Path) -> None:
+    """6.12's max_guest_memory_test asserts CPUs * 3/4 > 0 before it reads -c: on a one-CPU
+    host (a one-vCPU lab guest) it fails "Uh, no CPUs?" (exit 254), so the catalogue skips it."""
+    from pytest_kvmmm.engine.requirements import MinVcpus
+    from pytest_kvmmm.suite.catalogue import CATALOGUE
+
+    entry = next(e for e in CATALOGUE if e.name == "max_guest_memory_test")
+    assert MinVcpus(2) in entry.requires
+    one = probe_host(make_host_root(tmp_path / "one", cpus="0"))
+    two = probe_host(make_host_root(tmp_path / "two", cpus="0-1"))
+    assert MinVcpus(2).unmet(one) == "needs 2 online CPUs, this host has 1"
+    assert MinVcpus(2).unmet(two) is None

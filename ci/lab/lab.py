@@ -20,6 +20,7 @@ skipped with its reason; when none can be, the stage is SKIPPED and exits 0.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -243,4 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Ctrl-C and SIGTERM stop the hosts, also when started in the background (which ignores
+    # SIGINT: stage.sh's `timeout --signal=INT` could not end it, nor a lab stage killed by CI).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, cli._interrupted)
     sys.exit(main())

@@ -57,7 +57,7 @@ def qemu_args(h: HostSpec) -> list[str]:
     arch = h.kind.arch_info
     args = [
         arch.qemu, "-name", f"kvmmm-lab-{h.name},process=kvmmm-lab-{h.name}",
-        "-machine", h.kind.machine, "-cpu", h.kind.cpu, "-accel", "tcg",
+        "-machine", h.kind.machine, "-cpu", h.kind.cpu, "-accel", h.kind.accel,
         "-smp", str(h.smp), "-m", h.mem,
         "-display", "none", "-monitor", "none", "-serial", f"file:{h.console}",
         "-no-reboot",
