@@ -214,3 +214,24 @@ class TestHostsThatDoNotComeUp:
         err = capsys.readouterr().err
         assert "FAILED: did not come up: lab-x86-idle: not ready after 300 s" in err
         assert "SKIPPED" not in err
+
+    def test_kvmmm_lab_run_goes_on_without_a_lost_host_and_fails(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        from pytest_kvmmm.lab import cli, qemu, run
+
+        up_host = qemu.HostState("lab-x86-tdp", "x86-tdp", 47011, 1, ["q"], "/c.log", 0.0)
+
+        def up(args: object, batch: list[str], lost: list[str]) -> list[qemu.HostState]:
+            lost.append("lab-x86-idle: not ready after 300 s")
+            return [up_host]
+
+        ran: list[list[str]] = []
+        monkeypatch.setattr(run, "up", up)
+        monkeypatch.setattr(run, "down", lambda rdir: None)
+        monkeypatch.setattr(run, "run_pytest", lambda argv, cwd: ran.append(list(argv)) or 0)
+        args = cli.parser().parse_args(["run", "--hosts", "x86-tdp,x86-idle", "--results", str(tmp_path / "r"),
+                                        "--run-dir", str(tmp_path / "run")])  # fmt: skip
+        status, _, states = run.run_lab(args)
+        assert status == 1 and states == [up_host]
+        assert len(ran) == 1 and "socket=127.0.0.1:47011" in ran[0]

@@ -112,7 +112,9 @@ def run_lab(args: argparse.Namespace) -> tuple[int, float, list[qemu.HostState]]
     status, every = 0, []
     start = time.monotonic()
     for n, batch in enumerate(batches(args.hosts, args.at_once)):
-        states = up(args, batch)
+        lost: list[str] = []  # hosts that did not come up (said by up): the run fails, the others run
+        states = up(args, batch, lost)
+        status = status or (1 if lost else 0)
         every += states
         try:
             label = f"lab-{n + 1}"
