@@ -235,3 +235,75 @@ class TestHostsThatDoNotComeUp:
         status, _, states = run.run_lab(args)
         assert status == 1 and states == [up_host]
         assert len(ran) == 1 and "socket=127.0.0.1:47011" in ran[0]
+
+
+class TestPathArguments:
+    """`kvmmm-lab run -- tests/ ...`: xdist stopped such a run with an INTERNALERROR (`arg tests/
+    not relative to an rsync root`); each path now reaches every host as an @file argument."""
+
+    def test_paths_become_argfiles_in_place(self, tmp_path: Path) -> None:
+        from pytest_kvmmm.lab.pathargs import via_argfiles
+
+        root, share = tmp_path / "proj", tmp_path / "share"
+        (root / "tests").mkdir(parents=True)
+        (root / "tests" / "test_x.py").write_text("")
+        share.mkdir()
+        args = ["--pyargs", "pytest_kvmmm.suite", "tests/", "-k", "pre_fault", "tests/test_x.py::test_a", "nosuch/"]
+        out = via_argfiles(args, root, share, "lab-1", "9.2.0")
+        assert out[:2] == ["--pyargs", "pytest_kvmmm.suite"] and out[3:5] == ["-k", "pre_fault"] and out[6] == "nosuch/"
+        assert out[2] == f"@{share / 'lab-1.arg2'}" and out[5] == f"@{share / 'lab-1.arg5'}"
+        assert (share / "lab-1.arg2").read_text() == "tests/\n"
+        assert (share / "lab-1.arg5").read_text() == "tests/test_x.py::test_a\n"
+        assert via_argfiles(args, root, share, "lab-1", "9.2.0") == out  # a second run replaces them
+        assert via_argfiles(["-k", "x"], root, None, "lab-1", "7.4.0") == ["-k", "x"]
+
+    def test_a_link_in_the_way_is_not_written_through(self, tmp_path: Path) -> None:
+        from pytest_kvmmm.lab.pathargs import via_argfiles
+
+        (tmp_path / "tests").mkdir()
+        victim = tmp_path / "victim"
+        victim.write_text("keep\n")
+        (tmp_path / "lab-1.arg0").symlink_to(victim)
+        out = via_argfiles(["tests"], tmp_path, tmp_path, "lab-1", "8.2.0")
+        assert victim.read_text() == "keep\n" and (tmp_path / "lab-1.arg0").read_text() == "tests\n"
+        assert out == [f"@{tmp_path / 'lab-1.arg0'}"]
+
+    @pytest.mark.parametrize(
+        "share, version, says",
+        [(None, "9.2.0", "need a results directory the hosts share"), ("s", "8.1.2", "need pytest 8.2 or later")],
+    )
+    def test_when_it_cannot_be_done_it_says_why(self, tmp_path: Path, share: str | None, version: str, says: str) -> None:
+        from pytest_kvmmm.lab.pathargs import via_argfiles
+
+        (tmp_path / "tests").mkdir()
+        with pytest.raises(ValueError, match=says):
+            via_argfiles(["tests/"], tmp_path, tmp_path if share else None, "lab-1", version)
+
+    def test_pytest_reads_the_argfile_where_xdist_saw_no_path(self, tmp_path: Path) -> None:
+        """The real thing, without a lab host: a socket gateway (the guest's server, run here,
+        started in the project) gets `@FILE` and runs the test the file names."""
+        from pytest_kvmmm.lab import overlay, qemu
+        from pytest_kvmmm.lab.pathargs import via_argfiles
+
+        proj, share = tmp_path / "proj", tmp_path / "share"
+        (proj / "tests").mkdir(parents=True)
+        (proj / "tests" / "test_mine.py").write_text("def test_mine():\n    pass\n")
+        (proj / "pytest.ini").write_text("[pytest]\n")
+        share.mkdir()
+        port = qemu.ephemeral_port()
+        server = subprocess.Popen([sys.executable, str(overlay.GUEST_DIR / "server.py"), str(port)], cwd=proj,
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+        try:
+            assert server.stdout is not None and "ready" in server.stdout.readline()
+            args = via_argfiles(["tests/"], proj, share, "lab-1", "9.2.0")
+            proc = subprocess.run(
+                [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--dist", "each", "--tx", "popen",
+                 "--tx", f"socket=127.0.0.1:{port}//chdir={proj}", "-rA", *args],
+                cwd=proj, capture_output=True, text=True, timeout=240,
+            )  # fmt: skip
+        finally:
+            os.killpg(server.pid, 9)
+            server.wait(10)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "INTERNALERROR" not in out, out
+        assert out.count("PASSED tests/test_mine.py::test_mine") == 2, out

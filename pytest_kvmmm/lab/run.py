@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import qemu, table
+from . import pathargs, qemu, table
 from .boot import down, err, results_dir, run_dir, tx_args, up
+from .image import LabError
 
 #: Every arm64 guest mode and x86's: each host runs the modes it supports and skips the others.
 MODES = ("--kvm-guest-modes", "arch:aarch64,pxxv48_4k", "--kvm-backing-srcs", "anonymous")
@@ -67,7 +68,8 @@ def pytest_argv(tx: Sequence[str], user: Sequence[str], share: Path | None, labe
 
 def remove_stale(share: Path) -> None:
     """An earlier run's results and exports: a run's files describe that run only."""
-    for stale in (*share.glob("lab*.jsonl"), *share.glob("lab*.junit.xml"), *share.glob("lab*.kcidb.json")):
+    for stale in (*share.glob("lab*.jsonl"), *share.glob("lab*.junit.xml"), *share.glob("lab*.kcidb.json"),
+                  *share.glob("lab*.arg[0-9]*")):
         stale.unlink()
     for folder in share.glob("lab*.squad"):
         shutil.rmtree(folder, ignore_errors=True)
@@ -101,24 +103,35 @@ def batches(hosts: Sequence[str], at_once: int) -> list[list[str]]:
     return [list(hosts[i:i + step]) for i in range(0, len(hosts), step)]
 
 
+def _pytest_version() -> str:
+    from importlib.metadata import version
+
+    return version("pytest")
+
+
 def run_lab(args: argparse.Namespace) -> tuple[int, float, list[qemu.HostState]]:
     """For each batch of hosts: up, pytest, down (also on Ctrl-C). This host runs in the first
     batch only. Returns the worst pytest status, the wall time, the hosts."""
     share = results_dir(args)
     if share is not None:
         shutil.rmtree(share / "allure", ignore_errors=True)
+        share.mkdir(parents=True, exist_ok=True)
         remove_stale(share)
     rdir, rootdir = run_dir(args), Path(os.path.abspath(args.rootdir))
     status, every = 0, []
     start = time.monotonic()
     for n, batch in enumerate(batches(args.hosts, args.at_once)):
+        label = f"lab-{n + 1}"
+        try:
+            user = pathargs.via_argfiles(args.pytest_args, rootdir, share, label, _pytest_version())
+        except (ValueError, OSError) as exc:
+            raise LabError(str(exc)) from None
         lost: list[str] = []  # hosts that did not come up (said by up): the run fails, the others run
         states = up(args, batch, lost)
         status = status or (1 if lost else 0)
         every += states
         try:
-            label = f"lab-{n + 1}"
-            argv = pytest_argv(tx_args(states), args.pytest_args, share, label, local=n == 0 and not args.no_local)
+            argv = pytest_argv(tx_args(states), user, share, label, local=n == 0 and not args.no_local)
             got = run_pytest(argv, rootdir)
             status = got if got not in (0, 1) or status in (0,) else status
         finally:
