@@ -27,6 +27,7 @@ from ..host.units import parse_size
 from ..suite.backing import BACKING_SOURCES, backing_requirements
 from ..suite.catalogue import BY_NAME, Entry
 from ..suite.testcases import SUFFIX, Testcase, TestcaseError, read
+from .invocation import ini_relative
 from .keys import EXPECTED_KERNEL_KEY, REQUIRES_KEY
 
 HELP_TESTCASES = (
@@ -47,17 +48,12 @@ def testcase_dirs(options: Sequence[str], ini: Sequence[str], inipath: Path | No
     """--kvm-testcases (each relative to the current directory), else ini kvm_testcases (relative
     to the ini file, as pytest resolves its own ini paths); each must be a directory."""
     found = [(Path(v).expanduser(), "--kvm-testcases") for v in options] or [
-        (_ini_relative(v.strip(), inipath), "ini kvm_testcases") for v in ini if v.strip()
+        (Path(ini_relative(v.strip(), inipath and Path(inipath).parent)), "ini kvm_testcases") for v in ini if v.strip()
     ]
     for path, origin in found:
         if not path.is_dir():
             raise pytest.UsageError(f"{origin}: {path} is not a directory of *.test files")
     return tuple(path for path, _ in found)
-
-
-def _ini_relative(value: str, inipath: Path | None) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() or inipath is None else Path(inipath).parent / path
 
 
 def lookup_name(binary: str) -> str:
