@@ -49,6 +49,8 @@ from pytest_kvmmm.engine.metrics import metric_unit
 from pytest_kvmmm.reports.results import read_results
 
 INNER = "KVMMM_BENCH_COUNTERS_NS"
+#: Counts of KVM's own events (the rest are the host's: tlb:tlb_flush follows the run's length).
+KVM_OWN = ("kvm:", "kvmmmu:", "vm:")
 DEFAULT_K = "kvm_page_table or dirty_log_perf or demand_paging"
 
 Series = dict[str, list[float]]
@@ -171,13 +173,18 @@ def aa_spread(by_test: Mapping[str, Series], runs: Sequence[list[dict[str, Any]]
         (n, c.name, c.verdict.value, c.change) for n in first if n in second
         for c in count_changes(first[n], second[n]) if c.verdict in (CountVerdict.FEWER, CountVerdict.MORE)
     ]
-    pcts = [s for s, _, _ in spreads]
-    lines = [
-        f"A/A spread of whole-run counts ((max-min)/median, {len(spreads)} test x event series, {len(runs)} runs each): "
-        f"median {statistics.median(pcts):.3f}%, 90th pct {pcts[int(0.9 * (len(pcts) - 1))]:.3f}%, max {pcts[-1]:.3f}%",
-        "widest: " + "; ".join(f"{t} {e} {s:.2f}%" for s, t, e in spreads[-5:][::-1]),
-        f"A/A count verdicts (first {half} rounds vs last {len(runs) - half}): {len(verdicts)}",
-    ]
+    lines = []
+    for kind, part in (("KVM's own events", [x for x in spreads if x[2].startswith(KVM_OWN)]),
+                       ("host events", [x for x in spreads if not x[2].startswith(KVM_OWN)])):
+        if not part:
+            continue
+        pcts = [s for s, _, _ in part]
+        lines += [
+            f"A/A spread of whole-run counts, {kind} ((max-min)/median, {len(part)} test x event series, {len(runs)} runs "
+            f"each): median {statistics.median(pcts):.3f}%, 90th pct {pcts[int(0.9 * (len(pcts) - 1))]:.3f}%, max {pcts[-1]:.3f}%",
+            "  widest: " + "; ".join(f"{t} {e} {s:.2f}%" for s, t, e in part[-4:][::-1]),
+        ]
+    lines.append(f"A/A count verdicts (first {half} rounds vs last {len(runs) - half}): {len(verdicts)}")
     lines += [f"  {n.rsplit('::', 1)[-1]} {name}: {verdict} {change:+.2f}%" for n, name, verdict, change in verdicts[:10]]
     return lines
 
