@@ -102,6 +102,22 @@ def test_a_new_vm_under_the_same_name_is_another_vm(tmp_path: Path) -> None:
     assert s.total() == {"vm:exits": 4210}
 
 
+def test_a_vm_being_destroyed_keeps_what_was_read_before(tmp_path: Path) -> None:
+    """Seen on the x86 lab host: the last periodic sample came while KVM destroyed the VM; its
+    directory was still there but its files no longer opened, and the run's totals lost them."""
+    kvm = make_debugfs(tmp_path)
+    s = sampler(kvm, "exits", "pf_fixed", "pages_4k")
+    set_vm(kvm, "500-4", {"exits": 8290, "pf_fixed": 8221, "pages_4k": 4125})
+    s.sample()
+    (kvm / "500-4" / "exits").unlink()
+    (kvm / "500-4" / "pages_4k").unlink()
+    s.sample()  # only pf_fixed still opens
+    for entry in (kvm / "500-4").iterdir():
+        entry.unlink()
+    s.sample()  # nothing opens
+    assert s.total() == {"vm:exits": 8290, "vm:pf_fixed": 8221, "vm:pages_4k": 4125}
+
+
 def test_stats_the_kernel_lacks_are_left_out_not_zero(tmp_path: Path) -> None:
     kvm = make_debugfs(tmp_path)
     set_vm(kvm, "500-11", {"exits": 12})

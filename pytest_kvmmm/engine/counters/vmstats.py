@@ -272,9 +272,14 @@ class VmSampler:
             live: set[str] = set()
             for entry in [e for e in sorted(entries) if self._is_ours(e)][:MAX_VMS]:
                 found = read_vm(self.kvm_dir, entry, self.names, self.owner)
-                if found is not None:
-                    vm = f"{entry}#{found[0]}"
-                    self.last[vm] = found[1]
+                if found is None:
+                    continue
+                vm, values = f"{entry}#{found[0]}", found[1]
+                # A VM being destroyed still has its directory, but its files refuse to open
+                # (or some do): what was read before stands, and counts never go back.
+                old = self.last.get(vm, {})
+                self.last[vm] = {**old, **{k: v if is_level(k) else max(v, old.get(k, 0)) for k, v in values.items()}}
+                if values:
                     live.add(vm)
             self._live = live
             for name in self.names:
