@@ -15,7 +15,8 @@ read is destroyed when the read ends, microseconds later. If the selftest create
 in that window, with the same fd, KVM finds the name taken, logs ``KVM: debugfs: duplicate
 directory`` and gives that VM no directory: its statistics are missing from the counts. Reads
 are short (a few bytes, one file at a time) and the periodic sample is every half second, to
-keep that window small; it is not zero (once in 24 VM changes in a TCG lab run).
+keep that window small; it is not zero (the lab's arm64 kernels logged it twice in 24 VMs
+with sampling on).
 
 Two kinds of statistic: counts (``remote_tlb_flush``), whose run value is the sum over the
 run's VMs of the last value seen and whose stage value is the change since the previous stage;
