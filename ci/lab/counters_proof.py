@@ -5,7 +5,7 @@
     ci/lab/counters_proof.py --analyse CMO.jsonl MAX.jsonl     # check and print two results files
 
 Runs ``kvm_page_table_test`` (``anonymous`` and ``anonymous_thp``, guest mode ``p40v48_4k``, the
-``lab`` scale: 16M, one vCPU) with ``--kvm-counters=default,vm`` on ``arm64-cmo`` (cortex-a72:
+``lab`` scale: 16M, one vCPU) with ``--kvm-counters=default,tlb,vm`` on ``arm64-cmo`` (cortex-a72:
 nVHE, no FWB, no IDC/DIC, no hardware access flag) and then on ``arm64-4k`` (``-cpu max``:
 VHE, FWB, IDC, hardware access flag and dirty state, no DIC), one host at a time. What the facts
 say, and what this checks:
@@ -49,7 +49,7 @@ CLASSES = ("translation", "permission", "access_flag")
 GF = "kvm:kvm_guest_fault"
 SAME_PCT = 2.0
 SELECTION = ["--pyargs", "pytest_kvmmm.suite", "--kvm-scale", "lab", "--kvm-guest-modes", MODE, "-k",
-             "test_kvm_page_table and (anonymous or anonymous_thp) and not hugetlb", "--kvm-counters=default,vm",
+             "test_kvm_page_table and (anonymous or anonymous_thp) and not hugetlb", "--kvm-counters=default,tlb,vm",
              "--kvm-timeout", "420", "-p", "no:cacheprovider"]  # fmt: skip
 
 
@@ -205,7 +205,7 @@ def problems(cmo: Mapping[str, Mapping[str, Any]], mx: Mapping[str, Mapping[str,
 
 def table(cmo: Mapping[str, Mapping[str, Any]], mx: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """A cover-letter table: per backing and stage, each host's time and counts side by side."""
-    events = [f"{GF}[{c}]" for c in CLASSES] + ["kvm:kvm_exit", "vm:exits", "vm:remote_tlb_flush"]
+    events = [f"{GF}[{c}]" for c in CLASSES] + ["kvm:kvm_exit", "kvm:kvm_set_way_flush", "vm:exits", "vm:remote_tlb_flush"]
     head = "| backing | stage | time cmo | time max | " + " | ".join(f"{e.split(':', 1)[1]} cmo | max" for e in events) + " |"
     lines = [head, "|" + ":--|" * 2 + "--:|" * (2 + 2 * len(events))]
     for backing in sorted(set(cmo) & set(mx)):
