@@ -285,3 +285,21 @@ def test_every_record_keeps_what_changed_the_run(
     assert inputs["cwd"] == str(pytester.path)
     assert inputs["ini"] == str(pytester.path / "tox.ini")
     assert inputs["ini_values"] == {"kvm_timeout": "60"}
+
+
+def test_a_kcidb_origin_is_checked_before_the_run_and_blamed_on_its_source(
+    pytester: pytest.Pytester, outside: Path, snapshot: str
+) -> None:
+    pytester.makepyfile(PASSING)
+    pytester.makeini("[pytest]\nkvm_kcidb_origin = Lab-1\n")
+    bad = pytester.runpytest(snapshot, f"--kvm-selftests={outside}", "--kvm-kcidb=k.json")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["ERROR: ini kvm_kcidb_origin: 'Lab-1' is not a KCIDB origin: use lower-case letters, digits and _"])
+    assert not (pytester.path / "k.json").exists()
+    override = pytester.runpytest(snapshot, f"--kvm-selftests={outside}", "--kvm-kcidb=k.json", "-o", "kvm_kcidb_origin=x y")
+    override.stderr.fnmatch_lines(["ERROR: -o kvm_kcidb_origin: 'x y' is not a KCIDB origin*"])
+    pytester.runpytest(snapshot, f"--kvm-selftests={outside}").assert_outcomes(passed=1)  # not used: not checked
+    good = pytester.runpytest(snapshot, f"--kvm-selftests={outside}", "--kvm-kcidb=k.json", "-o", "kvm_kcidb_origin=lab_1")
+    good.assert_outcomes(passed=1)
+    doc = json.loads((pytester.path / "k.json").read_text())
+    assert {t["origin"] for t in doc["tests"]} == {"lab_1"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import importlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ HELP_KNOWN = (
 HELP_KCIDB = "write the run as KCIDB JSON (KernelCI) to FILE at the end"
 HELP_SQUAD = "write the run as SQUAD submissions to DIR/<host>/{tests,metrics,metadata}.json at the end"
 HELP_ORIGIN = "KCIDB origin (CI system name, [a-z0-9_]+) for --kvm-kcidb ids (default kvmmm)"
+KCIDB_ORIGIN = re.compile(r"[a-z0-9_]+")
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -182,8 +184,7 @@ class Dashboards:
         data = [r.to_json() for r in records]
         target = self.config.getoption("kvm_kcidb")
         if target:
-            origin = self.config.getini("kvm_kcidb_origin") or "kvmmm"
-            doc = kcidb.document(data, origin=origin, run=self.run_id)
+            doc = kcidb.document(data, origin=kcidb_origin(self.config), run=self.run_id)
             lines.append(_write_json(Path(target), doc, "KCIDB"))
         folder = self.config.getoption("kvm_squad")
         if folder:
@@ -231,12 +232,25 @@ def _write_json(path: Path, data: Any, what: str) -> str:
     return f"{what}: {path}"
 
 
+def kcidb_origin(config: pytest.Config) -> str:
+    """ini kvm_kcidb_origin (or ``-o``), else ``kvmmm``: KCIDB's schema takes ``[a-z0-9_]+`` only,
+    so another value is a usage error naming where it came from, not an invalid file at the end."""
+    raw = options.sources(config).pick(None, ini="kvm_kcidb_origin")
+    if raw is None:
+        return "kvmmm"
+    if not KCIDB_ORIGIN.fullmatch(raw.value):
+        raise pytest.UsageError(f"{raw.origin}: {raw.value!r} is not a KCIDB origin: use lower-case letters, digits and _")
+    return raw.value
+
+
 def check_targets(config: pytest.Config) -> None:
     """--kvm-kcidb and --kvm-squad that cannot be written are usage errors before the first test."""
     kcidb_file = config.getoption("kvm_kcidb")
     problem = target_problem(Path(kcidb_file)) if kcidb_file else None
     if problem:
         raise pytest.UsageError(f"--kvm-kcidb: {problem}")
+    if kcidb_file:
+        kcidb_origin(config)
     folder = config.getoption("kvm_squad")
     if folder and Path(folder).exists() and (Path(folder).is_symlink() or not Path(folder).is_dir()):
         raise pytest.UsageError(f"--kvm-squad: {folder} is not a directory")
