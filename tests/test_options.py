@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from pytest_kvmmm.engine.discovery import SearchRoot
-from pytest_kvmmm.pytest.options import DEFAULT_TIMEOUT_S, Raw, pick, resolve
+from pytest_kvmmm.pytest.invocation import Raw, Sources
+from pytest_kvmmm.pytest.options import DEFAULT_TIMEOUT_S, resolve
 
 
 class Config:
@@ -34,14 +35,14 @@ def test_defaults() -> None:
 
 
 def test_command_line_beats_environment_beats_ini() -> None:
-    config = Config({"kvm_selftests": "/opt"}, {"kvm_selftests": "/ini"})
-    assert pick(config, {"KVM_SELFTESTS_DIR": "/env"}, "kvm_selftests", env_var="KVM_SELFTESTS_DIR",
-                ini="kvm_selftests") == Raw("/opt", "--kvm-selftests")
+    def pick(config: Config, env: dict[str, str]) -> Raw | None:
+        return Sources(config, env).pick("kvm_selftests", env=("KVM_SELFTESTS_DIR",), ini="kvm_selftests")
+
+    assert pick(Config({"kvm_selftests": "/opt"}, {"kvm_selftests": "/ini"}), {"KVM_SELFTESTS_DIR": "/env"}) == Raw("/opt", "--kvm-selftests")
     config = Config(ini={"kvm_selftests": "/ini"})
-    assert pick(config, {"KVM_SELFTESTS_DIR": "/env"}, "kvm_selftests", env_var="KVM_SELFTESTS_DIR",
-                ini="kvm_selftests") == Raw("/env", "$KVM_SELFTESTS_DIR")
-    assert pick(config, {}, "kvm_selftests", env_var="KVM_SELFTESTS_DIR", ini="kvm_selftests") == Raw("/ini", "ini kvm_selftests")
-    assert pick(Config(), {}, "kvm_selftests", env_var="KVM_SELFTESTS_DIR", ini="kvm_selftests") is None
+    assert pick(config, {"KVM_SELFTESTS_DIR": "/env"}) == Raw("/env", "$KVM_SELFTESTS_DIR")
+    assert pick(config, {}) == Raw("/ini", "ini kvm_selftests")
+    assert pick(Config(), {}) is None
 
 
 def test_an_ini_directory_is_relative_to_the_ini_file(tmp_path: Path) -> None:

@@ -170,13 +170,6 @@ def sources(config: Options, env: Mapping[str, str] | None = None) -> Sources:
     return made
 
 
-def pick(config: Options, env: Mapping[str, str], dest: str, *, env_var: str | Sequence[str] | None = None,
-         ini: str | None = None, path: bool = False) -> Raw | None:
-    """Command line > environment > ini, for one setting (see ``invocation.Sources.pick``)."""
-    names = (env_var,) if isinstance(env_var, str) else tuple(env_var or ())
-    return sources_of(config, env).pick(dest, env=names, ini=ini, path=path)
-
-
 def check_invocation(config: Any, env: Mapping[str, str]) -> None:
     """A path option written with a space that moved pytest's rootdir stops the run with the fix.
     Only where pytest read the command line: xdist workers get the controller's arguments."""
