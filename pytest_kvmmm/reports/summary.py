@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..engine.metrics import metric_unit
+from ..host.report import facts_line
 from .record import Record
 
 MAX_WIDTH = 120
@@ -109,8 +110,7 @@ def host_lines(records: Sequence[Record]) -> list[str]:
     if len({rec.host for rec in records}) < 2:
         return []
     return [
-        f"{host}: " + ", ".join(f"{k} {facts[host][k]}" for k in HOST_FACTS if k in facts[host])
-        for host in sorted(facts)
+        f"{host}: {facts_line(facts[host], HOST_FACTS)}" for host in sorted(facts)
     ] + [""]
 
 
