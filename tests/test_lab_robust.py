@@ -307,3 +307,18 @@ class TestPathArguments:
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0 and "INTERNALERROR" not in out, out
         assert out.count("PASSED tests/test_mine.py::test_mine") == 2, out
+
+
+def test_every_catalogue_entry_must_pass_on_a_lab_host() -> None:
+    """The CI lab stage fails on a plugin regression of any entry: each of the catalogue's
+    entries is expected to pass on at least one lab host kind (the README's table)."""
+    from test_lab import load_ci_stage
+
+    from pytest_kvmmm.lab.hosts import HOST_KINDS
+    from pytest_kvmmm.suite.catalogue import CATALOGUE
+
+    ci = load_ci_stage()
+    names = {k.hostname for k in HOST_KINDS.values()}
+    assert {e.name for e in CATALOGUE} == set(ci.MUST_PASS)
+    assert all(hosts and set(hosts) <= names for hosts in ci.MUST_PASS.values())
+    assert "lab-x86-idle" in ci.MUST_PASS["access_tracking_perf_test"]
