@@ -303,3 +303,24 @@ def test_a_kcidb_origin_is_checked_before_the_run_and_blamed_on_its_source(
     good.assert_outcomes(passed=1)
     doc = json.loads((pytester.path / "k.json").read_text())
     assert {t["origin"] for t in doc["tests"]} == {"lab_1"}
+
+
+def test_xdist_workers_record_the_same_inputs_with_their_own_snapshot(
+    pytester: pytest.Pytester, outside: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker computes its inputs itself: the controller's arguments and directory, its own
+    environment (a gateway's ``env:`` variables) and the snapshot it resolved from them."""
+    pytester.makepyfile(PASSING)
+    monkeypatch.setenv("KVMMM_SELFTESTS_DIR", str(outside))
+    root = make_host_root(tmp_path / "gw-root", hostname="gw-host")
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--dist=load", "--tx",
+                                        f"popen//env:KVMMM_HOST_SNAPSHOT={root}", "--kvm-results=r.jsonl")
+    res.assert_outcomes(passed=1)
+    inputs = records(pytester.path / "r.jsonl")["test_ok"]["inputs"]
+    assert isinstance(inputs, dict)
+    assert inputs["args"][1:] == [  # after pytester's --basetemp: the controller's, as typed
+        "-p", "no:cacheprovider", "--dist=load", "--tx", f"popen//env:KVMMM_HOST_SNAPSHOT={root}", "--kvm-results=r.jsonl"
+    ]
+    assert inputs["environment"]["KVMMM_HOST_SNAPSHOT"] == str(root)
+    assert inputs["environment"]["KVMMM_SELFTESTS_DIR"] == str(outside)
+    assert inputs["host_snapshot"] == str(root) and inputs["cwd"] == str(pytester.path)
