@@ -192,6 +192,7 @@ class BaselinePlugin:
     def __init__(
         self,
         config: pytest.Config,
+        settings: BaselineSettings,
         engine: SelftestEngine,
         host: Callable[[], HostFacts],
         records: list[Record],
@@ -207,9 +208,8 @@ class BaselinePlugin:
         self.records = records
         self.label = label
         self.is_worker = hasattr(config, "workerinput")
-        self.settings = settings = resolve(config)
-        if settings.repeat is not None:
-            engine.perf_repeat = settings.repeat
+        #: Resolved before the engine was built: the engine's repeat already includes ``repeat``.
+        self.settings = settings
         self._fingerprint: Fingerprint | None = None
         self._this_run: store.Baseline | None = None
         #: Collected by the process that owns the session, from the reports.

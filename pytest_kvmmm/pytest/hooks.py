@@ -3,6 +3,7 @@ which registers the session object (and xdist's and the baselines' hooks) for th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from ..host.report import text_report
 from . import all_kvm, dashboards, options, testcase_items, timeout_guard, xdist
 from .baseline import BaselinePlugin
 from .baseline import add_options as add_baseline_options
+from .baseline import resolve as resolve_baseline
 from .keys import ENGINE_KEY, SCALE_KEY
 from .markers import MARKERS
 from .session import KvmmmPlugin
@@ -42,13 +44,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {description}")
     settings = options.resolve(config)
     config.stash[SCALE_KEY] = settings.scale
+    baseline_settings = resolve_baseline(config)
+    if baseline_settings.repeat is not None:  # saving or comparing: the scale's repeat, unless one was given
+        settings = dataclasses.replace(settings, repeat=baseline_settings.repeat)
     xdist.tune(config)
     plugin = KvmmmPlugin(config, settings)
     config.stash[ENGINE_KEY] = plugin.engine
     config.pluginmanager.register(plugin, "kvmmm-session")
     if xdist.distributing(config):
         config.pluginmanager.register(xdist.XdistHooks(config, plugin), "kvmmm-xdist")
-    baseline = BaselinePlugin(config, plugin.engine, plugin.host, plugin.records, plugin.host_label)
+    baseline = BaselinePlugin(config, baseline_settings, plugin.engine, plugin.host, plugin.records, plugin.host_label)
     plugin.regression = baseline.regression  # the session decides the record; this plugin knows regressions
     config.pluginmanager.register(baseline, "kvmmm-baseline")
     config.pluginmanager.register(timeout_guard, "kvmmm-timeout-guard")
