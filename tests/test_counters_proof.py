@@ -71,4 +71,6 @@ def test_access_flag_faults_under_aging_only_without_the_hardware_access_flag() 
     assert proof.aging_problems(aging(350), aging(12))[1] == [
         "arm64-4k (hardware access flag, VTCR_EL2.HA): 12 access-flag faults"
     ]
-    assert "DAMON aged nothing" in proof.aging_problems(aging(350, aged=0), aging(0))[1][0]
+    alone_af = aging(350)
+    alone_af["alone"]["total"][f"{GF}[access_flag]"] = 3
+    assert proof.aging_problems(alone_af, aging(0))[1] == ["arm64-cmo: 3 access-flag faults with nothing aging guest memory"]

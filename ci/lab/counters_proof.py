@@ -22,9 +22,11 @@ say, and what this checks:
   exit. No tracepoint counts cache maintenance, and TCG does not model caches, so neither the
   counts nor the times can show the CMO itself: the times differ by QEMU's cost of emulating
   each CPU model (``max`` emulates pointer authentication, SVE ...), not by KVM.
-- **No access-flag faults** on either: the ``max`` host has the hardware access flag (KVM sets
-  ``VTCR_EL2.HA``, so stage 2 never takes one); the cortex-a72 host would take one for each page
-  KVM ages, but nothing ages guest memory here (Debian's kernel has no page_idle).
+- **No access-flag faults** in the page-table cases on either (nothing ages their memory), and
+  **under aging, access-flag faults only on the CMO host**: a ``dirty_log_perf_test`` of 40
+  iterations runs alone and then while DAMON monitors it (Debian's kernel has no page_idle).
+  The ``max`` host has the hardware access flag (KVM sets ``VTCR_EL2.HA``): stage 2 never
+  takes one. The cortex-a72 takes one at the next access to each page made old.
 
 A host that cannot be built or booted here skips with its reason (exit 0).
 """
@@ -105,19 +107,25 @@ admin = Path("/sys/kernel/mm/damon/admin/kdamonds")
 def put(path, value):
     (admin / path).write_text(str(value) + "\\n")
 out = {"binary": found[-1] if found else None, "damon": admin.is_dir()}
-session = CounterSession.create(parse_selection("faults,kvm:kvm_age_hva,kvm:kvm_test_age_hva"), platform.machine())
+session = CounterSession.create(parse_selection("faults"), platform.machine())
 out["note"] = session.note
 for aging in (False, True):
     if not found or (aging and not admin.is_dir()) or not session.active:
         break
     run = session.start("dirty_log_perf_test")
-    proc = subprocess.Popen([found[-1], "-b", "16M", "-v", "1", "-i", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([found[-1], "-b", "16M", "-v", "1", "-i", "40"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if aging:
         put("nr_kdamonds", 1)
         put("0/contexts/nr_contexts", 1)
         put("0/contexts/0/operations", "vaddr")
         put("0/contexts/0/targets/nr_targets", 1)
         put("0/contexts/0/targets/0/pid_target", proc.pid)
+        attrs = "0/contexts/0/monitoring_attrs/"  # sample often, over many regions: ages pages fast
+        put(attrs + "intervals/sample_us", 1000)
+        put(attrs + "intervals/aggr_us", 20000)
+        put(attrs + "intervals/update_us", 100000)
+        put(attrs + "nr_regions/min", 200)
+        put(attrs + "nr_regions/max", 2000)
         put("0/state", "on")
     text = proc.communicate(timeout=900)[0].decode(errors="replace")
     if aging:
@@ -235,9 +243,9 @@ def aging_problems(cmo: Mapping[str, Any], mx: Mapping[str, Any]) -> tuple[list[
             lines.append(f"{host} dirty_log_perf_test {arm}: " + ", ".join(f"{k.split(':', 1)[1]} {v:,}" for k, v in total.items() if v))
     if found:
         return lines, found
+    # kdamond makes the pages old in its own context, which counting per process does not see
+    # (kvm_age_hva stays 0): the CMO host's access-flag faults are the evidence that it aged.
     for host, got in (("arm64-cmo", cmo), ("arm64-4k", mx)):
-        if not got["aging"]["total"].get("kvm:kvm_age_hva"):
-            found.append(f"{host}: DAMON aged nothing (kvm_age_hva 0): the check proves nothing")
         if got["alone"]["total"].get(AF):
             found.append(f"{host}: {got['alone']['total'][AF]} access-flag faults with nothing aging guest memory")
     if not cmo["aging"]["total"].get(AF):
