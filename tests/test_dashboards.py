@@ -221,7 +221,7 @@ def test_known_issues_file_errors_are_usage_errors(pytester: pytest.Pytester, bi
     pytester.makefile(".toml", bad="[[issue]]\ntests = ['x']\n")
     res = pytester.runpytest("--kvm-known-issues", "bad.toml")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
-    res.stderr.fnmatch_lines(["*known issues bad.toml: entry 1: 'link' is required*"])
+    res.stderr.fnmatch_lines([f"*known issues {pytester.path / 'bad.toml'}: entry 1: 'link' is required*"])
     assert "Traceback" not in res.stderr.str()
 
 

@@ -209,6 +209,29 @@ def test_ini_selftests_resolve_against_the_ini_file_not_the_current_directory(
     res.stdout.fnmatch_lines([f"kvmmm: selftests {pytester.path / 'bins'} (ini kvm_selftests); *"])
 
 
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_a_relative_selftests_path_is_from_where_pytest_ran(
+    pytester: pytest.Pytester, snapshot: str, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The selftests run in their own directories: a relative path kept as written would name
+    nothing there (every test failed 'cannot start bins/ok_test')."""
+    make_fake(pytester.path / "bins", "ok_test", stdout="ok\n")
+    pytester.makepyfile(PASSING)
+    if where == "option":
+        res = pytester.runpytest(snapshot, "--kvm-selftests=bins")
+    else:
+        monkeypatch.setenv("KVMMM_SELFTESTS_DIR", "bins")
+        res = pytester.runpytest(snapshot)
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines([f"kvmmm: selftests {pytester.path / 'bins'} (*); *"])
+
+
+def test_a_relative_path_from_the_command_line_is_made_absolute_from_the_invocation_directory(tmp_path: Path) -> None:
+    src = Sources(Config({"kvm_selftests": "bins"}), {}, cwd=tmp_path)
+    assert src.pick("kvm_selftests", path=True) == Raw(str(tmp_path / "bins"), "--kvm-selftests")
+    assert src.pick("kvm_selftests") == Raw("bins", "--kvm-selftests")  # not a path: as written
+
+
 def test_a_missing_ini_directory_is_blamed_on_the_ini_key_with_its_resolved_path(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nkvm_selftests = nowhere\n")
     pytester.makepyfile(PASSING)

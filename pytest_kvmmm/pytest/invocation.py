@@ -73,6 +73,9 @@ class Sources:
     ini_dir: Path | None = None
     overrides: frozenset[str] = frozenset()
     ini_read: dict[str, Any] = field(default_factory=dict)
+    #: Where pytest was started: a relative path from the command line, the environment or
+    #: ``-o`` means a path from there (the selftests run in other directories).
+    cwd: Path | None = None
 
     def option(self, dest: str) -> Raw | None:
         """The command line's value of option ``dest``; "" is set (a mistake, not "the default")."""
@@ -93,7 +96,15 @@ class Sources:
 
     def pick(self, dest: str | None, *, env: Sequence[str] = (), ini: str | None = None, path: bool = False) -> Raw | None:
         """Command line > environment (``env``'s variables in order: the prefixed name first) >
-        ini: the first that is set. ``path``: an ini value is relative to the ini file."""
+        ini: the first that is set. ``path``: an ini value is relative to the ini file, any other
+        relative path to where pytest was started; either way the value is made absolute."""
+        raw = self._pick(dest, env, ini)
+        if raw is None or not path:
+            return raw
+        base = self.ini_dir if raw.origin.startswith("ini ") else self.cwd
+        return Raw(ini_relative(raw.value, base), raw.origin)
+
+    def _pick(self, dest: str | None, env: Sequence[str], ini: str | None) -> Raw | None:
         raw = self.option(dest) if dest else None
         if raw is not None:
             return raw
@@ -103,10 +114,7 @@ class Sources:
         value = self.ini(ini) if ini else None
         if not ini or not value:
             return None
-        text = str(value)
-        if path and ini not in self.overrides:
-            text = ini_relative(text, self.ini_dir)
-        return Raw(text, self.ini_origin(ini))
+        return Raw(str(value), self.ini_origin(ini))
 
 
 def sources_of(config: Any, env: Mapping[str, str]) -> Sources:
@@ -115,15 +123,18 @@ def sources_of(config: Any, env: Mapping[str, str]) -> Sources:
     inipath = getattr(config, "inipath", None)
     option = getattr(config, "option", None)
     overrides = frozenset(str(o).partition("=")[0].strip() for o in getattr(option, "override_ini", None) or ())
-    return Sources(config, env, Path(inipath).parent if inipath else None, overrides)
+    params = getattr(config, "invocation_params", None)
+    cwd = Path(params.dir) if params is not None else None
+    return Sources(config, env, Path(inipath).parent if inipath else None, overrides, cwd=cwd)
 
 
-def ini_relative(value: str, ini_dir: Path | None) -> str:
-    """An ini key's path, relative to the ini file's directory (absolute and ``~`` paths as they are)."""
+def ini_relative(value: str, base: Path | None) -> str:
+    """A path relative to ``base`` (an ini key's: the ini file's directory), absolute and ``~``
+    paths as they are; without a base, as it was written."""
     path = Path(value).expanduser()
-    if path.is_absolute() or ini_dir is None:
+    if path.is_absolute() or base is None:
         return str(path)
-    return str(ini_dir / path)
+    return str(base / path)
 
 
 def _dirs(args: Iterable[str], cwd: Path) -> list[Path]:
