@@ -324,3 +324,15 @@ def test_every_catalogue_entry_must_pass_on_a_lab_host() -> None:
     assert {e.name for e in CATALOGUE} == set(ci.MUST_PASS)
     assert all(hosts and set(hosts) <= names for hosts in ci.MUST_PASS.values())
     assert "lab-x86-idle" in ci.MUST_PASS["access_tracking_perf_test"]
+
+
+def test_kvmmm_lab_run_refuses_a_results_file_of_the_users_own(tmp_path: Path) -> None:
+    """Its batches write lab-N.jsonl into --results, where the entry x host table reads them; a
+    --kvm-results of the user's left the table empty (and would hold the last batch only)."""
+    from pytest_kvmmm.lab import cli, run
+
+    args = cli.parser().parse_args(["run", "--hosts", "x86-tdp", "--results", str(tmp_path / "r"),
+                                    "--run-dir", str(tmp_path / "run"), "--", "--kvm-results=mine.jsonl"])  # fmt: skip
+    with pytest.raises(LabError, match="--kvm-results: kvmmm-lab writes every batch's results into --results"):
+        run.run_lab(args)
+    assert not (tmp_path / "run").exists()  # refused before any host was booted

@@ -113,6 +113,11 @@ def run_lab(args: argparse.Namespace) -> tuple[int, float, list[qemu.HostState]]
     """For each batch of hosts: up, pytest, down (also on Ctrl-C). This host runs in the first
     batch only. Returns the worst pytest status, the wall time, the hosts."""
     share = results_dir(args)
+    if share is not None and has_option(args.pytest_args, "--kvm-results"):
+        # each batch writes its own lab-N.jsonl there, which the entry x host table reads: a
+        # file of the user's would hold the last batch only, and the table would be empty
+        raise LabError(f"--kvm-results: kvmmm-lab writes every batch's results into --results ({share}) "
+                       "as lab-N.jsonl; leave --kvm-results out (or give --results '' to run without a table)")
     if share is not None:
         shutil.rmtree(share / "allure", ignore_errors=True)
         share.mkdir(parents=True, exist_ok=True)
