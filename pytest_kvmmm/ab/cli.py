@@ -52,7 +52,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("after", metavar="AFTER", help="the same kinds as BEFORE")
     ap.add_argument("--before-patch", action="append", default=[], type=Path, metavar="PATCH", help="patch for BEFORE's source (repeatable)")
     ap.add_argument("--after-patch", action="append", default=[], type=Path, metavar="PATCH", help="patch for AFTER's source (repeatable)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5; a verdict needs 3)")
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="interleaved rounds (default 7; a time verdict needs 6, a count verdict 3)")
     ap.add_argument("--allow-host-changes", action="store_true", help="allow swapping this host's KVM modules (journalled, restored)")
     ap.add_argument("--kbuild", type=Path, help="kbuild dir of the running kernel (default /lib/modules/RELEASE/build, "
                     "else Debian's linux-headers-RELEASE, downloaded)")  # fmt: skip
